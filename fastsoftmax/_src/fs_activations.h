@@ -1,0 +1,102 @@
+/*
+ * fs_activations.h -- the activation kernels, compiled once per instruction set and
+ * dispatched at import time (see fs_common.h).  The public entry points are the
+ * fs_<kernel>_<f32|f64> functions at the bottom; fs_activations_init() must run first.
+ */
+#ifndef FS_ACTIVATIONS_H
+#define FS_ACTIVATIONS_H
+#include "fs_common.h"
+
+#define FS_ACT_KERNELS(T, SUF, ISA)                                                          \
+    {                                                                                        \
+        FS_CAT(FS_CAT(softmax_rows, SUF), ISA), FS_CAT(FS_CAT(log_softmax_rows, SUF), ISA),  \
+        FS_CAT(FS_CAT(logsumexp_rows, SUF), ISA),                                            \
+        FS_CAT(FS_CAT(softmax_backward_rows, SUF), ISA),                                     \
+        FS_CAT(FS_CAT(log_softmax_backward_rows, SUF), ISA)                                  \
+    }
+
+#define FS_DECLARE_ACT_TABLE(T, SUF)                                                                   \
+    typedef struct {                                                                                   \
+        void (*softmax)(const T *, T *, ptrdiff_t, ptrdiff_t, int);                                    \
+        void (*log_softmax)(const T *, T *, ptrdiff_t, ptrdiff_t, int);                                \
+        void (*logsumexp)(const T *, T *, ptrdiff_t, ptrdiff_t, int);                                  \
+        void (*softmax_backward)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, int);                \
+        void (*log_softmax_backward)(const T *, const T *, T *, ptrdiff_t, ptrdiff_t, int);            \
+    } FS_CAT(fs_act_table, SUF);
+FS_DECLARE_ACT_TABLE(float, f32)
+FS_DECLARE_ACT_TABLE(double, f64)
+
+/* ---- one body per instruction set ---- */
+#define FS_ISA baseline
+#define FS_T float
+#define FS_SUF f32
+#include "fs_activations_impl.h"
+#undef FS_T
+#undef FS_SUF
+#define FS_T double
+#define FS_SUF f64
+#include "fs_activations_impl.h"
+#undef FS_T
+#undef FS_SUF
+#undef FS_ISA
+
+#if FS_X86_MULTIVERSION
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FS_ISA avx2
+#define FS_T float
+#define FS_SUF f32
+#include "fs_activations_impl.h"
+#undef FS_T
+#undef FS_SUF
+#define FS_T double
+#define FS_SUF f64
+#include "fs_activations_impl.h"
+#undef FS_T
+#undef FS_SUF
+#undef FS_ISA
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,prefer-vector-width=512")
+#define FS_ISA avx512
+#define FS_T float
+#define FS_SUF f32
+#include "fs_activations_impl.h"
+#undef FS_T
+#undef FS_SUF
+#define FS_T double
+#define FS_SUF f64
+#include "fs_activations_impl.h"
+#undef FS_T
+#undef FS_SUF
+#undef FS_ISA
+#pragma GCC pop_options
+#endif
+
+static fs_act_table_f32 fs_act_f32 = FS_ACT_KERNELS(float, f32, baseline);
+static fs_act_table_f64 fs_act_f64 = FS_ACT_KERNELS(double, f64, baseline);
+static int fs_act_isa = FS_ISA_BASELINE;
+
+static int fs_activations_init(void)
+{
+    fs_act_isa = fs_pick_isa();
+#if FS_X86_MULTIVERSION
+    if (fs_act_isa == FS_ISA_AVX512) {
+        fs_act_table_f32 t32 = FS_ACT_KERNELS(float, f32, avx512);
+        fs_act_table_f64 t64 = FS_ACT_KERNELS(double, f64, avx512);
+        fs_act_f32 = t32;
+        fs_act_f64 = t64;
+    } else if (fs_act_isa == FS_ISA_AVX2) {
+        fs_act_table_f32 t32 = FS_ACT_KERNELS(float, f32, avx2);
+        fs_act_table_f64 t64 = FS_ACT_KERNELS(double, f64, avx2);
+        fs_act_f32 = t32;
+        fs_act_f64 = t64;
+    }
+#endif
+    return fs_act_isa;
+}
+
+static const char *fs_activations_isa(void) { return fs_isa_name(fs_act_isa); }
+
+#endif /* FS_ACTIVATIONS_H */

@@ -1,0 +1,181 @@
+/*
+ * fs_activations_impl.h -- row kernels of softmax, log_softmax, logsumexp and their
+ * backward passes, for one element type and one instruction set.
+ *
+ * Included by fs_activations.h with FS_T (float or double), FS_SUF (f32 or f64) and
+ * FS_ISA (baseline, avx2, avx512) defined.  Every function works on C-contiguous rows of
+ * `ncols` elements.  Sums run in blocks of FS_BLOCK elements: inside a block in FS_T
+ * with one accumulator per SIMD lane (a loop the compiler vectorises), across blocks in
+ * double, so the float32 error does not grow with the row length.  Passes over a row: max (read), exp + store + sum (read, write),
+ * scale (in cache).  A row whose max is not finite is all NaN (SPEC section 2).
+ */
+#define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
+#define FS_EXP FS_CAT(fs_exp, FS_SUF)
+#define FS_TWO_SUM_ERR FS_CAT(fs_two_sum_err, FS_SUF)
+
+static inline FS_T FS_FN(row_max)(const FS_T *restrict x, ptrdiff_t n)
+{
+    FS_T m = -(FS_T)INFINITY;
+    FS_OMP_SIMD_MAX(m)
+    for (ptrdiff_t i = 0; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* ln(sum_i exp(x_i - m)) for a finite m, as log1p of the sum without one max element
+   (so [0, -40] gives exp(-40), not 0). */
+static inline double FS_FN(row_log_sum_exp_shifted)(const FS_T *restrict x, ptrdiff_t n, FS_T m)
+{
+    double rest = 0.0, at_max = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        FS_T brest = 0, bmax = 0;
+        FS_OMP_SIMD_SUM2(brest, bmax)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T e = FS_EXP(x[i] - m, 0);
+            int is_max = x[i] == m;
+            brest += is_max ? (FS_T)0 : e;
+            bmax += is_max ? (FS_T)1 : (FS_T)0;
+        }
+        rest += (double)brest;
+        at_max += (double)bmax;
+    }
+    return log1p((at_max - 1.0) + rest);
+}
+
+static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (FS_T)NAN;
+}
+
+static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n)
+{
+    FS_T m = FS_FN(row_max)(x, n);
+    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
+    double s = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        FS_T bs = 0;
+        FS_OMP_SIMD_SUM(bs)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T t = x[i] - m;
+            FS_T e = FS_EXP(t, FS_TWO_SUM_ERR(x[i], -m, t));
+            y[i] = e;
+            bs += e;
+        }
+        s += (double)bs;
+    }
+    FS_T inv = (FS_T)(1.0 / s);
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) y[i] *= inv;
+}
+
+static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n)
+{
+    FS_T m = FS_FN(row_max)(x, n);
+    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
+    FS_T lse = (FS_T)FS_FN(row_log_sum_exp_shifted)(x, n, m);
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - m) - lse;
+}
+
+static FS_T FS_FN(logsumexp_row)(const FS_T *x, ptrdiff_t n)
+{
+    FS_T m = FS_FN(row_max)(x, n);
+    if (!isfinite(m)) {
+        /* +inf, or -inf with every element -inf, unless a NaN is present. */
+        for (ptrdiff_t i = 0; i < n; i++)
+            if (isnan(x[i])) return x[i];
+        return m;
+    }
+    return (FS_T)((double)m + FS_FN(row_log_sum_exp_shifted)(x, n, m));
+}
+
+static void FS_FN(softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
+{
+    double s = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        FS_T bs = 0;
+        FS_OMP_SIMD_SUM(bs)
+        for (ptrdiff_t i = b; i < end; i++) bs += g[i] * y[i];
+        s += (double)bs;
+    }
+    FS_T st = (FS_T)s;
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - st);
+}
+
+static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
+{
+    double s = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        FS_T bs = 0;
+        FS_OMP_SIMD_SUM(bs)
+        for (ptrdiff_t i = b; i < end; i++) bs += g[i];
+        s += (double)bs;
+    }
+    FS_T st = (FS_T)s;
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) gx[i] = g[i] - FS_EXP(y[i], 0) * st;
+}
+
+/* ---- drivers over rows: threads split the rows statically ---- */
+
+static void FS_FN(softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++) FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols);
+    (void)nt;
+}
+
+static void FS_FN(log_softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols);
+    (void)nt;
+}
+
+static void FS_FN(logsumexp_rows)(const FS_T *x, FS_T *out, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++) out[r] = FS_FN(logsumexp_row)(x + r * ncols, ncols);
+    (void)nt;
+}
+
+static void FS_FN(softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows,
+                                         ptrdiff_t ncols, int nthreads)
+{
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++)
+        FS_FN(softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols);
+    (void)nt;
+}
+
+static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows,
+                                             ptrdiff_t ncols, int nthreads)
+{
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++)
+        FS_FN(log_softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols);
+    (void)nt;
+}
+
+#undef FS_FN
+#undef FS_EXP
+#undef FS_TWO_SUM_ERR

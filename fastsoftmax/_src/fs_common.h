@@ -1,0 +1,178 @@
+/*
+ * fs_common.h -- shared pieces of every fastsoftmax kernel.
+ *
+ * Design note
+ * -----------
+ * Kernels are written as plain, branch-free C loops over one contiguous row.  The
+ * compiler vectorises them (`#pragma omp simd`), once per instruction set: each
+ * domain header (fs_activations.h, ...) includes its per-ISA body several times,
+ * under `#pragma GCC target(...)`, with a different FS_ISA suffix, and picks the
+ * best table of function pointers at import time (fs_pick_isa()).  No
+ * -march=native: the built extension runs on any x86-64, and on other machines
+ * only the portable baseline body is compiled.
+ *
+ * The exp used everywhere is fs_exp_f32 / fs_exp_f64 below: Cody-Waite range
+ * reduction, a polynomial, and 2^n built from exponent bits in two factors so
+ * that subnormal and near-overflow results are right.  Special values are
+ * selected explicitly (exp(-inf) = 0, exp(+inf) = inf, exp(NaN) = NaN), so no
+ * finite-math assumption is needed and none is made.
+ */
+#ifndef FS_COMMON_H
+#define FS_COMMON_H
+
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#define FS_PRAGMA(x) _Pragma(#x)
+#define FS_OMP_SIMD FS_PRAGMA(omp simd)
+#define FS_OMP_SIMD_SUM(v) FS_PRAGMA(omp simd reduction(+ : v))
+#define FS_OMP_SIMD_MAX(v) FS_PRAGMA(omp simd reduction(max : v))
+#define FS_OMP_SIMD_SUM2(a, b) FS_PRAGMA(omp simd reduction(+ : a, b))
+#else
+#define FS_OMP_SIMD
+#define FS_OMP_SIMD_SUM(v)
+#define FS_OMP_SIMD_MAX(v)
+#define FS_OMP_SIMD_SUM2(a, b)
+#endif
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__)) && !defined(FS_NO_MULTIVERSION)
+#define FS_X86_MULTIVERSION 1
+#else
+#define FS_X86_MULTIVERSION 0
+#endif
+
+/* Elements per partial sum: lanes accumulate in the element type inside a block, blocks in double. */
+#define FS_BLOCK 256
+
+#define FS_CAT_(a, b) a##_##b
+#define FS_CAT(a, b) FS_CAT_(a, b)
+
+/* Instruction-set levels, in increasing order. */
+enum { FS_ISA_BASELINE = 0, FS_ISA_AVX2 = 1, FS_ISA_AVX512 = 2 };
+
+/* The best level this CPU runs, lowered by FASTSOFTMAX_ISA=baseline|avx2|avx512. */
+static int fs_pick_isa(void)
+{
+    int best = FS_ISA_BASELINE;
+#if FS_X86_MULTIVERSION
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        best = FS_ISA_AVX2;
+    if (best == FS_ISA_AVX2 && __builtin_cpu_supports("avx512f") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        best = FS_ISA_AVX512;
+#endif
+    const char *env = getenv("FASTSOFTMAX_ISA");
+    if (env != NULL) {
+        int want = best;
+        if (strcmp(env, "baseline") == 0) want = FS_ISA_BASELINE;
+        else if (strcmp(env, "avx2") == 0) want = FS_ISA_AVX2;
+        else if (strcmp(env, "avx512") == 0) want = FS_ISA_AVX512;
+        if (want < best) best = want;
+    }
+    return best;
+}
+
+static const char *fs_isa_name(int isa)
+{
+    return isa == FS_ISA_AVX512 ? "avx512" : isa == FS_ISA_AVX2 ? "avx2" : "baseline";
+}
+
+static inline float fs_f32_from_bits(int32_t i) { float f; memcpy(&f, &i, sizeof f); return f; }
+static inline int32_t fs_bits_from_f32(float f) { int32_t i; memcpy(&i, &f, sizeof i); return i; }
+static inline double fs_f64_from_bits(int64_t i) { double f; memcpy(&f, &i, sizeof f); return f; }
+static inline int64_t fs_bits_from_f64(double f) { int64_t i; memcpy(&i, &f, sizeof i); return i; }
+
+/*
+ * exp(x + lo) in float32, lo a tiny correction term (the rounding error of x when
+ * x = a - b was rounded; pass 0 otherwise).  Cephes expf polynomial, |error| <~ 1.5 ulp.
+ */
+static inline float fs_exp_f32(float x, float lo)
+{
+    const float magic = 12582912.0f; /* 1.5 * 2^23: adding it rounds to an integer */
+    float xc = x < -104.0f ? -104.0f : x;
+    xc = xc > 89.0f ? 89.0f : xc;
+    float nb = xc * 1.44269504088896341f + magic;
+    float n = nb - magic;
+    float r = xc - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    r = r + lo;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    /* 2^n for n in [-151, 129], as 2^(n+adj) * 2^(-adj) so both factors are normal. */
+    int32_t ni = fs_bits_from_f32(nb) - fs_bits_from_f32(magic);
+    int32_t adj = ni < -100 ? 64 : (ni > 100 ? -64 : 0);
+    float s1 = fs_f32_from_bits((ni + adj + 127) << 23);
+    float s2 = fs_f32_from_bits((127 - adj) << 23);
+    float y = (p * s1) * s2;
+    y = x < -104.0f ? 0.0f : y;
+    y = x > 89.0f ? (float)INFINITY : y;
+    return y;
+}
+
+/* exp(x) in float64: fdlibm's two-part ln2, a degree-13 Taylor polynomial, <~ 1 ulp. */
+static inline double fs_exp_f64(double x, double lo)
+{
+    const double magic = 6755399441055744.0; /* 1.5 * 2^52 */
+    double xc = x < -746.0 ? -746.0 : x;
+    xc = xc > 710.0 ? 710.0 : xc;
+    double nb = xc * 1.4426950408889634 + magic;
+    double n = nb - magic;
+    double r = xc - n * 6.93147180369123816490e-01;
+    r = r - n * 1.90821492927058770002e-10;
+    r = r + lo;
+    double p = 1.0 / 6227020800.0;
+    p = p * r + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * (r * r) + r + 1.0;
+    int64_t ni = fs_bits_from_f64(nb) - fs_bits_from_f64(magic);
+    int64_t adj = ni < -1000 ? 512 : (ni > 1000 ? -512 : 0);
+    double s1 = fs_f64_from_bits((ni + adj + 1023) << 52);
+    double s2 = fs_f64_from_bits((1023 - adj) << 52);
+    double y = (p * s1) * s2;
+    y = x < -746.0 ? 0.0 : y;
+    y = x > 710.0 ? (double)INFINITY : y;
+    return y;
+}
+
+/* Rounding error of s = a + b (Knuth's TwoSum): a + b == s + fs_two_sum_err(a, b, s) exactly. */
+static inline float fs_two_sum_err_f32(float a, float b, float s)
+{
+    float bb = s - a;
+    return (a - (s - bb)) + (b - bb);
+}
+static inline double fs_two_sum_err_f64(double a, double b, double s)
+{
+    double bb = s - a;
+    return (a - (s - bb)) + (b - bb);
+}
+
+/* Threads for a job of `work` elements in `nrows` independent rows. */
+static inline int fs_threads_for(int nthreads, ptrdiff_t nrows, ptrdiff_t work)
+{
+    if (nthreads < 1 || nrows < 2 || work < (ptrdiff_t)1 << 15) return 1;
+    if ((ptrdiff_t)nthreads > nrows) return (int)nrows;
+    return nthreads;
+}
+
+#endif /* FS_COMMON_H */
