@@ -60,6 +60,7 @@ extensions = [
         f"fastsoftmax.{name}",
         [f"fastsoftmax/{name}.pyx"],
         include_dirs=[np.get_include(), "fastsoftmax"],
+        depends=sorted(glob.glob("fastsoftmax/_src/*.h")),
         define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
         extra_compile_args=compile_args,
         extra_link_args=link_args,

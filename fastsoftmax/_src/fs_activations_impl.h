@@ -42,6 +42,22 @@ static inline double FS_FN(row_log_sum_exp_shifted)(const FS_T *restrict x, ptrd
     return log1p((at_max - 1.0) + rest);
 }
 
+/* The same in double precision throughout, whatever FS_T: logsumexp's result can cancel
+   (m + ln(sum) near 0), so its float32 version evaluates the exps in double too. */
+static inline double FS_FN(row_log_sum_exp_shifted_f64)(const FS_T *restrict x, ptrdiff_t n, FS_T m)
+{
+    double rest = 0.0, at_max = 0.0, md = (double)m;
+    FS_OMP_SIMD_SUM2(rest, at_max)
+    for (ptrdiff_t i = 0; i < n; i++) {
+        double xi = (double)x[i];
+        double e = fs_exp_f64(xi - md, 0);
+        int is_max = xi == md;
+        rest += is_max ? 0.0 : e;
+        at_max += is_max ? 1.0 : 0.0;
+    }
+    return log1p((at_max - 1.0) + rest);
+}
+
 static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++) y[i] = (FS_T)NAN;
@@ -87,7 +103,7 @@ static FS_T FS_FN(logsumexp_row)(const FS_T *x, ptrdiff_t n)
             if (isnan(x[i])) return x[i];
         return m;
     }
-    return (FS_T)((double)m + FS_FN(row_log_sum_exp_shifted)(x, n, m));
+    return (FS_T)((double)m + FS_FN(row_log_sum_exp_shifted_f64)(x, n, m));
 }
 
 static void FS_FN(softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)

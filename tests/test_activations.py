@@ -1,0 +1,602 @@
+"""Activation kernels against the reference twin, a float64 oracle, SciPy, torch and
+finite differences, over a generated grid of dtypes, shapes, axes, layouts and special values."""
+
+import inspect
+import itertools
+
+import numpy as np
+import pytest
+from numpy.exceptions import AxisError
+
+import fastsoftmax as fs
+from fastsoftmax import reference as ref
+
+FORWARD = ["softmax", "log_softmax", "logsumexp"]
+BACKWARD = ["softmax_backward", "log_softmax_backward"]
+ALL = FORWARD + BACKWARD
+DTYPES = [np.float32, np.float64]
+# Tolerances against a float64 oracle (issue 2): per element, relative.
+ORACLE_RTOL = {np.float32: 2e-6, np.float64: 1e-13}
+# Kernel against the reference evaluated in the same precision: both round.
+PARITY_RTOL = {np.float32: 4e-6, np.float64: 4e-14}
+TINY = {np.float32: 1e-35, np.float64: 1e-300}
+
+
+def _data(shape, dtype, seed=0, scale=3.0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) * scale).astype(dtype)
+
+
+def _oracle(name, *arrays, **kw):
+    """The reference evaluated in float64 on the (exactly representable) upcast inputs."""
+    return getattr(ref, name)(*[np.asarray(a, np.float64) for a in arrays], **kw)
+
+
+def _assert_close(actual, desired, rtol, atol=0.0):
+    actual = np.asarray(actual)
+    desired = np.asarray(desired)
+    assert actual.shape == desired.shape
+    np.testing.assert_allclose(actual, desired, rtol=rtol, atol=atol, equal_nan=True)
+
+
+# --------------------------------------------------------------------------- layouts
+
+SHAPES = {
+    "1d": (7,),
+    "one_col": (5, 1),
+    "2d": (6, 33),
+    "3d": (3, 4, 17),
+    "empty_rows": (0, 5),
+    "empty_cols": (4, 0),
+}
+
+
+def _layout(a, kind):
+    """The same values in another memory layout."""
+    if kind == "C":
+        return np.ascontiguousarray(a)
+    if kind == "F":
+        return np.asfortranarray(a)
+    if kind == "strided":
+        big = np.zeros(tuple(2 * n for n in a.shape), a.dtype)
+        view = big[tuple(slice(None, None, 2) for _ in a.shape)]
+        view[...] = a
+        return view
+    if kind == "negative":
+        flipped = np.ascontiguousarray(a[tuple(slice(None, None, -1) for _ in a.shape)])
+        return flipped[tuple(slice(None, None, -1) for _ in a.shape)]
+    if kind == "byteswapped":
+        return a.astype(a.dtype.newbyteorder(">"))
+    raise AssertionError(kind)
+
+
+def _grid():
+    for shape_id, shape in SHAPES.items():
+        for axis in range(-len(shape), len(shape)):
+            for layout in ["C", "F", "strided", "negative", "byteswapped"]:
+                yield pytest.param(shape, axis, layout, id=f"{shape_id}-axis{axis}-{layout}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,axis,layout", list(_grid()))
+@pytest.mark.parametrize("name", FORWARD)
+def test_forward_matches_reference_and_oracle(name, shape, axis, layout, dtype):
+    base = _data(shape, dtype, seed=len(shape) + axis)
+    x = _layout(base, layout)
+    before = x.copy()
+    got = getattr(fs, name)(x, axis=axis)
+    want = getattr(ref, name)(base, axis=axis)
+    assert got.dtype == np.dtype(dtype)
+    # The reference's logsumexp rounds max + log(sum) in the input precision, so it may
+    # cancel near 0; its error is relative to the row's magnitude.
+    atol = PARITY_RTOL[dtype] * np.max(np.abs(base), initial=1.0) if name == "logsumexp" else TINY[dtype]
+    _assert_close(got, want, PARITY_RTOL[dtype], atol)
+    _assert_close(got, _oracle(name, base, axis=axis), ORACLE_RTOL[dtype], TINY[dtype])
+    np.testing.assert_array_equal(x, before)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("shape,axis,layout", list(_grid()))
+@pytest.mark.parametrize("name", BACKWARD)
+def test_backward_matches_reference_and_oracle(name, shape, axis, layout, dtype):
+    forward = fs.softmax if name == "softmax_backward" else fs.log_softmax
+    y_base = forward(_data(shape, dtype, seed=1), axis=axis)
+    g_base = _data(shape, dtype, seed=2, scale=1.0)
+    g, y = _layout(g_base, layout), _layout(y_base, layout)
+    got = getattr(fs, name)(g, y, axis=axis)
+    want = getattr(ref, name)(g_base, y_base, axis=axis)
+    oracle = _oracle(name, g_base, y_base, axis=axis)
+    # g - sum(g) cancels: the error is relative to the row's magnitude, not the element's.
+    scale = np.max(np.abs(oracle), initial=1.0)
+    _assert_close(got, want, PARITY_RTOL[dtype], 8 * PARITY_RTOL[dtype] * scale)
+    _assert_close(got, oracle, ORACLE_RTOL[dtype], 8 * ORACLE_RTOL[dtype] * scale)
+
+
+# ------------------------------------------------------------------ long rows, accuracy
+
+
+@pytest.mark.parametrize("n", [10, 1000, 100_000, 1_000_000], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("name", FORWARD)
+def test_float32_error_does_not_grow_with_row_length(name, n):
+    x = _data((2, n), np.float32, seed=n, scale=4.0)
+    got = getattr(fs, name)(x)
+    _assert_close(got, _oracle(name, x), ORACLE_RTOL[np.float32], TINY[np.float32])
+
+
+@pytest.mark.parametrize("n", [100_000, 1_000_000], ids=lambda n: f"n{n}")
+def test_float32_constant_row_sums_exactly(n):
+    # A plain float32 running sum of n ones is wrong by far more than 2e-6 at these lengths.
+    x = np.full((1, n), 0.25, np.float32)
+    np.testing.assert_allclose(fs.softmax(x), np.full((1, n), 1.0 / n), rtol=2e-6)
+    np.testing.assert_allclose(fs.logsumexp(x), [0.25 + np.log(n)], rtol=2e-6)
+
+
+@pytest.mark.parametrize("n", [10, 1000, 100_000, 1_000_000], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("name", FORWARD)
+def test_float64_long_rows(name, n):
+    x = _data((2, n), np.float64, seed=n, scale=4.0)
+    got = getattr(fs, name)(x)
+    # An independent float64 formula (not the reference): scipy-style with log/exp of the max.
+    m = x.max(axis=-1, keepdims=True)
+    lse = m + np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+    want = {"softmax": np.exp(x - lse), "log_softmax": x - lse, "logsumexp": lse[:, 0]}[name]
+    _assert_close(got, want, 1e-13 * (1 if name != "softmax" else 50), TINY[np.float64])
+
+
+# ------------------------------------------------------------------------ special values
+
+SPECIAL_ROWS = {
+    "nan": [1.0, np.nan, 2.0],
+    "nan_and_inf": [np.inf, np.nan, -np.inf],
+    "pos_inf": [np.inf, 1.0, 2.0],
+    "two_pos_inf": [np.inf, np.inf, 0.0],
+    "all_neg_inf": [-np.inf, -np.inf, -np.inf],
+    "some_neg_inf": [-np.inf, 0.0, 1.0],
+    "huge": [1e30, -1e30, 1e30],
+    "huge_neg": [-1e30, -1e30, -1e30 + 1e24],
+    "max_float32": [3.4e38, 3.4e38, 0.0],
+}
+
+# What SPEC section 2 (torch) prescribes, per row kind: softmax, log_softmax, logsumexp.
+SPECIAL_WANT = {
+    "nan": ("nan", "nan", np.nan),
+    "nan_and_inf": ("nan", "nan", np.nan),
+    "pos_inf": ("nan", "nan", np.inf),
+    "two_pos_inf": ("nan", "nan", np.inf),
+    "all_neg_inf": ("nan", "nan", -np.inf),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("row_id", list(SPECIAL_ROWS))
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_special_value_rows(impl, row_id, dtype):
+    row = np.array(SPECIAL_ROWS[row_id], dtype)
+    x = np.stack([row, np.array([0.0, 1.0, 2.0], dtype)])  # a normal row beside it
+    sm, lsm, lse = impl.softmax(x), impl.log_softmax(x), impl.logsumexp(x)
+    normal = np.array([0.0, 1.0, 2.0])
+    _assert_close(sm[1], np.exp(normal) / np.exp(normal).sum(), 1e-6)
+    if row_id in SPECIAL_WANT:
+        want_sm, want_lsm, want_lse = SPECIAL_WANT[row_id]
+        assert np.isnan(sm[0]).all()
+        assert np.isnan(lsm[0]).all()
+        np.testing.assert_equal(lse[0], dtype(want_lse))
+    else:
+        finite_row = row.astype(np.float64)
+        m = finite_row.max()
+        e = np.exp(finite_row - m)
+        _assert_close(sm[0], e / e.sum(), 1e-6)
+        _assert_close(lsm[0], (finite_row - m) - np.log(e.sum()), 1e-6)
+        _assert_close(lse[0], m + np.log(e.sum()), 1e-6)
+        assert np.isfinite(lse[0])
+    if row_id == "some_neg_inf":
+        assert sm[0, 0] == 0.0
+        assert lsm[0, 0] == -np.inf
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_empty_rows(impl):
+    x = np.zeros((3, 0), np.float32)
+    assert impl.softmax(x).shape == (3, 0)
+    assert impl.log_softmax(x).shape == (3, 0)
+    lse = impl.logsumexp(x)
+    assert lse.dtype == np.float32
+    np.testing.assert_array_equal(lse, [-np.inf] * 3)
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_no_runtime_warnings(impl, recwarn):
+    x = np.array([[np.nan, np.inf, -np.inf], [-np.inf, -np.inf, -np.inf], [np.inf, np.inf, 1.0]])
+    impl.softmax(x), impl.log_softmax(x), impl.logsumexp(x)
+    impl.softmax_backward(x, x), impl.log_softmax_backward(x, x)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_logsumexp_keeps_tiny_terms(impl):
+    # gh-18295 in SciPy: log(1 + exp(-40)) must not round to 0.
+    np.testing.assert_allclose(impl.logsumexp(np.array([0.0, -40.0])), np.log1p(np.exp(-40.0)), rtol=1e-15)
+
+
+# ------------------------------------------------------------------------- invariants
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_rows_sum_to_one(dtype):
+    p = fs.softmax(_data((64, 513), dtype, scale=10.0))
+    np.testing.assert_allclose(p.sum(axis=-1, dtype=np.float64), 1.0, rtol=ORACLE_RTOL[dtype] * 4)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_shift_invariance(name):
+    x = _data((8, 100), np.float64)
+    a = getattr(fs, name)(x)
+    b = getattr(fs, name)(x + 1234.5)
+    np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_exp_log_softmax_is_softmax(dtype):
+    x = _data((16, 300), dtype)
+    np.testing.assert_allclose(np.exp(fs.log_softmax(x)), fs.softmax(x), rtol=ORACLE_RTOL[dtype] * 8)
+
+
+def test_logsumexp_is_log_sum_exp_in_float64():
+    x = _data((16, 300), np.float64)
+    np.testing.assert_allclose(fs.logsumexp(x), np.log(np.exp(x).sum(axis=-1)), rtol=1e-14)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+def test_same_result_on_one_and_two_threads(dtype):
+    x = _data((512, 700), dtype)
+    saved = fs.get_num_threads()
+    try:
+        fs.set_num_threads(1)
+        one = [fs.softmax(x), fs.log_softmax(x), fs.logsumexp(x)]
+        fs.set_num_threads(2)
+        two = [fs.softmax(x), fs.log_softmax(x), fs.logsumexp(x)]
+    finally:
+        fs.set_num_threads(saved)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+# ---------------------------------------------------------------------- independent peers
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("axis", [0, 1, -1, None, (0, 1)], ids=str)
+@pytest.mark.parametrize("name", FORWARD)
+def test_matches_scipy(name, axis, dtype):
+    special = pytest.importorskip("scipy.special")
+    x = _data((9, 31), dtype)
+    got = getattr(fs, name)(x, axis=axis)
+    want = getattr(special, name)(x.astype(np.float64), axis=axis)
+    _assert_close(got, want, ORACLE_RTOL[dtype], TINY[dtype])
+
+
+def test_scipy_cases():
+    # Cases from SciPy's own tests of softmax / log_softmax / logsumexp.
+    np.testing.assert_allclose(fs.softmax([1000.0, 0, 0, 0]), [1, 0, 0, 0], atol=1e-300)
+    np.testing.assert_allclose(fs.log_softmax([1000.0, 1.0]), [0.0, -999.0])
+    np.testing.assert_allclose(fs.logsumexp([1000.0, 1000.0]), 1000 + np.log(2))
+    np.testing.assert_allclose(fs.softmax(np.arange(4)), np.exp(np.arange(4)) / np.exp(np.arange(4)).sum(), rtol=1e-13)
+    row = np.array([1.0, 325.0, 749.0, 750.0])
+    want = np.exp(row - 750) / np.exp(row - 750).sum()
+    np.testing.assert_allclose(fs.softmax([row]), [want], rtol=1e-13, atol=1e-300)
+    assert fs.logsumexp(np.array([-1e10, -np.inf])) == -1e10
+    assert fs.softmax(3.0, axis=None) == 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("dim", [0, 1, 2])
+def test_matches_torch(dim, dtype):
+    torch = pytest.importorskip("torch")
+    x = _data((4, 5, 66), dtype)
+    x[0, 0, 3] = -np.inf
+    x[1, 2, :] = -np.inf
+    x[2, 1, 7] = np.inf
+    x[3, 3, 9] = np.nan
+    t = torch.from_numpy(x)
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == np.float32 else {"rtol": 1e-12, "atol": 1e-14}
+    np.testing.assert_allclose(fs.softmax(x, dim), torch.softmax(t, dim).numpy(), equal_nan=True, **tol)
+    np.testing.assert_allclose(fs.log_softmax(x, dim), torch.log_softmax(t, dim).numpy(), equal_nan=True, **tol)
+    np.testing.assert_allclose(fs.logsumexp(x, dim), torch.logsumexp(t, dim).numpy(), equal_nan=True, **tol)
+
+
+@pytest.mark.parametrize("name", BACKWARD)
+def test_backward_matches_torch_autograd(name):
+    torch = pytest.importorskip("torch")
+    x = _data((6, 40), np.float64)
+    g = _data((6, 40), np.float64, seed=5, scale=1.0)
+    t = torch.from_numpy(x).requires_grad_(True)
+    fwd = torch.softmax if name == "softmax_backward" else torch.log_softmax
+    y = fwd(t, -1)
+    y.backward(torch.from_numpy(g))
+    got = getattr(fs, name)(g, y.detach().numpy())
+    np.testing.assert_allclose(got, t.grad.numpy(), rtol=1e-12, atol=1e-14)
+
+
+# ------------------------------------------------------------------ finite differences
+
+
+def _fourth_order_gradient(f, x, h=1e-3):
+    grad = np.zeros_like(x)
+    for idx in np.ndindex(x.shape):
+        def shifted(k):
+            xs = x.copy()
+            xs[idx] += k * h
+            return f(xs)
+
+        grad[idx] = (-shifted(2) + 8 * shifted(1) - 8 * shifted(-1) + shifted(-2)) / (12 * h)
+    return grad
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+@pytest.mark.parametrize("name", BACKWARD)
+def test_backward_against_finite_differences(name, axis):
+    x = _data((4, 6), np.float64, seed=3, scale=1.0)
+    w = _data((4, 6), np.float64, seed=4, scale=1.0)
+    forward = fs.softmax if name == "softmax_backward" else fs.log_softmax
+
+    def loss(z):
+        return float(np.sum(w * forward(z, axis=axis)))
+
+    analytic = getattr(fs, name)(w, forward(x, axis=axis), axis=axis)
+    np.testing.assert_allclose(analytic, _fourth_order_gradient(loss, x), rtol=1e-8, atol=1e-10)
+
+
+def test_logsumexp_gradient_is_softmax():
+    x = _data((3, 5), np.float64, seed=6, scale=1.0)
+    numeric = _fourth_order_gradient(lambda z: float(np.sum(fs.logsumexp(z))), x)
+    np.testing.assert_allclose(fs.softmax(x), numeric, rtol=1e-8, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------- API
+
+
+@pytest.mark.parametrize("name", sorted(set(fs.__all__) - {"set_num_threads", "get_num_threads", "isa"}))
+def test_reference_signature_equals_public(name):
+    assert inspect.signature(getattr(ref, name)) == inspect.signature(getattr(fs, name))
+
+
+@pytest.mark.parametrize(
+    "dtype,want",
+    [
+        (np.int8, np.float64),
+        (np.int64, np.float64),
+        (np.uint16, np.float64),
+        (np.bool_, np.float64),
+        (np.float16, np.float16),
+        (np.float32, np.float32),
+        (np.float64, np.float64),
+    ],
+    ids=lambda v: np.dtype(v).name,
+)
+@pytest.mark.parametrize("name", FORWARD)
+def test_result_dtypes(name, dtype, want):
+    x = (np.arange(12).reshape(3, 4) % 3).astype(dtype)
+    got = getattr(fs, name)(x)
+    assert got.dtype == np.dtype(want)
+    oracle = _oracle(name, x)
+    np.testing.assert_allclose(got, oracle, rtol=1e-3 if want == np.float16 else 1e-6)
+
+
+@pytest.mark.parametrize(
+    "g_dtype,y_dtype,want",
+    [
+        (np.float32, np.float32, np.float32),
+        (np.float32, np.float64, np.float64),
+        (np.int32, np.float32, np.float64),
+        (np.float16, np.float16, np.float16),
+        (np.float16, np.float32, np.float32),
+    ],
+    ids=lambda v: np.dtype(v).name,
+)
+@pytest.mark.parametrize("name", BACKWARD)
+def test_backward_dtype_promotion(name, g_dtype, y_dtype, want):
+    g = np.ones((2, 3), g_dtype)
+    y = np.full((2, 3), -1.0, y_dtype)
+    assert getattr(fs, name)(g, y).dtype == np.dtype(want)
+    assert getattr(ref, name)(g, y).dtype == np.dtype(want)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.ones(3, np.complex128),
+        np.array([1, "a"], dtype=object),
+        np.array(["a", "b"]),
+        np.array([b"a", b"b"]),
+        np.array(["2020-01-01"], dtype="datetime64[D]"),
+        np.array([1], dtype="timedelta64[s]"),
+        np.ones(3, np.longdouble),
+    ],
+    ids=["complex", "object", "str", "bytes", "datetime", "timedelta", "longdouble"],
+)
+@pytest.mark.parametrize("name", FORWARD)
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_bad_dtypes_raise_type_error(impl, name, bad):
+    if bad.dtype == np.longdouble and np.dtype(np.longdouble).itemsize == 8:
+        pytest.skip("longdouble is float64 on this platform")
+    with pytest.raises(TypeError, match="'x'"):
+        getattr(impl, name)(bad)
+
+
+@pytest.mark.parametrize("name", FORWARD)
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_invalid_axis(impl, name):
+    with pytest.raises(AxisError):
+        getattr(impl, name)(np.ones((2, 3)), axis=2)
+    with pytest.raises(AxisError):
+        getattr(impl, name)(np.ones((2, 3)), axis=-3)
+    with pytest.raises(AxisError):
+        getattr(impl, name)(np.float64(1.0))
+    with pytest.raises(TypeError, match="axis"):
+        getattr(impl, name)(np.ones((2, 3)), axis=1.0)
+
+
+@pytest.mark.parametrize("name", BACKWARD)
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_backward_shape_mismatch(impl, name):
+    with pytest.raises(ValueError, match="grad_output"):
+        getattr(impl, name)(np.ones((2, 3)), np.ones((2, 4)))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_logsumexp_0d_result_is_numpy_scalar(impl, dtype):
+    got = impl.logsumexp(np.array([1.0, 2.0], dtype))
+    assert isinstance(got, np.generic)
+    assert got.dtype == np.dtype(dtype)
+    got = impl.logsumexp(np.ones((2, 3), dtype), axis=None)
+    assert isinstance(got, np.generic)
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_logsumexp_keepdims(impl):
+    x = _data((3, 4, 5), np.float64)
+    assert impl.logsumexp(x, axis=1, keepdims=True).shape == (3, 1, 5)
+    assert impl.logsumexp(x, axis=(0, 2), keepdims=True).shape == (1, 4, 1)
+    assert impl.logsumexp(x, axis=None, keepdims=True).shape == (1, 1, 1)
+
+
+# ----------------------------------------------------------------------------- out=
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_out_and_in_place(name, axis, dtype):
+    x = _data((5, 9), dtype)
+    want = getattr(fs, name)(x, axis=axis)
+    out = np.empty_like(x)
+    assert getattr(fs, name)(x, axis=axis, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    inplace = x.copy()
+    assert getattr(fs, name)(inplace, axis=axis, out=inplace) is inplace
+    np.testing.assert_array_equal(inplace, want)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_overlapping_out_is_as_if_fresh(impl, name):
+    buf = _data((6 * 8,), np.float64)
+    x = buf[:40].reshape(5, 8)
+    want = getattr(impl, name)(x.copy())
+    out = buf[8:48].reshape(5, 8)  # shifted by one row
+    getattr(impl, name)(x, out=out)
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("name", BACKWARD)
+@pytest.mark.parametrize("which", ["grad_output", "output"])
+def test_backward_in_place(name, which):
+    g = _data((4, 7), np.float64, seed=8)
+    y = fs.log_softmax(_data((4, 7), np.float64, seed=9))
+    want = getattr(fs, name)(g, y)
+    g2, y2 = g.copy(), y.copy()
+    target = g2 if which == "grad_output" else y2
+    assert getattr(fs, name)(g2, y2, out=target) is target
+    np.testing.assert_array_equal(target, want)
+
+
+def test_logsumexp_out():
+    x = _data((4, 7), np.float32)
+    out = np.full(4, 7.0, np.float32)
+    assert fs.logsumexp(x, out=out) is out
+    np.testing.assert_array_equal(out, fs.logsumexp(x))
+    out0 = np.zeros((), np.float32)
+    assert fs.logsumexp(x[0], out=out0) is out0
+    assert out0 == fs.logsumexp(x[0])
+
+
+def test_float16_out_and_result():
+    x = _data((3, 8), np.float16)
+    out = np.empty((3, 8), np.float16)
+    fs.softmax(x, out=out)
+    np.testing.assert_allclose(out, _oracle("softmax", x), rtol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "out,exc",
+    [
+        (np.empty((3, 5)), ValueError),
+        (np.empty((3, 4), np.float32), TypeError),
+        ([[0.0] * 4] * 3, TypeError),
+        ("out", TypeError),
+    ],
+    ids=["shape", "dtype", "list", "str"],
+)
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+@pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
+def test_bad_out(impl, name, out, exc):
+    x = np.ones((3, 4))
+    with pytest.raises(exc, match="'out'"):
+        getattr(impl, name)(x, out=out)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_read_only_out_raises_and_nothing_changes(name):
+    x = _data((3, 4), np.float64)
+    out = np.zeros((3, 4))
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        getattr(fs, name)(x, out=out)
+    np.testing.assert_array_equal(out, 0.0)
+
+
+@pytest.mark.parametrize("name", FORWARD)
+def test_read_only_input_works(name):
+    x = _data((3, 4), np.float32)
+    x.flags.writeable = False
+    np.testing.assert_array_equal(getattr(fs, name)(x), getattr(fs, name)(x.copy()))
+
+
+def test_failing_call_leaves_out_untouched():
+    out = np.full((2, 3), 5.0)
+    with pytest.raises(AxisError):
+        fs.softmax(np.ones((2, 3)), axis=3, out=out)
+    np.testing.assert_array_equal(out, 5.0)
+
+
+def test_list_and_scalar_inputs():
+    np.testing.assert_allclose(fs.softmax([[1, 2], [3, 4]]), ref.softmax(np.array([[1.0, 2.0], [3.0, 4.0]])))
+    assert fs.logsumexp([1, 2, 3]).dtype == np.float64
+
+
+# --------------------------------------------------------------------------- threads
+
+
+def test_thread_controls():
+    saved = fs.get_num_threads()
+    try:
+        fs.set_num_threads(1)
+        assert fs.get_num_threads() == 1
+    finally:
+        fs.set_num_threads(saved)
+    with pytest.raises(ValueError, match="'n'"):
+        fs.set_num_threads(0)
+    with pytest.raises(TypeError, match="'n'"):
+        fs.set_num_threads(1.5)
+
+
+def test_threadpoolctl_limits_threads():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    saved = fs.get_num_threads()
+    try:
+        fs.set_num_threads(2)
+        with threadpoolctl.threadpool_limits(limits=1, user_api="openmp"):
+            assert fs.get_num_threads() == 1
+    finally:
+        fs.set_num_threads(saved)
+
+
+AXIS_TUPLES = [axes for r in (1, 2, 3) for axes in itertools.combinations(range(3), r)]
+
+
+@pytest.mark.parametrize("axes", AXIS_TUPLES, ids=str)
+@pytest.mark.parametrize("name", FORWARD)
+def test_axis_tuples_match_reference(name, axes):
+    x = _data((3, 4, 5), np.float64)
+    np.testing.assert_allclose(getattr(fs, name)(x, axes), getattr(ref, name)(x, axes), rtol=1e-13)
