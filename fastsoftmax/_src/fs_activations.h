@@ -6,6 +6,7 @@
 #ifndef FS_ACTIVATIONS_H
 #define FS_ACTIVATIONS_H
 #include "fs_common.h"
+#include "fs_avx512.h"
 
 #define FS_ACT_KERNELS(T, SUF, ISA)                                                          \
     {                                                                                        \
@@ -60,6 +61,7 @@ FS_DECLARE_ACT_TABLE(double, f64)
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,prefer-vector-width=512")
 #define FS_ISA avx512
+#define FS_USE_AVX512
 #define FS_T float
 #define FS_SUF f32
 #include "fs_activations_impl.h"
@@ -71,6 +73,7 @@ FS_DECLARE_ACT_TABLE(double, f64)
 #undef FS_T
 #undef FS_SUF
 #undef FS_ISA
+#undef FS_USE_AVX512
 #pragma GCC pop_options
 #endif
 

@@ -13,6 +13,8 @@
 #define FS_EXP FS_CAT(fs_exp, FS_SUF)
 #define FS_TWO_SUM_ERR FS_CAT(fs_two_sum_err, FS_SUF)
 
+/* ---- row primitives: portable versions (the compiler vectorises them) ---- */
+
 static inline FS_T FS_FN(row_max)(const FS_T *restrict x, ptrdiff_t n)
 {
     FS_T m = -(FS_T)INFINITY;
@@ -21,11 +23,29 @@ static inline FS_T FS_FN(row_max)(const FS_T *restrict x, ptrdiff_t n)
     return m;
 }
 
-/* ln(sum_i exp(x_i - m)) for a finite m, as log1p of the sum without one max element
-   (so [0, -40] gives exp(-40), not 0). */
-static inline double FS_FN(row_log_sum_exp_shifted)(const FS_T *restrict x, ptrdiff_t n, FS_T m)
+/* y = exp(x - m) (the subtraction's rounding error fed back); returns sum(y). */
+static inline double FS_FN(exp_store_sum)(const FS_T *x, FS_T m, FS_T *y, ptrdiff_t n)
 {
-    double rest = 0.0, at_max = 0.0;
+    double s = 0.0;
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        FS_T bs = 0;
+        FS_OMP_SIMD_SUM(bs)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T t = x[i] - m;
+            FS_T e = FS_EXP(t, FS_TWO_SUM_ERR(x[i], -m, t));
+            y[i] = e;
+            bs += e;
+        }
+        s += (double)bs;
+    }
+    return s;
+}
+
+/* Sum of exp(x - m) over x != m; *at_max counts x == m. */
+static inline double FS_FN(exp_sum_split)(const FS_T *restrict x, FS_T m, ptrdiff_t n, double *at_max)
+{
+    double rest = 0.0, count = 0.0;
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
         ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
         FS_T brest = 0, bmax = 0;
@@ -37,8 +57,46 @@ static inline double FS_FN(row_log_sum_exp_shifted)(const FS_T *restrict x, ptrd
             bmax += is_max ? (FS_T)1 : (FS_T)0;
         }
         rest += (double)brest;
-        at_max += (double)bmax;
+        count += (double)bmax;
     }
+    *at_max = count;
+    return rest;
+}
+
+/* y = src * s (src may be y). */
+static inline void FS_FN(scale)(const FS_T *src, FS_T s, FS_T *y, ptrdiff_t n)
+{
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = src[i] * s;
+}
+
+static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t n)
+{
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - m) - c;
+}
+
+/* On AVX-512 the hand-vectorised primitives of fs_avx512.h take their place. */
+#ifdef FS_USE_AVX512
+#define FS_ROW_MAX FS_CAT(fs512_row_max, FS_SUF)
+#define FS_EXP_STORE_SUM FS_CAT(fs512_exp_store_sum, FS_SUF)
+#define FS_EXP_SUM_SPLIT FS_CAT(fs512_exp_sum_split, FS_SUF)
+#define FS_SCALE FS_CAT(fs512_scale, FS_SUF)
+#define FS_SUB FS_CAT(fs512_sub, FS_SUF)
+#else
+#define FS_ROW_MAX FS_FN(row_max)
+#define FS_EXP_STORE_SUM FS_FN(exp_store_sum)
+#define FS_EXP_SUM_SPLIT FS_FN(exp_sum_split)
+#define FS_SCALE FS_FN(scale)
+#define FS_SUB FS_FN(sub)
+#endif
+
+/* ln(sum_i exp(x_i - m)) for a finite m, as log1p of the sum without one max element
+   (so [0, -40] gives exp(-40), not 0). */
+static inline double FS_FN(row_log_sum_exp_shifted)(const FS_T *x, ptrdiff_t n, FS_T m)
+{
+    double at_max;
+    double rest = FS_EXP_SUM_SPLIT(x, m, n, &at_max);
     return log1p((at_max - 1.0) + rest);
 }
 
@@ -63,40 +121,42 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
     for (ptrdiff_t i = 0; i < n; i++) y[i] = (FS_T)NAN;
 }
 
-static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n)
+/* ---- row kernels ---- */
+
+/* Passes over one row: max (from memory), y = exp(x - m) with its sum (x from cache),
+   y /= sum (in cache).  `next` (or NULL) is the following row: it is prefetched while this
+   one is computed, so that the memory traffic of the max pass overlaps the exps. */
+static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
-    FS_T m = FS_FN(row_max)(x, n);
+    FS_T m = FS_ROW_MAX(x, n);
     if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
     double s = 0.0;
-    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
-        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
-        FS_T bs = 0;
-        FS_OMP_SIMD_SUM(bs)
-        for (ptrdiff_t i = b; i < end; i++) {
-            FS_T t = x[i] - m;
-            FS_T e = FS_EXP(t, FS_TWO_SUM_ERR(x[i], -m, t));
-            y[i] = e;
-            bs += e;
-        }
-        s += (double)bs;
+    for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
+        ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
+        s += FS_EXP_STORE_SUM(x + c, m, y + c, len);
     }
-    FS_T inv = (FS_T)(1.0 / s);
-    FS_OMP_SIMD
-    for (ptrdiff_t i = 0; i < n; i++) y[i] *= inv;
+    FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
 
-static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n)
+static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
-    FS_T m = FS_FN(row_max)(x, n);
+    FS_T m = FS_ROW_MAX(x, n);
     if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
-    FS_T lse = (FS_T)FS_FN(row_log_sum_exp_shifted)(x, n, m);
-    FS_OMP_SIMD
-    for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - m) - lse;
+    double rest = 0.0, at_max = 0.0;
+    for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
+        ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
+        double k;
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
+        rest += FS_EXP_SUM_SPLIT(x + c, m, len, &k);
+        at_max += k;
+    }
+    FS_SUB(x, m, (FS_T)log1p((at_max - 1.0) + rest), y, n);
 }
 
 static FS_T FS_FN(logsumexp_row)(const FS_T *x, ptrdiff_t n)
 {
-    FS_T m = FS_FN(row_max)(x, n);
+    FS_T m = FS_ROW_MAX(x, n);
     if (!isfinite(m)) {
         /* +inf, or -inf with every element -inf, unless a NaN is present. */
         for (ptrdiff_t i = 0; i < n; i++)
@@ -144,7 +204,8 @@ static void FS_FN(softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
 #endif
-    for (ptrdiff_t r = 0; r < nrows; r++) FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols);
+    for (ptrdiff_t r = 0; r < nrows; r++)
+        FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
     (void)nt;
 }
 
@@ -154,7 +215,8 @@ static void FS_FN(log_softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptr
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
 #endif
-    for (ptrdiff_t r = 0; r < nrows; r++) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols);
+    for (ptrdiff_t r = 0; r < nrows; r++)
+        FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
     (void)nt;
 }
 
@@ -195,3 +257,8 @@ static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T 
 #undef FS_FN
 #undef FS_EXP
 #undef FS_TWO_SUM_ERR
+#undef FS_ROW_MAX
+#undef FS_EXP_STORE_SUM
+#undef FS_EXP_SUM_SPLIT
+#undef FS_SCALE
+#undef FS_SUB

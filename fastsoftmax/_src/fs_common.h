@@ -47,7 +47,7 @@
 #endif
 
 /* Elements per partial sum: lanes accumulate in the element type inside a block, blocks in double. */
-#define FS_BLOCK 256
+#define FS_BLOCK 128
 
 #define FS_CAT_(a, b) a##_##b
 #define FS_CAT(a, b) FS_CAT_(a, b)
@@ -90,8 +90,21 @@ static inline double fs_f64_from_bits(int64_t i) { double f; memcpy(&f, &i, size
 static inline int64_t fs_bits_from_f64(double f) { int64_t i; memcpy(&i, &f, sizeof i); return i; }
 
 /*
+ * float32 exp constants: ln 2 split so that n * FS_LN2_HI_F32 is exact (its last 7 bits are
+ * zero), and a degree-5 minimax polynomial for exp on [-ln2/2, ln2/2]:
+ * exp(r) ~ 1 + r*(c1 + r*(c2 + r*(c3 + r*(c4 + r*c5)))) (the coefficients XNNPACK uses).
+ */
+#define FS_LN2_HI_F32 0x1.62E400p-1f
+#define FS_LN2_LO_F32 0x1.7F7D1Cp-20f
+#define FS_EXP_C1_F32 0x1.FFFFF6p-1f
+#define FS_EXP_C2_F32 0x1.FFFDC6p-2f
+#define FS_EXP_C3_F32 0x1.555A80p-3f
+#define FS_EXP_C4_F32 0x1.573A1Ap-5f
+#define FS_EXP_C5_F32 0x1.0F9F9Cp-7f
+
+/*
  * exp(x + lo) in float32, lo a tiny correction term (the rounding error of x when
- * x = a - b was rounded; pass 0 otherwise).  Cephes expf polynomial, |error| <~ 1.5 ulp.
+ * x = a - b was rounded; pass 0 otherwise).  About 1.5 ulp.
  */
 static inline float fs_exp_f32(float x, float lo)
 {
@@ -100,16 +113,15 @@ static inline float fs_exp_f32(float x, float lo)
     xc = xc > 89.0f ? 89.0f : xc;
     float nb = xc * 1.44269504088896341f + magic;
     float n = nb - magic;
-    float r = xc - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
+    float r = xc - n * FS_LN2_HI_F32;
+    r = r - n * FS_LN2_LO_F32;
     r = r + lo;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * (r * r) + r + 1.0f;
+    float p = FS_EXP_C5_F32;
+    p = p * r + FS_EXP_C4_F32;
+    p = p * r + FS_EXP_C3_F32;
+    p = p * r + FS_EXP_C2_F32;
+    p = p * r + FS_EXP_C1_F32;
+    p = p * r + 1.0f;
     /* 2^n for n in [-151, 129], as 2^(n+adj) * 2^(-adj) so both factors are normal. */
     int32_t ni = fs_bits_from_f32(nb) - fs_bits_from_f32(magic);
     int32_t adj = ni < -100 ? 64 : (ni > 100 ? -64 : 0);
@@ -165,6 +177,20 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
 {
     double bb = s - a;
     return (a - (s - bb)) + (b - bb);
+}
+
+/* Elements of a row handled between two prefetches of the next row. */
+#define FS_CHUNK 1024
+
+/* Ask for `bytes` from p to be brought into cache (one request per 64-byte line). */
+static inline void fs_prefetch_span(const void *p, size_t bytes)
+{
+#if defined(__GNUC__)
+    const char *c = (const char *)p;
+    for (size_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 2);
+#else
+    (void)p; (void)bytes;
+#endif
 }
 
 /* Threads for a job of `work` elements in `nrows` independent rows. */

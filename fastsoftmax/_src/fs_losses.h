@@ -1,0 +1,129 @@
+/*
+ * fs_losses.h -- the loss kernels (nll_loss, cross_entropy and its fused gradient), compiled
+ * once per instruction set and dispatched at import time (see fs_common.h).  The public entry
+ * points are the tables fs_loss_f32 / fs_loss_f64; fs_losses_init() must run first.
+ *
+ * Every kernel works on C-contiguous rows of `ncols` classes (class axis last) and writes one
+ * float64 loss per row; the caller reduces those in a fixed order, so results do not depend on
+ * the number of threads.  Class-index targets arrive as int64, already checked by the caller:
+ * a target outside [0, ncols) means "ignored" here, so no kernel ever indexes outside a row.
+ */
+#ifndef FS_LOSSES_H
+#define FS_LOSSES_H
+#include "fs_common.h"
+
+#ifdef _OPENMP
+#define FS_LOSS_SIMD_SUM3(a, b, c) FS_PRAGMA(omp simd reduction(+ : a, b, c))
+#define FS_LOSS_SIMD_SUM4(a, b, c, d) FS_PRAGMA(omp simd reduction(+ : a, b, c, d))
+#else
+#define FS_LOSS_SIMD_SUM3(a, b, c)
+#define FS_LOSS_SIMD_SUM4(a, b, c, d)
+#endif
+
+#if defined(__GNUC__)
+#define FS_LOSS_INLINE static inline __attribute__((always_inline))
+#else
+#define FS_LOSS_INLINE static inline
+#endif
+
+#define FS_LOSS_KERNELS(SUF, ISA)                                                             \
+    {                                                                                         \
+        FS_CAT(FS_CAT(ce_rows, SUF), ISA), FS_CAT(FS_CAT(nll_rows, SUF), ISA),                \
+        FS_CAT(FS_CAT(total_weight, SUF), ISA)                                                \
+    }
+
+/*
+ * ce(x, target, prob, weight, nrows, ncols, label_smoothing, grad_scale, grad, row_loss, nthreads)
+ *   x         IN   nrows x ncols logits
+ *   target    IN   nrows class indices (int64), or NULL when `prob` is given
+ *   prob      IN   nrows x ncols probability targets, or NULL
+ *   weight    IN   ncols class weights, or NULL (all ones)
+ *   grad      OUT  nrows x ncols gradient times grad_scale, or NULL (loss only); may be x itself
+ *   row_loss  OUT  nrows per-row (weighted, unscaled) losses
+ * nll(x, target, weight, nrows, ncols, row_loss): row_loss[r] = -weight[t] * x[r, t] (0 if ignored)
+ * total_weight(target, weight, nrows, ncols): sum of weight[t] over the non-ignored targets
+ */
+#define FS_DECLARE_LOSS_TABLE(T, SUF)                                                                  \
+    typedef struct {                                                                                   \
+        void (*ce)(const T *, const int64_t *, const T *, const T *, ptrdiff_t, ptrdiff_t, double,     \
+                   double, T *, double *, int);                                                        \
+        void (*nll)(const T *, const int64_t *, const T *, ptrdiff_t, ptrdiff_t, double *);            \
+        double (*total_weight)(const int64_t *, const T *, ptrdiff_t, ptrdiff_t);                      \
+    } FS_CAT(fs_loss_table, SUF);
+FS_DECLARE_LOSS_TABLE(float, f32)
+FS_DECLARE_LOSS_TABLE(double, f64)
+
+/* ---- one body per instruction set ---- */
+#define FS_ISA baseline
+#define FS_T float
+#define FS_SUF f32
+#include "fs_losses_impl.h"
+#undef FS_T
+#undef FS_SUF
+#define FS_T double
+#define FS_SUF f64
+#include "fs_losses_impl.h"
+#undef FS_T
+#undef FS_SUF
+#undef FS_ISA
+
+#if FS_X86_MULTIVERSION
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#define FS_ISA avx2
+#define FS_T float
+#define FS_SUF f32
+#include "fs_losses_impl.h"
+#undef FS_T
+#undef FS_SUF
+#define FS_T double
+#define FS_SUF f64
+#include "fs_losses_impl.h"
+#undef FS_T
+#undef FS_SUF
+#undef FS_ISA
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,prefer-vector-width=512")
+#define FS_ISA avx512
+#define FS_T float
+#define FS_SUF f32
+#include "fs_losses_impl.h"
+#undef FS_T
+#undef FS_SUF
+#define FS_T double
+#define FS_SUF f64
+#include "fs_losses_impl.h"
+#undef FS_T
+#undef FS_SUF
+#undef FS_ISA
+#pragma GCC pop_options
+#endif
+
+static fs_loss_table_f32 fs_loss_f32 = FS_LOSS_KERNELS(f32, baseline);
+static fs_loss_table_f64 fs_loss_f64 = FS_LOSS_KERNELS(f64, baseline);
+static int fs_loss_isa = FS_ISA_BASELINE;
+
+static int fs_losses_init(void)
+{
+    fs_loss_isa = fs_pick_isa();
+#if FS_X86_MULTIVERSION
+    if (fs_loss_isa == FS_ISA_AVX512) {
+        fs_loss_table_f32 t32 = FS_LOSS_KERNELS(f32, avx512);
+        fs_loss_table_f64 t64 = FS_LOSS_KERNELS(f64, avx512);
+        fs_loss_f32 = t32;
+        fs_loss_f64 = t64;
+    } else if (fs_loss_isa == FS_ISA_AVX2) {
+        fs_loss_table_f32 t32 = FS_LOSS_KERNELS(f32, avx2);
+        fs_loss_table_f64 t64 = FS_LOSS_KERNELS(f64, avx2);
+        fs_loss_f32 = t32;
+        fs_loss_f64 = t64;
+    }
+#endif
+    return fs_loss_isa;
+}
+
+static const char *fs_losses_isa(void) { return fs_isa_name(fs_loss_isa); }
+
+#endif /* FS_LOSSES_H */

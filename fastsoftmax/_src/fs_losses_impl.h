@@ -1,0 +1,334 @@
+/*
+ * fs_losses_impl.h -- row kernels of nll_loss and cross_entropy (loss, and optionally its
+ * gradient), for one element type and one instruction set.
+ *
+ * Included by fs_losses.h with FS_T (float or double), FS_SUF (f32 or f64) and FS_ISA
+ * (baseline, avx2, avx512) defined.  Every function works on C-contiguous rows of `n`
+ * classes.
+ *
+ * The maths, per row x with max m, e_i = exp(x_i - m), s = sum e_i, lse = ln s,
+ * p_i = e_i / s and -log_softmax(x)_i = (m - x_i) + lse.  Every loss of SPEC section 3 is
+ * sum_i a_i (-log p_i) for per-row coefficients a:
+ *   class index t, smoothing eps, weights w (W = sum w):  a = (1-eps) w_t onehot(t) + (eps/n) w
+ *   probabilities q:                                      a = w * ((1-eps) q + eps/n)
+ * and its gradient with respect to x is p * sum(a) - a.  With eps = 0 and a class index the
+ * loss is w_t * (-log p_t) alone (torch computes no smoothing term then, so -inf logits off
+ * the target do not matter).
+ *
+ * Passes over a row: (1) max (read); (2) e_i = exp(x_i - m) (read; stored into the gradient
+ * when there is one) with, in the same loop, the sums the loss needs; (3) the gradient,
+ * g_i = e_i * k1 - k2 * a_i (in cache, read + write).  The gradient may be x itself: pass 2
+ * reads x_i before it writes g_i, x_t is read before pass 2, and pass 3 no longer reads x.
+ *
+ * Sums run in blocks of FS_BLOCK elements: inside a block in FS_T with one accumulator per
+ * SIMD lane, across blocks in double, so the float32 error does not grow with the row length.
+ * In the block that holds the first maximum, the elements equal to m are counted rather than
+ * added, so `rest` = s - 1 keeps its precision and lse = log1p(rest) (a confident prediction's
+ * loss of 1e-7 is not rounded away against the 1).  The target column of the gradient, where
+ * p_t - 1 cancels, is computed in double as expm1(log p_t).
+ *
+ * Special values follow torch: a row whose max is not finite (+inf somewhere, or every entry
+ * -inf) has NaN loss and gradient; NaN anywhere propagates; a zero coefficient times an
+ * infinite -log p gives NaN (IEEE, as torch's products do).  Ignored rows have loss 0 and
+ * gradient 0 whatever their values.
+ */
+#define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
+#define FS_EXP FS_CAT(fs_exp, FS_SUF)
+
+/* Max of a row, and the start of the first block of FS_BLOCK elements that holds it. */
+static inline FS_T FS_FN(loss_row_max)(const FS_T *x, ptrdiff_t n, ptrdiff_t *first_block)
+{
+    FS_T m = -(FS_T)INFINITY;
+    ptrdiff_t k = 0;
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        FS_T bm = -(FS_T)INFINITY;
+        FS_OMP_SIMD_MAX(bm)
+        for (ptrdiff_t i = b; i < end; i++) bm = x[i] > bm ? x[i] : bm;
+        if (bm > m) {
+            m = bm;
+            k = b;
+        }
+    }
+    *first_block = k;
+    return m;
+}
+
+static void FS_FN(loss_fill)(FS_T *g, ptrdiff_t n, FS_T v)
+{
+    FS_OMP_SIMD
+    for (ptrdiff_t i = 0; i < n; i++) g[i] = v;
+}
+
+/*
+ * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i] when
+ * STORE.  Adds sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes
+ * to *cnt -- and, when SMOOTH, sum w_i (m - x_i) to *s1 (w_i = 1 unless WEIGHTED).  The flags
+ * are compile-time constants at every call, so each combination is its own vectorised loop.
+ */
+FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t b,
+                                          ptrdiff_t end, FS_T m, const int EXCL, const int SMOOTH,
+                                          const int WEIGHTED, const int STORE, double *rest,
+                                          double *cnt, double *s1)
+{
+    FS_T br = 0, bc = 0, bs = 0;
+    FS_LOSS_SIMD_SUM3(br, bc, bs)
+    for (ptrdiff_t i = b; i < end; i++) {
+        FS_T xi = x[i];
+        FS_T d = xi - m;
+        FS_T e = FS_EXP(d, 0);
+        if (STORE) g[i] = e;
+        if (EXCL) {
+            int is_max = xi == m;
+            br += is_max ? (FS_T)0 : e;
+            bc += is_max ? (FS_T)1 : (FS_T)0;
+        } else {
+            br += e;
+        }
+        if (SMOOTH) bs += WEIGHTED ? w[i] * -d : -d;
+    }
+    *rest += (double)br;
+    *cnt += (double)bc;
+    *s1 += (double)bs;
+}
+
+FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t n,
+                                          FS_T m, ptrdiff_t kb, const int SMOOTH, const int WEIGHTED,
+                                          const int STORE, double *rest, double *cnt, double *s1)
+{
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        if (b == kb)
+            FS_FN(ce_index_block)(x, g, w, b, end, m, 1, SMOOTH, WEIGHTED, STORE, rest, cnt, s1);
+        else
+            FS_FN(ce_index_block)(x, g, w, b, end, m, 0, SMOOTH, WEIGHTED, STORE, rest, cnt, s1);
+    }
+}
+
+/*
+ * One row, class index t in [0, n): returns the row's loss
+ *   eps = 0:  w_t (-log p_t)
+ *   eps > 0:  (1-eps) w_t (-log p_t) + (eps/n) sum_i w_i (-log p_i)      (torch's definition)
+ * and, when g != NULL, writes gs * d(loss)/dx into g (which may be x).
+ */
+static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
+                                  double wsum, double eps, FS_T *g, double gs)
+{
+    ptrdiff_t kb;
+    const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
+    const FS_T xt = x[t];
+    if (!isfinite(m)) {
+        if (g != NULL) FS_FN(loss_fill)(g, n, (FS_T)NAN);
+        return NAN;
+    }
+    const int smooth = eps > 0.0, weighted = w != NULL;
+    double rest = 0.0, cnt = 0.0, s1 = 0.0;
+    if (g != NULL) {
+        if (!smooth) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 0, 0, 1, &rest, &cnt, &s1);
+        else if (weighted) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 1, 1, &rest, &cnt, &s1);
+        else FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 0, 1, &rest, &cnt, &s1);
+    } else {
+        if (!smooth) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 0, 0, 0, &rest, &cnt, &s1);
+        else if (weighted) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 1, 0, &rest, &cnt, &s1);
+        else FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 0, 0, &rest, &cnt, &s1);
+    }
+    rest += cnt - 1.0; /* sum of e_i over every element but one maximum */
+    const double lse = log1p(rest);
+    const double s = 1.0 + rest;
+    const double wt = weighted ? (double)w[t] : 1.0;
+    const double nll = lse + ((double)m - (double)xt); /* -log p_t */
+    const double per_class = eps / (double)n;          /* smoothing mass of each class */
+    double loss = wt * nll;
+    if (smooth) loss = (1.0 - eps) * loss + per_class * (s1 + wsum * lse);
+    if (g == NULL) return loss;
+
+    /* Pass 3: g_i = gs * (p_i * sum(a) - a_i), then the target column in double. */
+    const double coef = smooth ? (1.0 - eps) * wt + per_class * wsum : wt; /* sum(a) */
+    const FS_T k1 = (FS_T)(gs * coef / s);
+    if (!smooth) {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1;
+    } else {
+        const FS_T k2 = (FS_T)(gs * per_class);
+        if (weighted) {
+            FS_OMP_SIMD
+            for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1 - k2 * w[i];
+        } else {
+            FS_OMP_SIMD
+            for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1 - k2;
+        }
+    }
+    /* p_t - 1 = expm1(log p_t): no cancellation when p_t is close to 1. */
+    double gt = wt * expm1(-nll);
+    if (smooth) gt = (1.0 - eps) * gt + per_class * (wsum * exp(-nll) - (weighted ? wt : 1.0));
+    g[t] = (FS_T)(gs * gt);
+    return loss;
+}
+
+/*
+ * Pass 2 over x[b:end] for probability targets q: as ce_index_block for e_i and the sum, plus
+ * a_i = w_i ((1-eps) q_i + eps/n) (keep = 1-eps, add = eps/n; just q_i when !SMOOTH, w_i = 1
+ * unless WEIGHTED): *sa += sum a_i (m - x_i), *sb += sum a_i.
+ */
+FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w,
+                                         ptrdiff_t b, ptrdiff_t end, FS_T m, FS_T keep, FS_T add,
+                                         const int EXCL, const int SMOOTH, const int WEIGHTED,
+                                         const int STORE, double *rest, double *cnt, double *sa,
+                                         double *sb)
+{
+    FS_T br = 0, bc = 0, ba = 0, bb = 0;
+    FS_LOSS_SIMD_SUM4(br, bc, ba, bb)
+    for (ptrdiff_t i = b; i < end; i++) {
+        FS_T xi = x[i];
+        FS_T a = SMOOTH ? q[i] * keep + add : q[i];
+        if (WEIGHTED) a = a * w[i];
+        FS_T d = xi - m;
+        FS_T e = FS_EXP(d, 0);
+        if (STORE) g[i] = e;
+        if (EXCL) {
+            int is_max = xi == m;
+            br += is_max ? (FS_T)0 : e;
+            bc += is_max ? (FS_T)1 : (FS_T)0;
+        } else {
+            br += e;
+        }
+        ba += a * -d;
+        bb += a;
+    }
+    *rest += (double)br;
+    *cnt += (double)bc;
+    *sa += (double)ba;
+    *sb += (double)bb;
+}
+
+FS_LOSS_INLINE void FS_FN(ce_prob_pass2)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w,
+                                         ptrdiff_t n, FS_T m, ptrdiff_t kb, FS_T keep, FS_T add,
+                                         const int SMOOTH, const int WEIGHTED, const int STORE,
+                                         double *rest, double *cnt, double *sa, double *sb)
+{
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
+        if (b == kb)
+            FS_FN(ce_prob_block)(x, g, q, w, b, end, m, keep, add, 1, SMOOTH, WEIGHTED, STORE,
+                                 rest, cnt, sa, sb);
+        else
+            FS_FN(ce_prob_block)(x, g, q, w, b, end, m, keep, add, 0, SMOOTH, WEIGHTED, STORE,
+                                 rest, cnt, sa, sb);
+    }
+}
+
+#define FS_PROB_PASS2(SMOOTH, WEIGHTED, STORE)                                                   \
+    FS_FN(ce_prob_pass2)(x, g, q, w, n, m, kb, keep, add, SMOOTH, WEIGHTED, STORE, &rest, &cnt, \
+                         &sa, &sb)
+
+/*
+ * One row of probability targets q (never ignored): returns sum_i a_i (-log p_i) and, when
+ * g != NULL, writes gs * (p * sum(a) - a) into g (which may be x, but not q or w).
+ */
+static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, const FS_T *w,
+                                 double eps, FS_T *g, double gs)
+{
+    if (n == 0) return 0.0;
+    ptrdiff_t kb;
+    const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
+    if (!isfinite(m)) {
+        if (g != NULL) FS_FN(loss_fill)(g, n, (FS_T)NAN);
+        return NAN;
+    }
+    const int smooth = eps > 0.0, weighted = w != NULL;
+    const FS_T keep = (FS_T)(1.0 - eps), add = (FS_T)(eps / (double)n);
+    double rest = 0.0, cnt = 0.0, sa = 0.0, sb = 0.0;
+    if (g != NULL) {
+        if (smooth && weighted) FS_PROB_PASS2(1, 1, 1);
+        else if (smooth) FS_PROB_PASS2(1, 0, 1);
+        else if (weighted) FS_PROB_PASS2(0, 1, 1);
+        else FS_PROB_PASS2(0, 0, 1);
+    } else {
+        if (smooth && weighted) FS_PROB_PASS2(1, 1, 0);
+        else if (smooth) FS_PROB_PASS2(1, 0, 0);
+        else if (weighted) FS_PROB_PASS2(0, 1, 0);
+        else FS_PROB_PASS2(0, 0, 0);
+    }
+    rest += cnt - 1.0;
+    const double lse = log1p(rest);
+    const double loss = sa + sb * lse;
+    if (g == NULL) return loss;
+
+    const FS_T k1 = (FS_T)(gs * sb / (1.0 + rest));
+    const FS_T k3 = (FS_T)gs;
+    if (smooth && weighted) {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1 - k3 * ((q[i] * keep + add) * w[i]);
+    } else if (smooth) {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1 - k3 * (q[i] * keep + add);
+    } else if (weighted) {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1 - k3 * (q[i] * w[i]);
+    } else {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1 - k3 * q[i];
+    }
+    return loss;
+}
+#undef FS_PROB_PASS2
+
+/* ---- drivers over rows: threads split the rows statically; one loss per row ---- */
+
+static void FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob, const FS_T *w,
+                           ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, FS_T *grad,
+                           double *row_loss, int nthreads)
+{
+    double wsum = (double)ncols;
+    if (w != NULL) {
+        wsum = 0.0;
+        for (ptrdiff_t i = 0; i < ncols; i++) wsum += (double)w[i];
+    }
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++) {
+        const FS_T *xr = x + r * ncols;
+        FS_T *gr = grad != NULL ? grad + r * ncols : NULL;
+        if (prob != NULL) {
+            row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, gs);
+        } else {
+            int64_t t = target[r];
+            if (t < 0 || t >= (int64_t)ncols) { /* ignored */
+                row_loss[r] = 0.0;
+                if (gr != NULL) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
+            } else {
+                row_loss[r] = FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, gs);
+            }
+        }
+    }
+    (void)nt;
+}
+
+static void FS_FN(nll_rows)(const FS_T *x, const int64_t *target, const FS_T *w, ptrdiff_t nrows,
+                            ptrdiff_t ncols, double *row_loss)
+{
+    for (ptrdiff_t r = 0; r < nrows; r++) {
+        int64_t t = target[r];
+        if (t < 0 || t >= (int64_t)ncols) {
+            row_loss[r] = 0.0;
+        } else {
+            double wt = w != NULL ? (double)w[t] : 1.0;
+            row_loss[r] = -(wt * (double)x[r * ncols + t]);
+        }
+    }
+}
+
+static double FS_FN(total_weight)(const int64_t *target, const FS_T *w, ptrdiff_t nrows, ptrdiff_t ncols)
+{
+    double s = 0.0;
+    for (ptrdiff_t r = 0; r < nrows; r++) {
+        int64_t t = target[r];
+        if (t >= 0 && t < (int64_t)ncols) s += w != NULL ? (double)w[t] : 1.0;
+    }
+    return s;
+}
+
+#undef FS_FN
+#undef FS_EXP
