@@ -198,26 +198,50 @@ static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *
 
 /* ---- drivers over rows: threads split the rows statically ---- */
 
-static void FS_FN(softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+/* Rows of softmax (log_out = 0) or log_softmax (log_out = 1).  On AVX-512, short rows go a
+   block of rows at a time (fs512_short_rows_*); threads take contiguous slices of rows. */
+static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads,
+                                     int log_out)
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef FS_USE_AVX512
+    if (ncols > 0 && ncols <= FS512_SHORT_MAX) {
+        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
+        ptrdiff_t nslices = (nrows + slice - 1) / slice;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
 #endif
-    for (ptrdiff_t r = 0; r < nrows; r++)
-        FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
+        for (ptrdiff_t t = 0; t < nslices; t++) {
+            ptrdiff_t r0 = t * slice, len = nrows - r0 < slice ? nrows - r0 : slice;
+            ptrdiff_t done = FS_CAT(fs512_short_rows, FS_SUF)(x + r0 * ncols, y + r0 * ncols, len, ncols, log_out);
+            for (ptrdiff_t r = r0 + done; r < r0 + len; r++) {
+                if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL);
+                else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL);
+            }
+        }
+        (void)nt;
+        return;
+    }
+#endif
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (ptrdiff_t r = 0; r < nrows; r++) {
+        const FS_T *next = r + 1 < nrows ? x + (r + 1) * ncols : NULL;
+        if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
+        else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
+    }
     (void)nt;
+}
+
+static void FS_FN(softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    FS_FN(softmax_like_rows)(x, y, nrows, ncols, nthreads, 0);
 }
 
 static void FS_FN(log_softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
-    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (ptrdiff_t r = 0; r < nrows; r++)
-        FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
-    (void)nt;
+    FS_FN(softmax_like_rows)(x, y, nrows, ncols, nthreads, 1);
 }
 
 static void FS_FN(logsumexp_rows)(const FS_T *x, FS_T *out, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)

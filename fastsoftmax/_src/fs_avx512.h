@@ -316,6 +316,188 @@ static inline void fs512_sub_f64(const double *x, double m, double c, double *y,
     }
 }
 
+
+/* ---------------------------------------------------------------- short rows
+ *
+ * Rows of at most FS512_SHORT_MAX elements are done a block of rows at a time (16 float32 /
+ * 8 float64 rows, one per SIMD lane), so that no per-row horizontal reduction or scalar
+ * log is paid.  Column j of the block is gathered (max, sums: vertical, lane = row); the
+ * elementwise work runs over the block's contiguous memory, with each lane's row max /
+ * scale fetched by a permutation.  A row whose max is not finite is filled with NaN.
+ */
+#define FS512_SHORT_MAX 32
+
+/* log1p(u) for u >= 0 (NaN propagates): u = 2^e * m with m in [0.75, 1.5),
+   log m = 2 atanh((m-1)/(m+1)); the rounding of 1 + u is corrected as in log1p's
+   classic formulation log(w) * u / (w - 1). */
+FS512_INLINE __m512 fs512_log1p_ps(__m512 u)
+{
+    const __m512 one = _mm512_set1_ps(1.0f);
+    __m512 w = _mm512_add_ps(u, one);
+    __m512 e = _mm512_getexp_ps(_mm512_mul_ps(w, _mm512_set1_ps(4.0f / 3.0f)));
+    __m512 m = _mm512_scalef_ps(w, _mm512_sub_ps(_mm512_setzero_ps(), e));
+    __m512 f = _mm512_div_ps(_mm512_sub_ps(m, one), _mm512_add_ps(m, one));
+    __m512 f2 = _mm512_mul_ps(f, f);
+    __m512 p = _mm512_set1_ps(1.0f / 9.0f);
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 7.0f));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 5.0f));
+    p = _mm512_fmadd_ps(p, f2, _mm512_set1_ps(1.0f / 3.0f));
+    __m512 twof = _mm512_add_ps(f, f);
+    __m512 logm = _mm512_fmadd_ps(_mm512_mul_ps(twof, f2), p, twof);
+    __m512 logw = _mm512_fmadd_ps(e, _mm512_set1_ps(0.693147180559945309f), logm);
+    __m512 wm1 = _mm512_sub_ps(w, one);
+    __mmask16 exact = _mm512_cmp_ps_mask(wm1, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    return _mm512_mask_mov_ps(_mm512_mul_ps(logw, _mm512_div_ps(u, wm1)), exact, u);
+}
+
+FS512_INLINE __m512d fs512_log1p_pd(__m512d u)
+{
+    const __m512d one = _mm512_set1_pd(1.0);
+    __m512d w = _mm512_add_pd(u, one);
+    __m512d e = _mm512_getexp_pd(_mm512_mul_pd(w, _mm512_set1_pd(4.0 / 3.0)));
+    __m512d m = _mm512_scalef_pd(w, _mm512_sub_pd(_mm512_setzero_pd(), e));
+    __m512d f = _mm512_div_pd(_mm512_sub_pd(m, one), _mm512_add_pd(m, one));
+    __m512d f2 = _mm512_mul_pd(f, f);
+    __m512d p = _mm512_set1_pd(1.0 / 23.0);
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 21.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 19.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 17.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 15.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 13.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 11.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 9.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 7.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 5.0));
+    p = _mm512_fmadd_pd(p, f2, _mm512_set1_pd(1.0 / 3.0));
+    __m512d twof = _mm512_add_pd(f, f);
+    __m512d logm = _mm512_fmadd_pd(_mm512_mul_pd(twof, f2), p, twof);
+    /* e * ln2 in two parts: e is a small integer, so e * LN2_HI is exact. */
+    __m512d logw = _mm512_fmadd_pd(e, _mm512_set1_pd(1.90821492927058770002e-10),
+                                   _mm512_fmadd_pd(e, _mm512_set1_pd(6.93147180369123816490e-01), logm));
+    __m512d wm1 = _mm512_sub_pd(w, one);
+    __mmask8 exact = _mm512_cmp_pd_mask(wm1, _mm512_setzero_pd(), _CMP_EQ_OQ);
+    return _mm512_mask_mov_pd(_mm512_mul_pd(logw, _mm512_div_pd(u, wm1)), exact, u);
+}
+
+/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS512_SHORT_MAX
+   elements, 16 rows at a time.  Returns how many rows it did (a multiple of 16). */
+static ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+{
+    const __mmask16 nonfinite_class = 0x99; /* QNaN | SNaN | +inf | -inf */
+    __m512i rowof[FS512_SHORT_MAX];
+    int32_t lanes[16 * FS512_SHORT_MAX];
+    for (ptrdiff_t k = 0; k < 16 * n; k++) lanes[k] = (int32_t)(k / n);
+    for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 16 * k));
+    const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int32_t)n));
+    ptrdiff_t r0 = 0;
+    for (; r0 + 16 <= nrows; r0 += 16) {
+        const float *xb = x + r0 * n;
+        float *yb = y + r0 * n;
+        __m512 v[FS512_SHORT_MAX];
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            v[j] = _mm512_i32gather_ps(gidx, xb + j, 4);
+            mx = _mm512_max_ps(mx, v[j]);
+        }
+        __mmask16 bad = _mm512_fpclass_ps_mask(mx, nonfinite_class);
+        mx = _mm512_mask_mov_ps(mx, bad, _mm512_setzero_ps());
+        const __m512 negm = _mm512_sub_ps(_mm512_setzero_ps(), mx);
+        if (log_out) {
+            /* sum of exp over the non-max elements, and the count of max elements */
+            __m512 rest0 = _mm512_setzero_ps(), rest1 = _mm512_setzero_ps(), cnt = _mm512_setzero_ps();
+            for (ptrdiff_t j = 0; j < n; j++) {
+                __mmask16 at_max = _mm512_cmp_ps_mask(v[j], mx, _CMP_EQ_OQ);
+                __m512 e = _mm512_mask_mov_ps(fs512_exp_minus_ps(v[j], negm), at_max, _mm512_setzero_ps());
+                if (j & 1) rest1 = _mm512_add_ps(rest1, e); else rest0 = _mm512_add_ps(rest0, e);
+                cnt = _mm512_mask_add_ps(cnt, at_max, cnt, _mm512_set1_ps(1.0f));
+            }
+            __m512 u = _mm512_add_ps(_mm512_sub_ps(cnt, _mm512_set1_ps(1.0f)), _mm512_add_ps(rest0, rest1));
+            const __m512 lse = fs512_log1p_ps(u);
+            for (ptrdiff_t k = 0; k < n; k++) {
+                __m512 xm = _mm512_sub_ps(_mm512_loadu_ps(xb + 16 * k), _mm512_permutexvar_ps(rowof[k], mx));
+                _mm512_storeu_ps(yb + 16 * k, _mm512_sub_ps(xm, _mm512_permutexvar_ps(rowof[k], lse)));
+            }
+        } else {
+            for (ptrdiff_t k = 0; k < n; k++) {
+                __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
+                _mm512_storeu_ps(yb + 16 * k, fs512_exp_minus_ps(_mm512_loadu_ps(xb + 16 * k), nm));
+            }
+            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+            for (ptrdiff_t j = 0; j < n; j++) {
+                __m512 e = _mm512_i32gather_ps(gidx, yb + j, 4);
+                if (j & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
+            }
+            const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(s0, s1));
+            for (ptrdiff_t k = 0; k < n; k++)
+                _mm512_storeu_ps(yb + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(yb + 16 * k), _mm512_permutexvar_ps(rowof[k], inv)));
+        }
+        while (bad) {
+            int lane = __builtin_ctz(bad);
+            bad &= (__mmask16)(bad - 1);
+            for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
+        }
+    }
+    return r0;
+}
+
+static ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+{
+    const __mmask8 nonfinite_class = 0x99;
+    __m512i rowof[FS512_SHORT_MAX];
+    int64_t lanes[8 * FS512_SHORT_MAX];
+    for (ptrdiff_t k = 0; k < 8 * n; k++) lanes[k] = (int64_t)(k / n);
+    for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 8 * k));
+    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)n));
+    ptrdiff_t r0 = 0;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        const double *xb = x + r0 * n;
+        double *yb = y + r0 * n;
+        __m512d v[FS512_SHORT_MAX];
+        __m512d mx = _mm512_set1_pd(-INFINITY);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            v[j] = _mm512_i32gather_pd(gidx, xb + j, 8);
+            mx = _mm512_max_pd(mx, v[j]);
+        }
+        __mmask8 bad = _mm512_fpclass_pd_mask(mx, nonfinite_class);
+        mx = _mm512_mask_mov_pd(mx, bad, _mm512_setzero_pd());
+        if (log_out) {
+            __m512d rest0 = _mm512_setzero_pd(), rest1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
+            for (ptrdiff_t j = 0; j < n; j++) {
+                __mmask8 at_max = _mm512_cmp_pd_mask(v[j], mx, _CMP_EQ_OQ);
+                __m512d e = _mm512_mask_mov_pd(fs512_exp_pd(_mm512_sub_pd(v[j], mx)), at_max, _mm512_setzero_pd());
+                if (j & 1) rest1 = _mm512_add_pd(rest1, e); else rest0 = _mm512_add_pd(rest0, e);
+                cnt = _mm512_mask_add_pd(cnt, at_max, cnt, _mm512_set1_pd(1.0));
+            }
+            __m512d u = _mm512_add_pd(_mm512_sub_pd(cnt, _mm512_set1_pd(1.0)), _mm512_add_pd(rest0, rest1));
+            const __m512d lse = fs512_log1p_pd(u);
+            for (ptrdiff_t k = 0; k < n; k++) {
+                __m512d xm = _mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), _mm512_permutexvar_pd(rowof[k], mx));
+                _mm512_storeu_pd(yb + 8 * k, _mm512_sub_pd(xm, _mm512_permutexvar_pd(rowof[k], lse)));
+            }
+        } else {
+            for (ptrdiff_t k = 0; k < n; k++) {
+                __m512d m = _mm512_permutexvar_pd(rowof[k], mx);
+                _mm512_storeu_pd(yb + 8 * k, fs512_exp_pd(_mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), m)));
+            }
+            __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+            for (ptrdiff_t j = 0; j < n; j++) {
+                __m512d e = _mm512_i32gather_pd(gidx, yb + j, 8);
+                if (j & 1) s1 = _mm512_add_pd(s1, e); else s0 = _mm512_add_pd(s0, e);
+            }
+            const __m512d inv = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_add_pd(s0, s1));
+            for (ptrdiff_t k = 0; k < n; k++)
+                _mm512_storeu_pd(yb + 8 * k, _mm512_mul_pd(_mm512_loadu_pd(yb + 8 * k), _mm512_permutexvar_pd(rowof[k], inv)));
+        }
+        while (bad) {
+            int lane = __builtin_ctz(bad);
+            bad &= (__mmask8)(bad - 1);
+            for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
+        }
+    }
+    return r0;
+}
+
 #pragma GCC pop_options
 #endif /* FS_X86_MULTIVERSION */
 #endif /* FS_AVX512_H */

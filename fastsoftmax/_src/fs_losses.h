@@ -40,13 +40,14 @@
  *   weight    IN   ncols class weights, or NULL (all ones)
  *   grad      OUT  nrows x ncols gradient times grad_scale, or NULL (loss only); may be x itself
  *   row_loss  OUT  nrows per-row (weighted, unscaled) losses
+ *   returns 0, or -1 if a loss-only call could not allocate its scratch row (one per thread)
  * nll(x, target, weight, nrows, ncols, row_loss): row_loss[r] = -weight[t] * x[r, t] (0 if ignored)
  * total_weight(target, weight, nrows, ncols): sum of weight[t] over the non-ignored targets
  */
 #define FS_DECLARE_LOSS_TABLE(T, SUF)                                                                  \
     typedef struct {                                                                                   \
-        void (*ce)(const T *, const int64_t *, const T *, const T *, ptrdiff_t, ptrdiff_t, double,     \
-                   double, T *, double *, int);                                                        \
+        int (*ce)(const T *, const int64_t *, const T *, const T *, ptrdiff_t, ptrdiff_t, double,      \
+                  double, T *, double *, int);                                                         \
         void (*nll)(const T *, const int64_t *, const T *, ptrdiff_t, ptrdiff_t, double *);            \
         double (*total_weight)(const int64_t *, const T *, ptrdiff_t, ptrdiff_t);                      \
     } FS_CAT(fs_loss_table, SUF);

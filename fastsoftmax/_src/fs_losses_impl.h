@@ -61,31 +61,51 @@ static void FS_FN(loss_fill)(FS_T *g, ptrdiff_t n, FS_T v)
 }
 
 /*
- * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i] when
- * STORE.  Adds sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes
+ * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i].  Adds sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes
  * to *cnt -- and, when SMOOTH, sum w_i (m - x_i) to *s1 (w_i = 1 unless WEIGHTED).  The flags
  * are compile-time constants at every call, so each combination is its own vectorised loop.
  */
 FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t b,
                                           ptrdiff_t end, FS_T m, const int EXCL, const int SMOOTH,
-                                          const int WEIGHTED, const int STORE, double *rest,
-                                          double *cnt, double *s1)
+                                          const int WEIGHTED, double *rest, double *cnt, double *s1)
 {
+    /* One loop per combination, each reducing only the sums it needs: GCC finishes every
+       `omp simd` reduction with a scalar pass over the lanes, which costs per block. */
     FS_T br = 0, bc = 0, bs = 0;
-    FS_LOSS_SIMD_SUM3(br, bc, bs)
-    for (ptrdiff_t i = b; i < end; i++) {
-        FS_T xi = x[i];
-        FS_T d = xi - m;
-        FS_T e = FS_EXP(d, 0);
-        if (STORE) g[i] = e;
-        if (EXCL) {
+    if (EXCL && SMOOTH) {
+        FS_LOSS_SIMD_SUM3(br, bc, bs)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T xi = x[i], d = xi - m, e = FS_EXP(d, 0);
+            g[i] = e;
             int is_max = xi == m;
             br += is_max ? (FS_T)0 : e;
             bc += is_max ? (FS_T)1 : (FS_T)0;
-        } else {
+            bs += WEIGHTED ? w[i] * -d : -d;
+        }
+    } else if (EXCL) {
+        FS_OMP_SIMD_SUM2(br, bc)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T xi = x[i], e = FS_EXP(xi - m, 0);
+            g[i] = e;
+            int is_max = xi == m;
+            br += is_max ? (FS_T)0 : e;
+            bc += is_max ? (FS_T)1 : (FS_T)0;
+        }
+    } else if (SMOOTH) {
+        FS_OMP_SIMD_SUM2(br, bs)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T d = x[i] - m, e = FS_EXP(d, 0);
+            g[i] = e;
+            br += e;
+            bs += WEIGHTED ? w[i] * -d : -d;
+        }
+    } else {
+        FS_OMP_SIMD_SUM(br)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T e = FS_EXP(x[i] - m, 0);
+            g[i] = e;
             br += e;
         }
-        if (SMOOTH) bs += WEIGHTED ? w[i] * -d : -d;
     }
     *rest += (double)br;
     *cnt += (double)bc;
@@ -94,14 +114,14 @@ FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w,
 
 FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t n,
                                           FS_T m, ptrdiff_t kb, const int SMOOTH, const int WEIGHTED,
-                                          const int STORE, double *rest, double *cnt, double *s1)
+                                          double *rest, double *cnt, double *s1)
 {
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
         ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
         if (b == kb)
-            FS_FN(ce_index_block)(x, g, w, b, end, m, 1, SMOOTH, WEIGHTED, STORE, rest, cnt, s1);
+            FS_FN(ce_index_block)(x, g, w, b, end, m, 1, SMOOTH, WEIGHTED, rest, cnt, s1);
         else
-            FS_FN(ce_index_block)(x, g, w, b, end, m, 0, SMOOTH, WEIGHTED, STORE, rest, cnt, s1);
+            FS_FN(ce_index_block)(x, g, w, b, end, m, 0, SMOOTH, WEIGHTED, rest, cnt, s1);
     }
 }
 
@@ -109,29 +129,24 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
  * One row, class index t in [0, n): returns the row's loss
  *   eps = 0:  w_t (-log p_t)
  *   eps > 0:  (1-eps) w_t (-log p_t) + (eps/n) sum_i w_i (-log p_i)      (torch's definition)
- * and, when g != NULL, writes gs * d(loss)/dx into g (which may be x).
+ * g receives exp(x - m) (it is scratch space when !want_grad) and then, when want_grad,
+ * gs * d(loss)/dx.  g may be x itself.
  */
 static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
-                                  double wsum, double eps, FS_T *g, double gs)
+                                  double wsum, double eps, FS_T *g, int want_grad, double gs)
 {
     ptrdiff_t kb;
     const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
     const FS_T xt = x[t];
     if (!isfinite(m)) {
-        if (g != NULL) FS_FN(loss_fill)(g, n, (FS_T)NAN);
+        if (want_grad) FS_FN(loss_fill)(g, n, (FS_T)NAN);
         return NAN;
     }
     const int smooth = eps > 0.0, weighted = w != NULL;
     double rest = 0.0, cnt = 0.0, s1 = 0.0;
-    if (g != NULL) {
-        if (!smooth) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 0, 0, 1, &rest, &cnt, &s1);
-        else if (weighted) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 1, 1, &rest, &cnt, &s1);
-        else FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 0, 1, &rest, &cnt, &s1);
-    } else {
-        if (!smooth) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 0, 0, 0, &rest, &cnt, &s1);
-        else if (weighted) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 1, 0, &rest, &cnt, &s1);
-        else FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 0, 0, &rest, &cnt, &s1);
-    }
+    if (!smooth) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 0, 0, &rest, &cnt, &s1);
+    else if (weighted) FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 1, &rest, &cnt, &s1);
+    else FS_FN(ce_index_pass2)(x, g, w, n, m, kb, 1, 0, &rest, &cnt, &s1);
     rest += cnt - 1.0; /* sum of e_i over every element but one maximum */
     const double lse = log1p(rest);
     const double s = 1.0 + rest;
@@ -140,7 +155,7 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
     const double per_class = eps / (double)n;          /* smoothing mass of each class */
     double loss = wt * nll;
     if (smooth) loss = (1.0 - eps) * loss + per_class * (s1 + wsum * lse);
-    if (g == NULL) return loss;
+    if (!want_grad) return loss;
 
     /* Pass 3: g_i = gs * (p_i * sum(a) - a_i), then the target column in double. */
     const double coef = smooth ? (1.0 - eps) * wt + per_class * wsum : wt; /* sum(a) */
@@ -173,27 +188,34 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
 FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w,
                                          ptrdiff_t b, ptrdiff_t end, FS_T m, FS_T keep, FS_T add,
                                          const int EXCL, const int SMOOTH, const int WEIGHTED,
-                                         const int STORE, double *rest, double *cnt, double *sa,
-                                         double *sb)
+                                         double *rest, double *cnt, double *sa, double *sb)
 {
     FS_T br = 0, bc = 0, ba = 0, bb = 0;
-    FS_LOSS_SIMD_SUM4(br, bc, ba, bb)
-    for (ptrdiff_t i = b; i < end; i++) {
-        FS_T xi = x[i];
-        FS_T a = SMOOTH ? q[i] * keep + add : q[i];
-        if (WEIGHTED) a = a * w[i];
-        FS_T d = xi - m;
-        FS_T e = FS_EXP(d, 0);
-        if (STORE) g[i] = e;
-        if (EXCL) {
+    if (EXCL) {
+        FS_LOSS_SIMD_SUM4(br, bc, ba, bb)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T xi = x[i];
+            FS_T a = SMOOTH ? q[i] * keep + add : q[i];
+            if (WEIGHTED) a = a * w[i];
+            FS_T d = xi - m, e = FS_EXP(d, 0);
+            g[i] = e;
             int is_max = xi == m;
             br += is_max ? (FS_T)0 : e;
             bc += is_max ? (FS_T)1 : (FS_T)0;
-        } else {
-            br += e;
+            ba += a * -d;
+            bb += a;
         }
-        ba += a * -d;
-        bb += a;
+    } else {
+        FS_LOSS_SIMD_SUM3(br, ba, bb)
+        for (ptrdiff_t i = b; i < end; i++) {
+            FS_T a = SMOOTH ? q[i] * keep + add : q[i];
+            if (WEIGHTED) a = a * w[i];
+            FS_T d = x[i] - m, e = FS_EXP(d, 0);
+            g[i] = e;
+            br += e;
+            ba += a * -d;
+            bb += a;
+        }
     }
     *rest += (double)br;
     *cnt += (double)bc;
@@ -203,56 +225,48 @@ FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, 
 
 FS_LOSS_INLINE void FS_FN(ce_prob_pass2)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w,
                                          ptrdiff_t n, FS_T m, ptrdiff_t kb, FS_T keep, FS_T add,
-                                         const int SMOOTH, const int WEIGHTED, const int STORE,
-                                         double *rest, double *cnt, double *sa, double *sb)
+                                         const int SMOOTH, const int WEIGHTED, double *rest,
+                                         double *cnt, double *sa, double *sb)
 {
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
         ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
         if (b == kb)
-            FS_FN(ce_prob_block)(x, g, q, w, b, end, m, keep, add, 1, SMOOTH, WEIGHTED, STORE,
-                                 rest, cnt, sa, sb);
+            FS_FN(ce_prob_block)(x, g, q, w, b, end, m, keep, add, 1, SMOOTH, WEIGHTED, rest, cnt,
+                                 sa, sb);
         else
-            FS_FN(ce_prob_block)(x, g, q, w, b, end, m, keep, add, 0, SMOOTH, WEIGHTED, STORE,
-                                 rest, cnt, sa, sb);
+            FS_FN(ce_prob_block)(x, g, q, w, b, end, m, keep, add, 0, SMOOTH, WEIGHTED, rest, cnt,
+                                 sa, sb);
     }
 }
 
-#define FS_PROB_PASS2(SMOOTH, WEIGHTED, STORE)                                                   \
-    FS_FN(ce_prob_pass2)(x, g, q, w, n, m, kb, keep, add, SMOOTH, WEIGHTED, STORE, &rest, &cnt, \
-                         &sa, &sb)
+#define FS_PROB_PASS2(SMOOTH, WEIGHTED)                                                          \
+    FS_FN(ce_prob_pass2)(x, g, q, w, n, m, kb, keep, add, SMOOTH, WEIGHTED, &rest, &cnt, &sa, &sb)
 
 /*
- * One row of probability targets q (never ignored): returns sum_i a_i (-log p_i) and, when
- * g != NULL, writes gs * (p * sum(a) - a) into g (which may be x, but not q or w).
+ * One row of probability targets q (never ignored): returns sum_i a_i (-log p_i); g receives
+ * exp(x - m) and then, when want_grad, gs * (p * sum(a) - a).  g may be x, but not q or w.
  */
 static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, const FS_T *w,
-                                 double eps, FS_T *g, double gs)
+                                 double eps, FS_T *g, int want_grad, double gs)
 {
     if (n == 0) return 0.0;
     ptrdiff_t kb;
     const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
     if (!isfinite(m)) {
-        if (g != NULL) FS_FN(loss_fill)(g, n, (FS_T)NAN);
+        if (want_grad) FS_FN(loss_fill)(g, n, (FS_T)NAN);
         return NAN;
     }
     const int smooth = eps > 0.0, weighted = w != NULL;
     const FS_T keep = (FS_T)(1.0 - eps), add = (FS_T)(eps / (double)n);
     double rest = 0.0, cnt = 0.0, sa = 0.0, sb = 0.0;
-    if (g != NULL) {
-        if (smooth && weighted) FS_PROB_PASS2(1, 1, 1);
-        else if (smooth) FS_PROB_PASS2(1, 0, 1);
-        else if (weighted) FS_PROB_PASS2(0, 1, 1);
-        else FS_PROB_PASS2(0, 0, 1);
-    } else {
-        if (smooth && weighted) FS_PROB_PASS2(1, 1, 0);
-        else if (smooth) FS_PROB_PASS2(1, 0, 0);
-        else if (weighted) FS_PROB_PASS2(0, 1, 0);
-        else FS_PROB_PASS2(0, 0, 0);
-    }
+    if (smooth && weighted) FS_PROB_PASS2(1, 1);
+    else if (smooth) FS_PROB_PASS2(1, 0);
+    else if (weighted) FS_PROB_PASS2(0, 1);
+    else FS_PROB_PASS2(0, 0);
     rest += cnt - 1.0;
     const double lse = log1p(rest);
     const double loss = sa + sb * lse;
-    if (g == NULL) return loss;
+    if (!want_grad) return loss;
 
     const FS_T k1 = (FS_T)(gs * sb / (1.0 + rest));
     const FS_T k3 = (FS_T)gs;
@@ -275,35 +289,53 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
 
 /* ---- drivers over rows: threads split the rows statically; one loss per row ---- */
 
-static void FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob, const FS_T *w,
-                           ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, FS_T *grad,
-                           double *row_loss, int nthreads)
+/* Returns 0, or -1 when the scratch row of a loss-only call could not be allocated. */
+static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob, const FS_T *w,
+                          ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, FS_T *grad,
+                          double *row_loss, int nthreads)
 {
     double wsum = (double)ncols;
     if (w != NULL) {
         wsum = 0.0;
         for (ptrdiff_t i = 0; i < ncols; i++) wsum += (double)w[i];
     }
+    const int want_grad = grad != NULL;
+    int failed = 0;
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
 #endif
-    for (ptrdiff_t r = 0; r < nrows; r++) {
-        const FS_T *xr = x + r * ncols;
-        FS_T *gr = grad != NULL ? grad + r * ncols : NULL;
-        if (prob != NULL) {
-            row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, gs);
-        } else {
-            int64_t t = target[r];
-            if (t < 0 || t >= (int64_t)ncols) { /* ignored */
-                row_loss[r] = 0.0;
-                if (gr != NULL) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
+    {
+        /* Without a gradient, exp(x - m) goes to a scratch row per thread: the same code, so
+           the same rounding, as with a gradient (cross_entropy == cross_entropy_with_grad). */
+        FS_T *scratch = NULL;
+        if (!want_grad) {
+            scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
+            failed |= scratch == NULL;
+        }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (ptrdiff_t r = 0; r < nrows; r++) {
+            const FS_T *xr = x + r * ncols;
+            FS_T *gr = want_grad ? grad + r * ncols : scratch;
+            if (gr == NULL) continue;
+            if (prob != NULL) {
+                row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
             } else {
-                row_loss[r] = FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, gs);
+                int64_t t = target[r];
+                if (t < 0 || t >= (int64_t)ncols) { /* ignored */
+                    row_loss[r] = 0.0;
+                    if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
+                } else {
+                    row_loss[r] = FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs);
+                }
             }
         }
+        free(scratch);
     }
     (void)nt;
+    return failed ? -1 : 0;
 }
 
 static void FS_FN(nll_rows)(const FS_T *x, const int64_t *target, const FS_T *w, ptrdiff_t nrows,

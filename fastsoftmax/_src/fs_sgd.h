@@ -51,11 +51,10 @@ typedef void (*fs_sgd_range_fn)(void *, const void *, void *, ptrdiff_t, const f
 #undef FS_T
 #undef FS_SUF
 #undef FS_SGD_FMA
-#if defined(__FP_FAST_FMA)
+/* float64 has no wider type to round through: the C library's fma (hardware FMA where the
+   CPU has it, chosen by glibc at load time; correctly rounded in software otherwise).  One
+   call per element, not vectorised: slower, but every ISA gives the same float64 results. */
 #define FS_SGD_FMA(a, b, c) __builtin_fma((a), (b), (c))
-#else
-#define FS_SGD_FMA(a, b, c) ((a) * (b) + (c))
-#endif
 #define FS_T double
 #define FS_SUF f64
 #include "fs_sgd_impl.h"
