@@ -63,6 +63,10 @@ def unary_rows(int op, cnp.ndarray x, cnp.ndarray out, int nthreads):
     x   : IN,  C-contiguous float32/float64, ndim >= 1
     out : OUT, C-contiguous, same dtype; x's shape (LOGSUMEXP: one value per row)
     """
+    _unary_rows(op, x, out, nthreads)
+
+
+cdef void _unary_rows(int op, cnp.ndarray x, cnp.ndarray out, int nthreads):
     cdef ptrdiff_t nrows = _leading_rows(x)
     cdef ptrdiff_t ncols = cnp.PyArray_DIM(x, cnp.PyArray_NDIM(x) - 1)
     cdef int typenum = cnp.PyArray_TYPE(x)
@@ -93,6 +97,10 @@ def binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int nthre
     g, y : IN,  C-contiguous, one shape and one float dtype, ndim >= 1
     out  : OUT, C-contiguous, the same shape and dtype (may be g or y itself)
     """
+    _binary_rows(op, g, y, out, nthreads)
+
+
+cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int nthreads):
     cdef ptrdiff_t nrows = _leading_rows(g)
     cdef ptrdiff_t ncols = cnp.PyArray_DIM(g, cnp.PyArray_NDIM(g) - 1)
     cdef int typenum = cnp.PyArray_TYPE(g)
@@ -116,3 +124,70 @@ def binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int nthre
             else:
                 fs_act_f64.log_softmax_backward(<const double *>gp, <const double *>yp, <double *>op_,
                                                 nrows, ncols, nthreads)
+
+
+# ---------------------------------------------------------------------------- fast path
+#
+# The public functions first try these: when the input is already what the kernels take
+# (a native-order, C-contiguous float32/float64 ndarray reduced along its last axis, no
+# out=), they allocate the result and run the kernel without the general argument
+# handling of fastsoftmax._validation.  Anything else returns None and the caller takes
+# the general path, which checks and converts everything.
+
+cdef ptrdiff_t _SMALL_WORK = 1 << 15   # below this the kernels run on one thread anyway
+
+cdef inline bint _is_plain_rows(object a, object axis):
+    if type(a) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray arr = <cnp.ndarray>a
+    cdef int nd = cnp.PyArray_NDIM(arr)
+    cdef int t = cnp.PyArray_TYPE(arr)
+    if nd < 1 or (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE):
+        return False
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
+        return False
+    if type(axis) is not int:
+        return False
+    cdef long ax = <long>axis
+    return ax == -1 or ax == nd - 1
+
+
+cdef inline int _threads_for(cnp.ndarray a, object get_threads):
+    if cnp.PyArray_SIZE(a) < _SMALL_WORK:
+        return 1
+    return get_threads()
+
+
+def try_unary(int op, object x, object axis, object out, object get_threads):
+    """SOFTMAX / LOG_SOFTMAX / LOGSUMEXP (keepdims=False) on the fast path, or None."""
+    if out is not None or not _is_plain_rows(x, axis):
+        return None
+    cdef cnp.ndarray a = <cnp.ndarray>x
+    cdef int nd = cnp.PyArray_NDIM(a)
+    cdef cnp.ndarray res
+    if op == LOGSUMEXP:
+        res = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
+    else:
+        res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
+    _unary_rows(op, a, res, _threads_for(a, get_threads))
+    if op == LOGSUMEXP and nd == 1:
+        return res[()]
+    return res
+
+
+def try_binary(int op, object g, object y, object axis, object out, object get_threads):
+    """SOFTMAX_BACKWARD / LOG_SOFTMAX_BACKWARD on the fast path, or None."""
+    if out is not None or not _is_plain_rows(g, axis) or not _is_plain_rows(y, axis):
+        return None
+    cdef cnp.ndarray ga = <cnp.ndarray>g
+    cdef cnp.ndarray ya = <cnp.ndarray>y
+    cdef int nd = cnp.PyArray_NDIM(ga)
+    if cnp.PyArray_TYPE(ga) != cnp.PyArray_TYPE(ya) or nd != cnp.PyArray_NDIM(ya):
+        return None
+    cdef int d
+    for d in range(nd):
+        if cnp.PyArray_DIM(ga, d) != cnp.PyArray_DIM(ya, d):
+            return None
+    cdef cnp.ndarray res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(ga), cnp.PyArray_TYPE(ga), 0)
+    _binary_rows(op, ga, ya, res, _threads_for(ga, get_threads))
+    return res

@@ -1,7 +1,9 @@
 """Softmax, log-softmax, logsumexp and their backward passes (the public API).
 
 This layer checks arguments and arranges memory (``fastsoftmax._validation``); the work is
-done by the compiled row kernels in ``fastsoftmax._activations``.
+done by the compiled row kernels in ``fastsoftmax._activations``.  A call whose input is
+already a C-contiguous float32/float64 array reduced along its last axis, without ``out=``,
+goes straight to the kernel (``_activations.try_unary`` / ``try_binary``).
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from ._threads import get_num_threads
 from ._validation import apply_reduction, apply_rowwise, apply_rowwise_binary
 
 __all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward"]
+
+_try_unary = _k.try_unary
+_try_binary = _k.try_binary
 
 _SOFTMAX = int(_k.Op.SOFTMAX)
 _LOG_SOFTMAX = int(_k.Op.LOG_SOFTMAX)
@@ -74,6 +79,9 @@ def softmax(x, axis=-1, *, out=None):
     array([[0.5, 0.5],
            [1. , 0. ]], dtype=float32)
     """
+    fast = _try_unary(_SOFTMAX, x, axis, out, get_num_threads)
+    if fast is not None:
+        return fast
     return apply_rowwise("softmax", x, axis, out, _softmax_rows)
 
 
@@ -108,6 +116,9 @@ def log_softmax(x, axis=-1, *, out=None):
     >>> log_softmax(np.array([0.0, -np.inf]))
     array([  0., -inf])
     """
+    fast = _try_unary(_LOG_SOFTMAX, x, axis, out, get_num_threads)
+    if fast is not None:
+        return fast
     return apply_rowwise("log_softmax", x, axis, out, _log_softmax_rows)
 
 
@@ -144,6 +155,10 @@ def logsumexp(x, axis=-1, *, keepdims=False, out=None):
     >>> logsumexp(np.array([[0.0, -40.0], [1.0, 1.0]]))
     array([4.24835426e-18, 1.69314718e+00])
     """
+    if keepdims is False:
+        fast = _try_unary(_LOGSUMEXP, x, axis, out, get_num_threads)
+        if fast is not None:
+            return fast
     return apply_reduction("logsumexp", x, axis, keepdims, out, _logsumexp_rows)
 
 
@@ -174,6 +189,9 @@ def softmax_backward(grad_output, output, axis=-1, *, out=None):
     >>> softmax_backward(np.array([1.0, 0.0]), y)
     array([ 0.25, -0.25])
     """
+    fast = _try_binary(_SOFTMAX_BACKWARD, grad_output, output, axis, out, get_num_threads)
+    if fast is not None:
+        return fast
     return apply_rowwise_binary("softmax_backward", grad_output, output, axis, out, _softmax_backward_rows)
 
 
@@ -204,6 +222,9 @@ def log_softmax_backward(grad_output, output, axis=-1, *, out=None):
     >>> log_softmax_backward(np.array([-1.0, 0.0]), y)
     array([-0.5,  0.5])
     """
+    fast = _try_binary(_LOG_SOFTMAX_BACKWARD, grad_output, output, axis, out, get_num_threads)
+    if fast is not None:
+        return fast
     return apply_rowwise_binary(
         "log_softmax_backward", grad_output, output, axis, out, _log_softmax_backward_rows
     )

@@ -205,7 +205,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
 #ifdef FS_USE_AVX512
-    if (ncols > 0 && ncols <= FS512_SHORT_MAX) {
+    if (ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
         const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
         ptrdiff_t nslices = (nrows + slice - 1) / slice;
 #ifdef _OPENMP
