@@ -30,14 +30,18 @@ FS_DECLARE_ACT_TABLE(double, f64)
 /* ---- one body per instruction set ---- */
 #define FS_ISA baseline
 #define FS_T float
+#define FS_IS_F32 1
 #define FS_SUF f32
 #include "fs_activations_impl.h"
 #undef FS_T
+#undef FS_IS_F32
 #undef FS_SUF
 #define FS_T double
+#define FS_IS_F32 0
 #define FS_SUF f64
 #include "fs_activations_impl.h"
 #undef FS_T
+#undef FS_IS_F32
 #undef FS_SUF
 #undef FS_ISA
 
@@ -46,14 +50,18 @@ FS_DECLARE_ACT_TABLE(double, f64)
 #pragma GCC target("avx2,fma")
 #define FS_ISA avx2
 #define FS_T float
+#define FS_IS_F32 1
 #define FS_SUF f32
 #include "fs_activations_impl.h"
 #undef FS_T
+#undef FS_IS_F32
 #undef FS_SUF
 #define FS_T double
+#define FS_IS_F32 0
 #define FS_SUF f64
 #include "fs_activations_impl.h"
 #undef FS_T
+#undef FS_IS_F32
 #undef FS_SUF
 #undef FS_ISA
 #pragma GCC pop_options
@@ -63,14 +71,18 @@ FS_DECLARE_ACT_TABLE(double, f64)
 #define FS_ISA avx512
 #define FS_USE_AVX512
 #define FS_T float
+#define FS_IS_F32 1
 #define FS_SUF f32
 #include "fs_activations_impl.h"
 #undef FS_T
+#undef FS_IS_F32
 #undef FS_SUF
 #define FS_T double
+#define FS_IS_F32 0
 #define FS_SUF f64
 #include "fs_activations_impl.h"
 #undef FS_T
+#undef FS_IS_F32
 #undef FS_SUF
 #undef FS_ISA
 #undef FS_USE_AVX512

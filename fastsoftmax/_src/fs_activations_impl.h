@@ -128,14 +128,27 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
    one is computed, so that the memory traffic of the max pass overlaps the exps. */
 static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
+#if defined(FS_USE_AVX512) && FS_IS_F32
+    /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
+       TwoSum correction of x - m (see fs512_exp_store_sum_fast_f32). */
+    float lowest;
+    FS_T m = fs512_row_minmax_f32(x, n, &lowest);
+    int exact = !(m - lowest <= FS_EXACT_SPREAD);
+#else
     FS_T m = FS_ROW_MAX(x, n);
+    const int exact = 1;
+#endif
     if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
     double s = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
+#if defined(FS_USE_AVX512) && FS_IS_F32
+        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, y + c, len); continue; }
+#endif
         s += FS_EXP_STORE_SUM(x + c, m, y + c, len);
     }
+    (void)exact;
     FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
 

@@ -51,39 +51,46 @@ FS512_INLINE __m512 fs512_exp_ps(__m512 t, __m512 lo)
     return _mm512_mask_mov_ps(y, under, _mm512_setzero_ps());
 }
 
-FS512_INLINE __m512d fs512_exp_pd(__m512d t)
+/* exp(t) in float64 for the lanes of `keep` (others 0): t clamped to [-746, 710] (so n stays
+   in range; NaN propagates), n rounded with the magic-bias trick, fdlibm's two-part ln 2,
+   and exp(r) = 1 + r + r^2 P(r) with P a degree-9 near-minimax fit (max error 3.5e-17). */
+FS512_INLINE __m512d fs512_exp_keep_pd(__m512d t, __mmask8 keep)
 {
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
     const __m512d tc = _mm512_max_pd(_mm512_set1_pd(-746.0), _mm512_min_pd(_mm512_set1_pd(710.0), t));
-    const __m512d n = _mm512_roundscale_pd(_mm512_mul_pd(tc, _mm512_set1_pd(1.4426950408889634)),
-                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512d n = _mm512_sub_pd(_mm512_fmadd_pd(tc, _mm512_set1_pd(1.4426950408889634), magic), magic);
     __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), tc);
     r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
-    __m512d p = _mm512_set1_pd(1.0 / 6227020800.0);
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 479001600.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 39916800.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 3628800.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 362880.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 40320.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 5040.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 720.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 120.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 24.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0 / 6.0));
-    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0.5));
+    __m512d p = _mm512_set1_pd(0x1.aed871c8d0d84p-26);
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.289086a0718d1p-22));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.71de3c6901054p-19));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.a019b9e8a8767p-16));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.a01a019956eb6p-13));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.6c16c1784dc5ep-10));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.1111111112169p-7));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.5555555553e21p-5));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.5555555555560p-3));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.0000000000003p-1));
     p = _mm512_fmadd_pd(p, _mm512_mul_pd(r, r), r);
     p = _mm512_add_pd(p, _mm512_set1_pd(1.0));
-    __m512d y = _mm512_scalef_pd(p, n);
-    __mmask8 under = _mm512_cmp_pd_mask(t, _mm512_set1_pd(-746.0), _CMP_LT_OQ);
-    return _mm512_mask_mov_pd(y, under, _mm512_setzero_pd());
+    __mmask8 ok = _mm512_mask_cmp_pd_mask(keep, t, _mm512_set1_pd(-746.0), _CMP_GE_OQ);
+    ok |= keep & _mm512_cmp_pd_mask(t, t, _CMP_UNORD_Q);
+    return _mm512_maskz_scalef_pd(ok, p, n);
 }
 
-/* exp(t + lo) for t <= 0 (t = x - m with m >= x): no clamping needed, because every lane
-   with t < -104 (where n would be out of range: -inf, huge negative) is set to 0, and NaN
-   propagates through the polynomial. */
-FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t, __m512 lo)
+FS512_INLINE __m512d fs512_exp_pd(__m512d t)
 {
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(t, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return fs512_exp_keep_pd(t, (__mmask8)0xFF);
+}
+
+/* exp(t + lo) for t <= 0 (t = x - m with m >= x), in the lanes of `keep` (others 0): no
+   clamping is needed, because every lane with t < -104 (where n would be out of range:
+   -inf, huge negative) is set to 0, and NaN propagates through the polynomial.  n is
+   rounded with the magic-bias trick (one FMA and a subtraction, on any FP port). */
+FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __m512 lo, __mmask16 keep)
+{
+    const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(1.44269504088896341f), magic), magic);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FS_LN2_HI_F32), t);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FS_LN2_LO_F32), r);
     r = _mm512_add_ps(r, lo);
@@ -93,17 +100,29 @@ FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t, __m512 lo)
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C2_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C1_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __mmask16 under = _mm512_cmp_ps_mask(t, _mm512_set1_ps(-104.0f), _CMP_LT_OQ);
-    return _mm512_maskz_scalef_ps((__mmask16)~under, p, n);
+    __mmask16 ok = _mm512_mask_cmp_ps_mask(keep, t, _mm512_set1_ps(-104.0f), _CMP_GE_OQ);
+    /* NaN lanes fail the comparison: keep them (as NaN) unless masked out by `keep`. */
+    ok |= keep & _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+    return _mm512_maskz_scalef_ps(ok, p, n);
+}
+
+FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t, __m512 lo)
+{
+    return fs512_exp_nonpos_keep_ps(t, lo, (__mmask16)0xFFFF);
 }
 
 /* exp(x - m) for float32 and m >= x, with the subtraction's rounding error fed back (TwoSum). */
-FS512_INLINE __m512 fs512_exp_minus_ps(__m512 x, __m512 negm)
+FS512_INLINE __m512 fs512_exp_minus_keep_ps(__m512 x, __m512 negm, __mmask16 keep)
 {
     __m512 t = _mm512_add_ps(x, negm);
     __m512 bb = _mm512_sub_ps(t, x);
     __m512 lo = _mm512_add_ps(_mm512_sub_ps(x, _mm512_sub_ps(t, bb)), _mm512_sub_ps(negm, bb));
-    return fs512_exp_nonpos_ps(t, lo);
+    return fs512_exp_nonpos_keep_ps(t, lo, keep);
+}
+
+FS512_INLINE __m512 fs512_exp_minus_ps(__m512 x, __m512 negm)
+{
+    return fs512_exp_minus_keep_ps(x, negm, (__mmask16)0xFFFF);
 }
 
 /* Sum of the 16 floats of v, widened to double. */
@@ -129,6 +148,62 @@ static inline float fs512_row_max_f32(const float *x, ptrdiff_t n)
     for (; i + 16 <= n; i += 16) a0 = _mm512_max_ps(a0, _mm512_loadu_ps(x + i));
     if (i < n) a1 = _mm512_max_ps(a1, _mm512_mask_loadu_ps(ninf, fs512_mask16(n - i), x + i));
     return _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(a0, a1), _mm512_max_ps(a2, a3)));
+}
+
+/* Max and min of a row in one pass (the min tells whether exp(x - m) needs the TwoSum). */
+static inline float fs512_row_minmax_f32(const float *x, ptrdiff_t n, float *min_out)
+{
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), pinf = _mm512_set1_ps(INFINITY);
+    __m512 a0 = ninf, a1 = ninf, b0 = pinf, b1 = pinf;
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        __m512 v0 = _mm512_loadu_ps(x + i), v1 = _mm512_loadu_ps(x + i + 16);
+        a0 = _mm512_max_ps(a0, v0);
+        a1 = _mm512_max_ps(a1, v1);
+        b0 = _mm512_min_ps(b0, v0);
+        b1 = _mm512_min_ps(b1, v1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
+        a0 = _mm512_max_ps(a0, _mm512_mask_loadu_ps(ninf, k, x + i));
+        b0 = _mm512_min_ps(b0, _mm512_mask_loadu_ps(pinf, k, x + i));
+    }
+    *min_out = _mm512_reduce_min_ps(_mm512_min_ps(b0, b1));
+    return _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
+}
+
+/* y = exp(x - m) without the TwoSum correction, returns sum(y): for rows where every
+   |x - m| <= FS_EXACT_SPREAD, whose rounding error is then below 2^-22 relative. */
+static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
+{
+    const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    ptrdiff_t i = 0;
+    while (i + 64 <= n) {
+        __m512 b0 = zero, b1 = zero;
+        ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 64;
+        for (; i < end; i += 64) {
+            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), negm), zero);
+            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 16), negm), zero);
+            __m512 e2 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 32), negm), zero);
+            __m512 e3 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 48), negm), zero);
+            _mm512_storeu_ps(y + i, e0);
+            _mm512_storeu_ps(y + i + 16, e1);
+            _mm512_storeu_ps(y + i + 32, e2);
+            _mm512_storeu_ps(y + i + 48, e3);
+            b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
+            b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
+        }
+        s0 = fs512_widen_add(s0, b0);
+        s1 = fs512_widen_add(s1, b1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
+        __m512 e = fs512_exp_nonpos_keep_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(k, x + i), negm), zero, k);
+        _mm512_mask_storeu_ps(y + i, k, e);
+        s0 = fs512_widen_add(s0, e);
+    }
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
 static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
@@ -168,18 +243,23 @@ static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, 
 /* Sum of exp(x - m) over the elements that are not equal to m; *at_max counts the others. */
 static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
 {
-    const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m);
+    /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
+       a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
+    const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
+    const __m512 zero = _mm512_setzero_ps();
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    ptrdiff_t count = 0, i = 0;
+    __m512 cnt = _mm512_setzero_ps();
+    ptrdiff_t i = 0;
     while (i + 32 <= n) {
         __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 32;
         for (; i < end; i += 32) {
             __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
             __mmask16 q0 = _mm512_cmp_ps_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_ps_mask(x1, vm, _CMP_EQ_OQ);
-            b0 = _mm512_add_ps(b0, _mm512_mask_mov_ps(fs512_exp_minus_ps(x0, negm), q0, _mm512_setzero_ps()));
-            b1 = _mm512_add_ps(b1, _mm512_mask_mov_ps(fs512_exp_minus_ps(x1, negm), q1, _mm512_setzero_ps()));
-            count += __builtin_popcount(q0) + __builtin_popcount(q1);
+            b0 = _mm512_add_ps(b0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), zero, (__mmask16)~q0));
+            b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x1, negm), zero, (__mmask16)~q1));
+            cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
+            cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
@@ -188,11 +268,10 @@ static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
         __m512 x0 = _mm512_maskz_loadu_ps(k, x + i);
         __mmask16 q0 = _mm512_mask_cmp_ps_mask(k, x0, vm, _CMP_EQ_OQ);
-        __m512 e0 = _mm512_maskz_mov_ps(k & ~q0, fs512_exp_minus_ps(x0, negm));
-        count += __builtin_popcount(q0);
-        s0 = fs512_widen_add(s0, e0);
+        s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), zero, k & (__mmask16)~q0));
+        cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
     }
-    *at_max = (double)count;
+    *at_max = (double)_mm512_reduce_add_ps(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
@@ -258,7 +337,7 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
-        __m512d e = _mm512_maskz_mov_pd(k, fs512_exp_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm)));
+        __m512d e = fs512_exp_keep_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm), k);
         _mm512_mask_storeu_pd(y + i, k, e);
         s0 = _mm512_add_pd(s0, e);
     }
@@ -267,24 +346,25 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
 
 static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
 {
-    const __m512d vm = _mm512_set1_pd(m);
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    ptrdiff_t count = 0, i = 0;
+    const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
+    ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
         __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
-        s0 = _mm512_add_pd(s0, _mm512_mask_mov_pd(fs512_exp_pd(_mm512_sub_pd(x0, vm)), q0, _mm512_setzero_pd()));
-        s1 = _mm512_add_pd(s1, _mm512_mask_mov_pd(fs512_exp_pd(_mm512_sub_pd(x1, vm)), q1, _mm512_setzero_pd()));
-        count += __builtin_popcount(q0) + __builtin_popcount(q1);
+        s0 = _mm512_add_pd(s0, fs512_exp_keep_pd(_mm512_sub_pd(x0, vm), (__mmask8)~q0));
+        s1 = _mm512_add_pd(s1, fs512_exp_keep_pd(_mm512_sub_pd(x1, vm), (__mmask8)~q1));
+        cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
+        cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
         __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
-        s0 = _mm512_add_pd(s0, _mm512_maskz_mov_pd(k & ~q0, fs512_exp_pd(_mm512_sub_pd(x0, vm))));
-        count += __builtin_popcount(q0);
+        s0 = _mm512_add_pd(s0, fs512_exp_keep_pd(_mm512_sub_pd(x0, vm), k & (__mmask8)~q0));
+        cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
     }
-    *at_max = (double)count;
+    *at_max = _mm512_reduce_add_pd(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
