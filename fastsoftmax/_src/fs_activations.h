@@ -6,6 +6,7 @@
 #ifndef FS_ACTIVATIONS_H
 #define FS_ACTIVATIONS_H
 #include "fs_common.h"
+#include "fs_avx2.h"
 #include "fs_avx512.h"
 
 #define FS_ACT_KERNELS(T, SUF, ISA)                                                          \
@@ -49,6 +50,7 @@ FS_DECLARE_ACT_TABLE(double, f64)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define FS_ISA avx2
+#define FS_USE_AVX2
 #define FS_T float
 #define FS_IS_F32 1
 #define FS_SUF f32
@@ -64,6 +66,7 @@ FS_DECLARE_ACT_TABLE(double, f64)
 #undef FS_IS_F32
 #undef FS_SUF
 #undef FS_ISA
+#undef FS_USE_AVX2
 #pragma GCC pop_options
 
 #pragma GCC push_options

@@ -76,13 +76,20 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
     for (ptrdiff_t i = 0; i < n; i++) y[i] = (x[i] - m) - c;
 }
 
-/* On AVX-512 the hand-vectorised primitives of fs_avx512.h take their place. */
+/* On AVX-512 and AVX2 the hand-vectorised primitives of fs_avx512.h / fs_avx2.h take
+   their place. */
 #ifdef FS_USE_AVX512
 #define FS_ROW_MAX FS_CAT(fs512_row_max, FS_SUF)
 #define FS_EXP_STORE_SUM FS_CAT(fs512_exp_store_sum, FS_SUF)
 #define FS_EXP_SUM_SPLIT FS_CAT(fs512_exp_sum_split, FS_SUF)
 #define FS_SCALE FS_CAT(fs512_scale, FS_SUF)
 #define FS_SUB FS_CAT(fs512_sub, FS_SUF)
+#elif defined(FS_USE_AVX2)
+#define FS_ROW_MAX FS_CAT(fs256_row_max, FS_SUF)
+#define FS_EXP_STORE_SUM FS_CAT(fs256_exp_store_sum, FS_SUF)
+#define FS_EXP_SUM_SPLIT FS_CAT(fs256_exp_sum_split, FS_SUF)
+#define FS_SCALE FS_CAT(fs256_scale, FS_SUF)
+#define FS_SUB FS_CAT(fs256_sub, FS_SUF)
 #else
 #define FS_ROW_MAX FS_FN(row_max)
 #define FS_EXP_STORE_SUM FS_FN(exp_store_sum)

@@ -157,9 +157,12 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
     if (smooth) loss = (1.0 - eps) * loss + per_class * (s1 + wsum * lse);
     if (!want_grad) return loss;
 
-    /* Pass 3: g_i = gs * (p_i * sum(a) - a_i), then the target column in double. */
-    const double coef = smooth ? (1.0 - eps) * wt + per_class * wsum : wt; /* sum(a) */
-    const FS_T k1 = (FS_T)(gs * coef / s);
+    /* Pass 3: g_i = gs * (p_i * sum(a) - a_i), then the target column in double.  gs scales w_t
+       before anything else, as torch's nll backward does: a mean over weights that sum to 0
+       (gs = inf) then gives a NaN row for a zero-weight target, as in torch. */
+    const double wt_gs = wt * gs;
+    const double coef_gs = smooth ? (1.0 - eps) * wt_gs + per_class * wsum * gs : wt_gs; /* gs*sum(a) */
+    const FS_T k1 = (FS_T)(coef_gs / s);
     if (!smooth) {
         FS_OMP_SIMD
         for (ptrdiff_t i = 0; i < n; i++) g[i] = g[i] * k1;
@@ -174,9 +177,9 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
         }
     }
     /* p_t - 1 = expm1(log p_t): no cancellation when p_t is close to 1. */
-    double gt = wt * expm1(-nll);
-    if (smooth) gt = (1.0 - eps) * gt + per_class * (wsum * exp(-nll) - (weighted ? wt : 1.0));
-    g[t] = (FS_T)(gs * gt);
+    double gt = wt_gs * expm1(-nll);
+    if (smooth) gt = (1.0 - eps) * gt + per_class * gs * (wsum * exp(-nll) - (weighted ? wt : 1.0));
+    g[t] = (FS_T)gt;
     return loss;
 }
 

@@ -1,0 +1,290 @@
+/*
+ * fs_avx2.h -- hand-vectorised AVX2 + FMA row primitives (x86-64 machines without AVX-512).
+ *
+ * The same primitives, contracts and algorithms as fs_avx512.h, on 8 float / 4 double
+ * lanes: no mask registers (blends instead), and 2^n built from exponent bits in two
+ * factors (so that subnormal results are right) instead of vscalef.
+ */
+#ifndef FS_AVX2_H
+#define FS_AVX2_H
+#if FS_X86_MULTIVERSION
+#include <immintrin.h>
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+
+#define FS256_INLINE static inline __attribute__((always_inline))
+
+/* Lane masks for a tail of k elements (k < 8 or k < 4). */
+FS256_INLINE __m256i fs256_tail_mask32(ptrdiff_t k)
+{
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+FS256_INLINE __m256i fs256_tail_mask64(ptrdiff_t k)
+{
+    return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)k), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+
+/* exp(t + lo) for t <= 0 (lanes below -104 give 0, NaN propagates). */
+FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t, __m256 lo)
+{
+    const __m256 magic = _mm256_set1_ps(12582912.0f);
+    const __m256 tc = _mm256_max_ps(t, _mm256_set1_ps(-104.0f)); /* NaN: max returns -104 */
+    __m256 nb = _mm256_fmadd_ps(tc, _mm256_set1_ps(1.44269504088896341f), magic);
+    __m256 n = _mm256_sub_ps(nb, magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FS_LN2_HI_F32), tc);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FS_LN2_LO_F32), r);
+    r = _mm256_add_ps(r, lo);
+    __m256 p = _mm256_set1_ps(FS_EXP_C5_F32);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C4_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C3_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C2_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C1_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    __m256i ni = _mm256_sub_epi32(_mm256_castps_si256(nb), _mm256_castps_si256(magic));
+    __m256i n1 = _mm256_srai_epi32(ni, 1);
+    __m256i n2 = _mm256_sub_epi32(ni, n1);
+    __m256 s1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, _mm256_set1_epi32(127)), 23));
+    __m256 s2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, _mm256_set1_epi32(127)), 23));
+    __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, s1), s2);
+    __m256 under = _mm256_cmp_ps(t, _mm256_set1_ps(-104.0f), _CMP_LT_OQ);
+    y = _mm256_andnot_ps(under, y);
+    return _mm256_blendv_ps(y, t, _mm256_cmp_ps(t, t, _CMP_UNORD_Q)); /* NaN in, NaN out */
+}
+
+/* exp(t) in float64 for any t (clamped to [-746, 710]; NaN propagates). */
+FS256_INLINE __m256d fs256_exp_pd(__m256d t)
+{
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+    const __m256d tc = _mm256_max_pd(_mm256_min_pd(t, _mm256_set1_pd(710.0)), _mm256_set1_pd(-746.0));
+    __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(tc, _mm256_set1_pd(1.4426950408889634), magic), magic);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), tc);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+    __m256d p = _mm256_set1_pd(0x1.aed871c8d0d84p-26);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.289086a0718d1p-22));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.71de3c6901054p-19));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a019b9e8a8767p-16));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a01a019956eb6p-13));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.6c16c1784dc5ep-10));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.1111111112169p-7));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555553e21p-5));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555555560p-3));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.0000000000003p-1));
+    p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
+    p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
+    /* 2^n = 2^n1 * 2^n2, n1 = floor(n / 2): each factor's exponent bits come from the low bits
+       of (n_i + 1023 + magic), shifted into place. */
+    __m256d n1 = _mm256_floor_pd(_mm256_mul_pd(n, _mm256_set1_pd(0.5)));
+    __m256d n2 = _mm256_sub_pd(n, n1);
+    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
+    __m256d s1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n1, bias)), 52));
+    __m256d s2 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n2, bias)), 52));
+    __m256d y = _mm256_mul_pd(_mm256_mul_pd(p, s1), s2);
+    y = _mm256_andnot_pd(_mm256_cmp_pd(t, _mm256_set1_pd(-746.0), _CMP_LT_OQ), y);
+    y = _mm256_blendv_pd(y, _mm256_set1_pd(INFINITY), _mm256_cmp_pd(t, _mm256_set1_pd(710.0), _CMP_GT_OQ));
+    return _mm256_blendv_pd(y, t, _mm256_cmp_pd(t, t, _CMP_UNORD_Q));
+}
+
+FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
+{
+    __m256 t = _mm256_add_ps(x, negm);
+    __m256 bb = _mm256_sub_ps(t, x);
+    __m256 lo = _mm256_add_ps(_mm256_sub_ps(x, _mm256_sub_ps(t, bb)), _mm256_sub_ps(negm, bb));
+    return fs256_exp_nonpos_ps(t, lo);
+}
+
+FS256_INLINE __m256d fs256_widen_add(__m256d acc, __m256 v)
+{
+    acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+    return _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+FS256_INLINE float fs256_hmax_ps(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+FS256_INLINE double fs256_hmax_pd(__m256d v)
+{
+    __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    m = _mm_max_sd(m, _mm_unpackhi_pd(m, m));
+    return _mm_cvtsd_f64(m);
+}
+FS256_INLINE double fs256_hsum_pd(__m256d v)
+{
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+    return _mm_cvtsd_f64(s);
+}
+
+/* ---------------------------------------------------------------- float32 rows */
+
+static inline float fs256_row_max_f32(const float *x, ptrdiff_t n)
+{
+    const __m256 ninf = _mm256_set1_ps(-INFINITY);
+    __m256 a0 = ninf, a1 = ninf, a2 = ninf, a3 = ninf;
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_max_ps(a0, _mm256_loadu_ps(x + i));
+        a1 = _mm256_max_ps(a1, _mm256_loadu_ps(x + i + 8));
+        a2 = _mm256_max_ps(a2, _mm256_loadu_ps(x + i + 16));
+        a3 = _mm256_max_ps(a3, _mm256_loadu_ps(x + i + 24));
+    }
+    for (; i + 8 <= n; i += 8) a0 = _mm256_max_ps(a0, _mm256_loadu_ps(x + i));
+    float m = fs256_hmax_ps(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static inline double fs256_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
+{
+    const __m256 negm = _mm256_set1_ps(-m);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    ptrdiff_t i = 0;
+    while (i + 16 <= n) {
+        __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
+        ptrdiff_t end = i + 128 <= n ? i + 128 : n - n % 16;
+        for (; i < end; i += 16) {
+            __m256 e0 = fs256_exp_minus_ps(_mm256_loadu_ps(x + i), negm);
+            __m256 e1 = fs256_exp_minus_ps(_mm256_loadu_ps(x + i + 8), negm);
+            _mm256_storeu_ps(y + i, e0);
+            _mm256_storeu_ps(y + i + 8, e1);
+            b0 = _mm256_add_ps(b0, e0);
+            b1 = _mm256_add_ps(b1, e1);
+        }
+        s0 = fs256_widen_add(s0, b0);
+        s1 = fs256_widen_add(s1, b1);
+    }
+    for (; i < n; i += 8) {
+        __m256i k = fs256_tail_mask32(n - i); /* all lanes while 8 or more are left */
+        __m256 e = fs256_exp_minus_ps(_mm256_maskload_ps(x + i, k), negm);
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(k));
+        _mm256_maskstore_ps(y + i, k, e);
+        s0 = fs256_widen_add(s0, e);
+    }
+    return fs256_hsum_pd(_mm256_add_pd(s0, s1));
+}
+
+static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
+{
+    const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256d s0 = _mm256_setzero_pd();
+    __m256 cnt = zero;
+    ptrdiff_t i = 0;
+    while (i < n) {
+        __m256 b0 = zero;
+        ptrdiff_t end = i + 128 <= n ? i + 128 : n;
+        for (; i < end; i += 8) {
+            __m256i k = end - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(end - i);
+            __m256 x0 = _mm256_maskload_ps(x + i, k);
+            __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), _mm256_castsi256_ps(k));
+            __m256 e = fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm), zero);
+            e = _mm256_andnot_ps(q, _mm256_and_ps(e, _mm256_castsi256_ps(k)));
+            b0 = _mm256_add_ps(b0, e);
+            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
+        }
+        s0 = fs256_widen_add(s0, b0);
+    }
+    __m256d c = _mm256_setzero_pd();
+    *at_max = fs256_hsum_pd(fs256_widen_add(c, cnt));
+    return fs256_hsum_pd(s0);
+}
+
+static inline void fs256_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
+{
+    const __m256 vs = _mm256_set1_ps(s);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), vs));
+    for (; i < n; i++) y[i] = src[i] * s;
+}
+
+static inline void fs256_sub_f32(const float *x, float m, float c, float *y, ptrdiff_t n)
+{
+    const __m256 vm = _mm256_set1_ps(m), vc = _mm256_set1_ps(c);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vc));
+    for (; i < n; i++) y[i] = (x[i] - m) - c;
+}
+
+/* ---------------------------------------------------------------- float64 rows */
+
+static inline double fs256_row_max_f64(const double *x, ptrdiff_t n)
+{
+    const __m256d ninf = _mm256_set1_pd(-INFINITY);
+    __m256d a0 = ninf, a1 = ninf, a2 = ninf, a3 = ninf;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_max_pd(a0, _mm256_loadu_pd(x + i));
+        a1 = _mm256_max_pd(a1, _mm256_loadu_pd(x + i + 4));
+        a2 = _mm256_max_pd(a2, _mm256_loadu_pd(x + i + 8));
+        a3 = _mm256_max_pd(a3, _mm256_loadu_pd(x + i + 12));
+    }
+    for (; i + 4 <= n; i += 4) a0 = _mm256_max_pd(a0, _mm256_loadu_pd(x + i));
+    double m = fs256_hmax_pd(_mm256_max_pd(_mm256_max_pd(a0, a1), _mm256_max_pd(a2, a3)));
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+static inline double fs256_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+{
+    const __m256d vm = _mm256_set1_pd(m);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256d e0 = fs256_exp_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm));
+        __m256d e1 = fs256_exp_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm));
+        _mm256_storeu_pd(y + i, e0);
+        _mm256_storeu_pd(y + i + 4, e1);
+        s0 = _mm256_add_pd(s0, e0);
+        s1 = _mm256_add_pd(s1, e1);
+    }
+    for (; i < n; i += 4) {
+        __m256i k = fs256_tail_mask64(n - i);
+        __m256d e = fs256_exp_pd(_mm256_sub_pd(_mm256_maskload_pd(x + i, k), vm));
+        e = _mm256_and_pd(e, _mm256_castsi256_pd(k));
+        _mm256_maskstore_pd(y + i, k, e);
+        s0 = _mm256_add_pd(s0, e);
+    }
+    return fs256_hsum_pd(_mm256_add_pd(s0, s1));
+}
+
+static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
+{
+    const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
+    __m256d s0 = _mm256_setzero_pd(), cnt = _mm256_setzero_pd();
+    for (ptrdiff_t i = 0; i < n; i += 4) {
+        __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
+        __m256d x0 = _mm256_maskload_pd(x + i, k);
+        __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), _mm256_castsi256_pd(k));
+        __m256d e = _mm256_and_pd(fs256_exp_pd(_mm256_sub_pd(x0, vm)), _mm256_castsi256_pd(k));
+        s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
+        cnt = _mm256_add_pd(cnt, _mm256_and_pd(q, one));
+    }
+    *at_max = fs256_hsum_pd(cnt);
+    return fs256_hsum_pd(s0);
+}
+
+static inline void fs256_scale_f64(const double *src, double s, double *y, ptrdiff_t n)
+{
+    const __m256d vs = _mm256_set1_pd(s);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, _mm256_mul_pd(_mm256_loadu_pd(src + i), vs));
+    for (; i < n; i++) y[i] = src[i] * s;
+}
+
+static inline void fs256_sub_f64(const double *x, double m, double c, double *y, ptrdiff_t n)
+{
+    const __m256d vm = _mm256_set1_pd(m), vc = _mm256_set1_pd(c);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm), vc));
+    for (; i < n; i++) y[i] = (x[i] - m) - c;
+}
+
+#pragma GCC pop_options
+#endif /* FS_X86_MULTIVERSION */
+#endif /* FS_AVX2_H */
