@@ -15,8 +15,9 @@
  * loss is w_t * (-log p_t) alone (torch computes no smoothing term then, so -inf logits off
  * the target do not matter).
  *
- * Passes over a row: (1) max (read); (2) e_i = exp(x_i - m) (read; stored into the gradient
- * when there is one) with, in the same loop, the sums the loss needs; (3) the gradient,
+ * Passes over a row: (1) max (read); (2) e_i = exp(x_i - m) (read x, store e into the
+ * gradient, or into a per-thread scratch row for a loss-only call, so that both compute the
+ * very same loss) with, in the same loop, the sums the loss needs; (3) the gradient,
  * g_i = e_i * k1 - k2 * a_i (in cache, read + write).  The gradient may be x itself: pass 2
  * reads x_i before it writes g_i, x_t is read before pass 2, and pass 3 no longer reads x.
  *
@@ -61,9 +62,10 @@ static void FS_FN(loss_fill)(FS_T *g, ptrdiff_t n, FS_T v)
 }
 
 /*
- * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i].  Adds sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes
- * to *cnt -- and, when SMOOTH, sum w_i (m - x_i) to *s1 (w_i = 1 unless WEIGHTED).  The flags
- * are compile-time constants at every call, so each combination is its own vectorised loop.
+ * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i].  Adds
+ * sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes to *cnt --
+ * and, when SMOOTH, sum w_i (m - x_i) to *s1 (w_i = 1 unless WEIGHTED).  The flags are
+ * compile-time constants at every call, so each combination is its own vectorised loop.
  */
 FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t b,
                                           ptrdiff_t end, FS_T m, const int EXCL, const int SMOOTH,
