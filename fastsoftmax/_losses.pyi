@@ -1,0 +1,19 @@
+"""Type stubs of the compiled loss kernels (fastsoftmax/_losses.pyx)."""
+
+import numpy as np
+
+ISA: str
+
+def ce_rows(
+    x: np.ndarray,
+    target: np.ndarray | None,
+    prob: np.ndarray | None,
+    weight: np.ndarray | None,
+    label_smoothing: float,
+    grad_scale: float,
+    grad: np.ndarray | None,
+    row_loss: np.ndarray,
+    nthreads: int,
+) -> None: ...
+def nll_rows(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, row_loss: np.ndarray) -> None: ...
+def total_weight(target: np.ndarray, weight: np.ndarray | None, ncols: int, typenum: int) -> float: ...

@@ -1,0 +1,315 @@
+"""Negative log-likelihood and cross-entropy losses, and the fused cross-entropy gradient.
+
+This layer checks arguments (``fastsoftmax._loss_validation``) and arranges memory; the work
+is done by the compiled row kernels in ``fastsoftmax._losses``.  The class axis is the LAST
+axis; semantics otherwise follow ``torch.nn.functional.nll_loss`` / ``cross_entropy``.
+
+Memory: the kernels read C-contiguous ``(rows, classes)`` arrays of the compute dtype.  Inputs
+that already are (float32/float64, C-contiguous) are used in place; others are converted a
+block of rows at a time, so no full-size temporary is made for them either.  The gradient is
+written once, straight into its destination; with ``out=logits`` nothing of the logits' size
+is allocated at all.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _losses as _k
+from ._loss_validation import check_grad_out, check_loss_args, reduce_row_losses
+from ._threads import get_num_threads
+
+__all__ = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
+
+# Elements per block of rows when inputs must be converted (float16, integers, other layouts).
+_CHUNK_ELEMENTS = 1 << 18
+
+
+def _mean_denominator(args) -> float:
+    """What "mean" divides by: the summed weights of the non-ignored class indices (their
+    number without weights), or the number of samples for probability targets (0 when the
+    logits are empty, so the mean is NaN, as in torch)."""
+    n_rows, n_classes = args.rows_shape
+    if args.probabilities:
+        return float(n_rows) if args.logits.size else 0.0
+    typenum = np.dtype(args.compute_dtype).num
+    return _k.total_weight(args.target, args.weight, n_classes, typenum)
+
+
+def _is_kernel_ready(a, dtype) -> bool:
+    return a is None or (a.dtype == dtype and a.flags.c_contiguous)
+
+
+def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
+def _rows_view(dest: np.ndarray, rows_shape: tuple, x2: np.ndarray, reads: tuple):
+    """`dest` as a ``(N, C)`` view the kernels may write row blocks into while reading `x2` and
+    `reads`, or None: it must be a view (no copy), disjoint from every array read, and either
+    disjoint from `x2` or laid out exactly on top of it (in place)."""
+    d2 = dest.reshape(rows_shape)
+    if d2.size and not np.may_share_memory(d2, dest):
+        return None  # reshape had to copy
+    for a in reads:
+        if a is not None and np.may_share_memory(d2, a):
+            return None
+    if np.may_share_memory(d2, x2) and not _same_memory_layout(d2, x2):
+        return None
+    return d2
+
+
+def _run(args, want_grad: bool, out, nll: bool = False):
+    """Per-row losses (float64, shape (N,)), the mean's denominator and the gradient array."""
+    n_rows, n_classes = args.rows_shape
+    comp = args.compute_dtype
+    row_loss = np.empty(n_rows, np.float64)
+    denominator = _mean_denominator(args) if args.reduction == "mean" else 1.0
+    grad_scale = 1.0
+    if args.reduction == "mean":
+        with np.errstate(divide="ignore"):
+            grad_scale = float(np.float64(1.0) / np.float64(denominator))
+    nthreads = get_num_threads()
+    eps = args.label_smoothing
+    weight = args.weight
+    x2 = args.logits.reshape(args.rows_shape)
+    p2 = args.target.reshape(args.rows_shape) if args.probabilities else None
+    t = None if args.probabilities else args.target
+
+    def kernel(xs, ts, ps, gs_buf, losses):
+        if nll:
+            _k.nll_rows(xs, ts, weight, losses)
+        else:
+            _k.ce_rows(xs, ts, ps, weight, eps, grad_scale, gs_buf, losses, nthreads)
+
+    grad = None
+    d2 = None
+    if want_grad:
+        grad = out if out is not None else np.empty(args.logits.shape, args.result_dtype)
+        d2 = _rows_view(grad, args.rows_shape, x2, (p2, t, weight))
+        if d2 is None:  # out overlaps an input in some other way: compute into fresh memory
+            d2 = np.empty(args.rows_shape, args.result_dtype)
+
+    inputs_ready = _is_kernel_ready(x2, comp) and _is_kernel_ready(p2, comp)
+    if inputs_ready and (d2 is None or _is_kernel_ready(d2, comp)):
+        kernel(x2, t, p2, d2, row_loss)
+    else:
+        step = max(1, _CHUNK_ELEMENTS // max(n_classes, 1))
+        g_buf = np.empty((min(step, n_rows), n_classes), comp) if want_grad else None
+        with np.errstate(over="ignore"):
+            for i in range(0, n_rows, step):
+                j = min(i + step, n_rows)
+                xs = np.ascontiguousarray(x2[i:j], dtype=comp)
+                ps = None if p2 is None else np.ascontiguousarray(p2[i:j], dtype=comp)
+                ts = None if t is None else t[i:j]
+                gs_buf = None if g_buf is None else g_buf[: j - i]
+                kernel(xs, ts, ps, gs_buf, row_loss[i:j])
+                if gs_buf is not None:
+                    d2[i:j] = gs_buf
+    if want_grad and not (d2.size == 0 or np.may_share_memory(d2, grad)):
+        np.copyto(grad, d2.reshape(grad.shape), casting="unsafe")
+    return row_loss, denominator, grad
+
+
+def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="mean"):
+    """Negative log-likelihood of class indices, like ``torch.nn.functional.nll_loss``.
+
+    For each sample (row) with class index ``t`` the loss is ``-weight[t] * log_probs[..., t]``;
+    samples whose target equals `ignore_index` contribute nothing.
+
+    Parameters
+    ----------
+    log_probs : array_like, shape (..., C)
+        Log-probabilities, class axis last (e.g. the output of
+        :func:`fastsoftmax.log_softmax`).  float32/float64 are computed in their own
+        precision, integers and bool as float64, float16 in float32 (returned as float16).
+    target : array_like of int, shape (...)
+        Class indices in ``[0, C)`` or equal to `ignore_index`; any integer dtype.
+    weight : array_like, shape (C,), optional
+        Per-class weights (converted to the dtype of `log_probs`).
+    ignore_index : int, optional
+        Target value whose samples are ignored (default -100).
+    reduction : {"mean", "sum", "none"}, optional
+        ``"none"``: per-sample losses of shape ``(...)``.  ``"sum"``: their sum.  ``"mean"``:
+        their sum divided by the summed weights of the non-ignored targets (their number
+        without `weight`); NaN when every target is ignored.
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        The loss, in the result dtype of `log_probs`, accumulated in float64.
+
+    Raises
+    ------
+    IndexError
+        A target outside ``[0, C)`` that is not `ignore_index` (the message names the value
+        and its position).
+    TypeError
+        A float target, or an unsupported dtype.
+    ValueError
+        Shape mismatch, 0-d `log_probs`, unknown `reduction`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import nll_loss
+    >>> log_probs = np.log(np.array([[0.5, 0.25, 0.25], [0.1, 0.8, 0.1]]))
+    >>> nll_loss(log_probs, np.array([0, 1]), reduction="none")
+    array([0.69314718, 0.22314355])
+    >>> nll_loss(log_probs, np.array([0, -100]))
+    np.float64(0.6931471805599453)
+    """
+    args = check_loss_args(
+        "nll_loss", log_probs, target, weight, ignore_index, reduction,
+        logits_name="log_probs", allow_probabilities=False,
+    )
+    row_loss, denominator, _ = _run(args, False, None, nll=True)
+    return reduce_row_losses(args, row_loss, denominator)
+
+
+def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+    """Cross-entropy between logits and targets, like ``torch.nn.functional.cross_entropy``.
+
+    With ``log p = log_softmax(logits)`` along the last axis, the loss of one sample is
+
+    - class index ``t``: ``(1 - eps) * w[t] * (-log p[t]) + (eps / C) * sum_c w[c] * (-log p[c])``
+      (just ``w[t] * (-log p[t])`` for ``eps = 0``); ignored samples contribute nothing;
+    - probabilities ``q``: ``sum_c w[c] * q'[c] * (-log p[c])`` with ``q' = (1 - eps) * q + eps / C``,
+
+    where ``eps`` is `label_smoothing` and ``w`` is `weight` (all ones by default).
+
+    Parameters
+    ----------
+    logits : array_like, shape (..., C)
+        Unnormalised scores, class axis last.  float32/float64 are computed in their own
+        precision, integers and bool as float64, float16 in float32 (returned as float16).
+    target : array_like
+        Either integer class indices of shape ``(...)`` (any integer dtype; each in ``[0, C)``
+        or equal to `ignore_index`), or class probabilities of the logits' shape and dtype.
+    weight : array_like, shape (C,), optional
+        Per-class weights (converted to the logits' dtype).
+    ignore_index : int, optional
+        Class-index target whose samples are ignored (default -100).  Must be negative with
+        probability targets.
+    reduction : {"mean", "sum", "none"}, optional
+        ``"none"``: per-sample losses of shape ``(...)``.  ``"sum"``: their sum.  ``"mean"``:
+        with class indices, the sum divided by the summed weights of the non-ignored targets
+        (their number without `weight`; NaN when all are ignored); with probabilities, the
+        sum divided by the number of samples.
+    label_smoothing : float in [0, 1], optional
+        Mass moved uniformly onto every class (torch's definition, for both target kinds).
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        The loss, in the logits' result dtype, accumulated in float64.
+
+    Raises
+    ------
+    IndexError
+        A class index outside ``[0, C)`` that is not `ignore_index` (the message names the
+        value and its position); nothing is computed.
+    TypeError
+        A probability target whose dtype is not the logits' (after conversion), a target that
+        is neither integer nor float, or an unsupported dtype.
+    ValueError
+        Shape mismatch, 0-d logits, unknown `reduction`, `label_smoothing` outside [0, 1],
+        `ignore_index` >= 0 with probability targets.
+
+    Notes
+    -----
+    Rows follow torch's special values: a row with NaN or +inf, or all -inf, has a NaN loss;
+    a -inf logit at the target gives +inf.  Computed in one fused pass per row (max, then
+    ``exp`` and the sums), without materialising ``log_softmax``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import cross_entropy
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> cross_entropy(logits, np.array([0, 1]))
+    np.float64(0.3185397696491856)
+    >>> cross_entropy(logits, np.array([0, 1]), reduction="none", label_smoothing=0.1)
+    array([0.51369668, 0.36004952])
+    >>> cross_entropy(logits, np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]), reduction="sum")
+    np.float64(1.7370795392983713)
+    """
+    args = check_loss_args(
+        "cross_entropy", logits, target, weight, ignore_index, reduction, label_smoothing
+    )
+    row_loss, denominator, _ = _run(args, False, None)
+    return reduce_row_losses(args, row_loss, denominator)
+
+
+def cross_entropy_with_grad(
+    logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0, out=None
+):
+    """:func:`cross_entropy` and its gradient with respect to the logits, in one fused pass.
+
+    For one sample the loss is ``sum_c a[c] * (-log softmax(logits)[c])`` with coefficients
+    ``a = (1 - eps) * w[t] * onehot(t) + (eps / C) * w`` (class index ``t``) or
+    ``a = w * ((1 - eps) * q + eps / C)`` (probabilities ``q``), so its gradient is
+    ``softmax(logits) * sum(a) - a``; with ``eps = 0`` and no weights that is
+    ``softmax(logits) - onehot(t)``.  The gradient is scaled like the loss (divided by the
+    mean's denominator for ``"mean"``); for ``"none"`` it is the gradient of the SUM of the
+    per-sample losses.  Ignored samples have a zero gradient.
+
+    Parameters
+    ----------
+    logits, target, weight, ignore_index, reduction, label_smoothing
+        As for :func:`cross_entropy`.
+    out : ndarray, optional
+        Where to write the gradient: exactly the logits' shape and result dtype, writeable.
+        May be `logits` itself: the gradient then overwrites the logits and no array of that
+        size is allocated (for large vocabularies this halves the peak memory).
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As returned by :func:`cross_entropy`.
+    grad : ndarray
+        ``d loss / d logits``, the logits' shape and result dtype; `out` when given.
+
+    Raises
+    ------
+    IndexError, TypeError, ValueError
+        As for :func:`cross_entropy`; and a bad `out` (``TypeError`` for a wrong dtype or a
+        non-array, ``ValueError`` for a wrong shape or a read-only array).  Every check runs
+        before anything is written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastsoftmax import cross_entropy_with_grad
+    >>> logits = np.array([[2.0, 1.0, 0.1], [0.5, 2.5, 0.3]])
+    >>> loss, grad = cross_entropy_with_grad(logits, np.array([0, 1]))
+    >>> loss
+    np.float64(0.3185397696491856)
+    >>> grad
+    array([[-0.17049943,  0.12121649,  0.04928295],
+           [ 0.05430187, -0.09876047,  0.04445861]])
+
+    A training step that reuses the logits' memory for the gradient:
+
+    >>> x = np.array([[0.2, -1.0], [1.5, 0.5], [0.0, 0.3]])   # features
+    >>> W = np.zeros((2, 2))                                     # weights
+    >>> y = np.array([0, 0, 1])                                  # labels
+    >>> logits = x @ W
+    >>> loss, g = cross_entropy_with_grad(logits, y, out=logits)
+    >>> g is logits
+    True
+    >>> W -= 0.5 * (x.T @ g)
+    >>> bool(cross_entropy(x @ W, y) < loss)
+    True
+    """
+    args = check_loss_args(
+        "cross_entropy_with_grad", logits, target, weight, ignore_index, reduction, label_smoothing
+    )
+    if out is not None:
+        check_grad_out(out, args)
+    row_loss, denominator, grad = _run(args, True, out)
+    return reduce_row_losses(args, row_loss, denominator), grad

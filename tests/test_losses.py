@@ -1,0 +1,706 @@
+"""Loss kernels (nll_loss, cross_entropy, cross_entropy_with_grad) against the reference twin,
+finite differences and torch, over a generated grid of reductions, weights, ignore_index,
+label smoothing, target kinds, dtypes, shapes and special values; then memory (out=logits),
+layouts, threads, dtype rules and every documented error."""
+
+import inspect
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import fastsoftmax as fs
+from fastsoftmax import reference as ref
+
+FUNCS = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
+REDUCTIONS = ["mean", "sum", "none"]
+SHAPES = {"2d": (6, 7), "1d": (5,), "3d": (2, 3, 300)}  # 300 classes: rows of several blocks
+DTYPES = [np.float16, np.float32, np.float64]
+# Kernel against the reference in the same precision (both round; float16 results are rounded
+# from float32 by both, so they may differ by one float16 ulp).
+RTOL = {np.float16: 2e-3, np.float32: 2e-5, np.float64: 1e-12}
+HUGE = {np.float16: 3e4, np.float32: 1e30, np.float64: 1e30}
+IGNORE_MODES = {  # name: (ignore_index, whether some targets are ignored)
+    "no_ignored": (-100, False),
+    "ignored": (-100, True),
+    "ignored_class": (1, True),  # ignore_index is itself a class
+}
+
+
+def _make(shape, dtype, kind, ignore_mode="no_ignored", weighted=False, extreme=False, seed=0):
+    """logits, target, weight and ignore_index for one case.
+
+    extreme: row 0 holds +-HUGE (the target is neither), the last row a -inf off the target.
+    """
+    rng = np.random.default_rng(seed)
+    n_classes = shape[-1]
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    x2 = x.reshape(-1, n_classes)
+    ignore_index, some_ignored = IGNORE_MODES[ignore_mode]
+    if kind == "index":
+        t = rng.integers(0, n_classes, shape[:-1])
+        t2 = t.reshape(-1)
+        if extreme:
+            t2[0], t2[-1] = 2, 4
+        if some_ignored:
+            t2[::3] = ignore_index
+    else:
+        t = rng.random(shape).astype(dtype) + 0.05
+        t /= t.sum(axis=-1, keepdims=True)
+    if extreme:
+        x2[0, 0], x2[0, 1] = HUGE[dtype], -HUGE[dtype]
+        x2[-1, 3] = -np.inf
+    w = (rng.random(n_classes) + 0.25).astype(dtype) if weighted else None
+    return x, t, w, ignore_index
+
+
+def _assert_close(actual, desired, dtype, scale=1.0):
+    actual, desired = np.asarray(actual), np.asarray(desired)
+    assert actual.shape == desired.shape
+    assert actual.dtype == desired.dtype
+    np.testing.assert_allclose(actual, desired, rtol=RTOL[dtype], atol=RTOL[dtype] * scale, equal_nan=True)
+
+
+def _parity_grid():
+    for shape_id, shape in SHAPES.items():
+        for dtype in DTYPES:
+            for kind in ["index", "probabilities"]:
+                modes = list(IGNORE_MODES) if kind == "index" else ["no_ignored"]
+                for ignore_mode in modes:
+                    for weighted in [False, True]:
+                        for ls in [0.0, 0.2]:
+                            for reduction in REDUCTIONS:
+                                for extreme in [False, True]:
+                                    yield pytest.param(
+                                        shape, dtype, kind, ignore_mode, weighted, ls, reduction, extreme,
+                                        id=f"{shape_id}-{np.dtype(dtype).name}-{kind}-{ignore_mode}-"
+                                        f"{'w' if weighted else 'nw'}-ls{ls}-{reduction}"
+                                        f"{'-extreme' if extreme else ''}",
+                                    )
+
+
+@pytest.mark.parametrize("shape,dtype,kind,ignore_mode,weighted,ls,reduction,extreme", list(_parity_grid()))
+def test_cross_entropy_matches_reference(shape, dtype, kind, ignore_mode, weighted, ls, reduction, extreme):
+    x, t, w, ii = _make(shape, dtype, kind, ignore_mode, weighted, extreme)
+    kw = dict(weight=w, ignore_index=ii, reduction=reduction, label_smoothing=ls)
+    x_before = x.copy()
+    loss = fs.cross_entropy(x, t, **kw)
+    loss_g, grad = fs.cross_entropy_with_grad(x, t, **kw)
+    ref_loss, ref_grad = ref.cross_entropy_with_grad(x, t, **kw)
+    np.testing.assert_array_equal(x, x_before)
+    # The fused call returns exactly cross_entropy's loss.
+    np.testing.assert_array_equal(loss_g, loss)
+    assert type(loss) is type(ref_loss)
+    _assert_close(loss, ref_loss, dtype)
+    _assert_close(ref.cross_entropy(x, t, **kw), ref_loss, dtype)
+    _assert_close(grad, ref_grad, dtype, scale=1.0 if w is None else float(np.max(w)))
+    assert grad.shape == x.shape and grad.dtype == x.dtype
+
+
+def _nll_grid():
+    for shape_id, shape in SHAPES.items():
+        for dtype in DTYPES:
+            for ignore_mode in IGNORE_MODES:
+                for weighted in [False, True]:
+                    for reduction in REDUCTIONS:
+                        yield pytest.param(
+                            shape, dtype, ignore_mode, weighted, reduction,
+                            id=f"{shape_id}-{np.dtype(dtype).name}-{ignore_mode}-{'w' if weighted else 'nw'}-{reduction}",
+                        )
+
+
+@pytest.mark.parametrize("shape,dtype,ignore_mode,weighted,reduction", list(_nll_grid()))
+def test_nll_loss_matches_reference(shape, dtype, ignore_mode, weighted, reduction):
+    x, t, w, ii = _make(shape, dtype, "index", ignore_mode, weighted, extreme=True)
+    log_probs = ref.log_softmax(x)
+    kw = dict(weight=w, ignore_index=ii, reduction=reduction)
+    got = fs.nll_loss(log_probs, t, **kw)
+    want = ref.nll_loss(log_probs, t, **kw)
+    assert type(got) is type(want)
+    _assert_close(got, want, dtype)
+    # nll_loss of log_softmax is cross_entropy.
+    _assert_close(got, ref.cross_entropy(x, t, **kw), dtype, scale=10.0)
+
+
+# --------------------------------------------------------------------------- finite differences
+
+
+def _fd_grid():
+    for shape_id, shape in {"2d": (3, 4), "1d": (5,), "3d": (2, 2, 3)}.items():
+        for kind in ["index", "probabilities"]:
+            for ignore_mode in (["no_ignored", "ignored"] if kind == "index" else ["no_ignored"]):
+                for weighted in [False, True]:
+                    for ls in [0.0, 0.3]:
+                        for reduction in REDUCTIONS:
+                            if shape_id == "1d" and ignore_mode == "ignored":
+                                continue  # the only sample is ignored: covered by the all-ignored tests
+                            yield pytest.param(
+                                shape, kind, ignore_mode, weighted, ls, reduction,
+                                id=f"{shape_id}-{kind}-{ignore_mode}-{'w' if weighted else 'nw'}-ls{ls}-{reduction}",
+                            )
+
+
+@pytest.mark.parametrize("shape,kind,ignore_mode,weighted,ls,reduction", list(_fd_grid()))
+def test_grad_matches_fourth_order_finite_differences(shape, kind, ignore_mode, weighted, ls, reduction):
+    x, t, w, ii = _make(shape, np.float64, kind, ignore_mode, weighted, seed=3)
+    kw = dict(weight=w, ignore_index=ii, reduction=reduction, label_smoothing=ls)
+
+    def f(z):  # "none": the gradient is that of the sum of the per-sample losses
+        return float(np.sum(fs.cross_entropy(z, t, **kw)))
+
+    h = 1e-3
+    fd = np.empty_like(x)
+    for i in np.ndindex(x.shape):
+        def at(k):
+            z = x.copy()
+            z[i] += k * h
+            return f(z)
+
+        fd[i] = (-at(2) + 8 * at(1) - 8 * at(-1) + at(-2)) / (12 * h)
+    _, grad = fs.cross_entropy_with_grad(x, t, **kw)
+    np.testing.assert_allclose(grad, fd, rtol=1e-7, atol=1e-9)
+    if ignore_mode == "ignored":  # ignored samples have no gradient at all
+        rows = t.reshape(-1) == ii
+        assert np.all(grad.reshape(-1, x.shape[-1])[rows] == 0)
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _torch_grid():
+    for shape_id, shape in SHAPES.items():
+        for dtype in [np.float32, np.float64]:
+            for kind in ["index", "probabilities"]:
+                for ignore_mode in (list(IGNORE_MODES) if kind == "index" else ["no_ignored"]):
+                    for weighted in [False, True]:
+                        for ls in [0.0, 0.2]:
+                            for reduction in REDUCTIONS:
+                                yield pytest.param(
+                                    shape, dtype, kind, ignore_mode, weighted, ls, reduction,
+                                    id=f"{shape_id}-{np.dtype(dtype).name}-{kind}-{ignore_mode}-"
+                                    f"{'w' if weighted else 'nw'}-ls{ls}-{reduction}",
+                                )
+
+
+def _to_torch(torch, a, class_axis_moved):
+    """A tensor with the class axis where torch wants it (axis 1 for N-d input)."""
+    if a is None:
+        return None
+    if class_axis_moved and a.ndim > 2:
+        a = np.moveaxis(a, -1, 1)
+    return torch.from_numpy(np.array(a, order="C"))  # (ascontiguousarray would make 0-d 1-d)
+
+
+TORCH_TOL = {np.float32: dict(rtol=1e-5, atol=2e-6), np.float64: dict(rtol=1e-12, atol=1e-14)}
+
+
+@pytest.mark.parametrize("shape,dtype,kind,ignore_mode,weighted,ls,reduction", list(_torch_grid()))
+def test_cross_entropy_matches_torch_values_and_autograd(shape, dtype, kind, ignore_mode, weighted, ls, reduction):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x, t, w, ii = _make(shape, dtype, kind, ignore_mode, weighted, extreme=True, seed=5)
+    kw = dict(ignore_index=ii, reduction=reduction, label_smoothing=ls)
+    loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, **kw)
+
+    xt = _to_torch(torch, x, True).requires_grad_(True)
+    tt = _to_torch(torch, t, kind == "probabilities")
+    lt = F.cross_entropy(xt, tt, weight=_to_torch(torch, w, False), **kw)
+    lt.sum().backward()
+    want_loss = lt.detach().numpy()
+    want_grad = xt.grad.numpy()
+    if x.ndim > 2:
+        want_grad = np.moveaxis(want_grad, 1, -1)
+    np.testing.assert_allclose(np.asarray(loss), want_loss, equal_nan=True, **TORCH_TOL[dtype])
+    assert np.asarray(loss).shape == want_loss.shape
+    np.testing.assert_allclose(grad, want_grad, equal_nan=True, **TORCH_TOL[dtype])
+
+
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+@pytest.mark.parametrize("ls", [0.0, 0.5, 1.0], ids=["ls0", "ls0.5", "ls1"])
+@pytest.mark.parametrize(
+    "weights", ["zero_at_minus_inf", "zero_for_every_target", "negative"],
+)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_edge_semantics_match_torch(kind, ls, weights, reduction):
+    """Zero weights against -inf logits (0 * inf), a mean over weights that sum to 0, negative
+    weights, label_smoothing = 1: the NaN / inf pattern and the finite values are torch's."""
+    torch = pytest.importorskip("torch")
+    x, t, _, ii = _make((6, 7), np.float64, kind, "ignored" if kind == "index" else "no_ignored",
+                        extreme=True, seed=11)
+    w = np.linspace(0.5, 2.0, 7)
+    if weights == "zero_at_minus_inf":
+        w[3] = 0.0  # the last row has -inf at class 3
+    elif weights == "zero_for_every_target":
+        w[:] = 0.0
+        w[0] = 1.0
+        if kind == "index":
+            t[(t == 0)] = 5
+    else:
+        w[1] = -0.75
+    loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, ignore_index=ii, reduction=reduction, label_smoothing=ls)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    lt = torch.nn.functional.cross_entropy(
+        xt, torch.from_numpy(t), weight=torch.from_numpy(w), ignore_index=ii, reduction=reduction, label_smoothing=ls
+    )
+    lt.sum().backward()
+    np.testing.assert_allclose(np.asarray(loss), lt.detach().numpy(), equal_nan=True, **TORCH_TOL[np.float64])
+    np.testing.assert_allclose(grad, xt.grad.numpy(), equal_nan=True, **TORCH_TOL[np.float64])
+
+
+@pytest.mark.parametrize("shape_id", list(SHAPES))
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("ignore_mode", list(IGNORE_MODES))
+@pytest.mark.parametrize("weighted", [False, True], ids=["nw", "w"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_nll_loss_matches_torch(shape_id, dtype, ignore_mode, weighted, reduction):
+    torch = pytest.importorskip("torch")
+    x, t, w, ii = _make(SHAPES[shape_id], dtype, "index", ignore_mode, weighted, seed=6)
+    log_probs = ref.log_softmax(x)
+    got = fs.nll_loss(log_probs, t, weight=w, ignore_index=ii, reduction=reduction)
+    want = torch.nn.functional.nll_loss(
+        _to_torch(torch, log_probs, True), torch.from_numpy(t), weight=_to_torch(torch, w, False),
+        ignore_index=ii, reduction=reduction,
+    ).numpy()
+    np.testing.assert_allclose(np.asarray(got), want, equal_nan=True, **TORCH_TOL[dtype])
+
+
+# --------------------------------------------------------------------------- semantics by hand
+
+
+def test_mean_divides_by_summed_weights_of_non_ignored_targets():
+    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0], [2.0, 2.0, 0.0]])
+    t = np.array([0, 2, -100])
+    w = np.array([1.0, 2.0, 3.0])
+    per_sample = -ref.log_softmax(x)[[0, 1], [0, 2]]
+    want = (1.0 * per_sample[0] + 3.0 * per_sample[1]) / (1.0 + 3.0)
+    np.testing.assert_allclose(fs.cross_entropy(x, t, weight=w), want, rtol=1e-15)
+    np.testing.assert_allclose(fs.cross_entropy(x, t), per_sample.mean(), rtol=1e-15)
+    np.testing.assert_allclose(fs.cross_entropy(x, t, weight=w, reduction="sum"), 4 * want, rtol=1e-15)
+    np.testing.assert_allclose(
+        fs.cross_entropy(x, t, weight=w, reduction="none"), [per_sample[0], 3 * per_sample[1], 0.0], rtol=1e-15
+    )
+
+
+def test_label_smoothing_is_torchs_definition_for_both_target_kinds():
+    x = np.array([[1.0, 2.0, 3.0, -1.0], [0.5, 0.0, -1.0, 4.0]])
+    t = np.array([0, 3])
+    w = np.array([0.5, 1.0, 2.0, 1.5])
+    eps, n_classes = 0.25, 4
+    logp = ref.log_softmax(x)
+    rows = np.arange(2)
+    per_sample = (1 - eps) * w[t] * -logp[rows, t] + (eps / n_classes) * -(w * logp).sum(axis=1)
+    got = fs.cross_entropy(x, t, weight=w, label_smoothing=eps, reduction="none")
+    np.testing.assert_allclose(got, per_sample, rtol=1e-14)
+    np.testing.assert_allclose(
+        fs.cross_entropy(x, t, weight=w, label_smoothing=eps), per_sample.sum() / w[t].sum(), rtol=1e-14
+    )
+    q = np.eye(n_classes)[t]
+    smoothed = q * (1 - eps) + eps / n_classes
+    got_p = fs.cross_entropy(x, q, weight=w, label_smoothing=eps, reduction="none")
+    np.testing.assert_allclose(got_p, -(w * smoothed * logp).sum(axis=1), rtol=1e-14)
+    # With probabilities the mean divides by the number of samples, not by weights.
+    np.testing.assert_allclose(
+        fs.cross_entropy(x, q, weight=w, label_smoothing=eps), got_p.sum() / 2, rtol=1e-14
+    )
+
+
+def test_grad_is_softmax_minus_onehot():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 9))
+    t = rng.integers(0, 9, 5)
+    _, grad = fs.cross_entropy_with_grad(x, t, reduction="sum")
+    np.testing.assert_allclose(grad, fs.softmax(x) - np.eye(9)[t], rtol=1e-14, atol=1e-16)
+    _, grad_mean = fs.cross_entropy_with_grad(x, t)
+    np.testing.assert_allclose(grad_mean, grad / 5, rtol=1e-14, atol=1e-17)
+
+
+def test_loss_of_a_confident_prediction_keeps_its_precision():
+    # -log softmax([0, -40])[0] = log1p(exp(-40)); a sum rounded against 1 would give 0.
+    for dtype in [np.float32, np.float64]:
+        x = np.array([[0.0, -40.0]], dtype)
+        want = math.log1p(math.exp(-40.0))
+        np.testing.assert_allclose(fs.cross_entropy(x, np.array([0])), want, rtol=1e-6)
+        _, grad = fs.cross_entropy_with_grad(x, np.array([0]))
+        np.testing.assert_allclose(grad, [[-math.exp(-40.0), math.exp(-40.0)]], rtol=1e-6)
+
+
+def test_float32_loss_is_accumulated_in_float64():
+    n = 200_000
+    x = np.zeros((n, 2), np.float32)  # every sample's loss is ln 2
+    got = fs.cross_entropy(x, np.zeros(n, np.int64), reduction="sum")
+    assert isinstance(got, np.float32)
+    assert got == np.float32(n * math.log(2.0))
+    naive = np.float32(0)
+    for _ in range(1000):  # what float32 accumulation would do (on the first 1000 samples)
+        naive = np.float32(naive + np.float32(math.log(2.0)))
+    assert naive != np.float32(1000 * math.log(2.0))
+
+
+# --------------------------------------------------------------------------- special values
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_special_rows(impl, dtype):
+    inf, nan = np.inf, np.nan
+    x = np.array(
+        [
+            [1.0, nan, 0.0],  # NaN: NaN loss and gradient
+            [1.0, inf, 0.0],  # +inf: NaN
+            [-inf, -inf, -inf],  # all -inf: NaN
+            [-inf, 1.0, 0.0],  # -inf at the target: +inf loss, finite gradient
+            [1e30, -1e30, 0.0],  # huge: exact
+            [nan, 1.0, 0.0],  # ignored: counts for nothing, zero gradient
+            [1.0, 2.0, 3.0],
+        ],
+        dtype,
+    )
+    t = np.array([0, 0, 0, 0, 2, -100, 1])
+    loss, grad = impl.cross_entropy_with_grad(x, t, reduction="none")
+    p_last = np.exp([1.0, 2.0, 3.0]) / np.exp([1.0, 2.0, 3.0]).sum()
+    np.testing.assert_array_equal(loss[:3], [nan, nan, nan])
+    assert loss[3] == inf and loss[5] == 0
+    np.testing.assert_allclose(loss[4], 1e30, rtol=1e-6)
+    np.testing.assert_allclose(loss[6], -np.log(p_last[1]), rtol=1e-6)
+    assert np.all(np.isnan(grad[:3]))
+    np.testing.assert_allclose(grad[3], [-1.0, 1 / (1 + np.exp(-1.0)), np.exp(-1.0) / (1 + np.exp(-1.0))], rtol=1e-6)
+    np.testing.assert_array_equal(grad[4], [1.0, 0.0, -1.0])
+    np.testing.assert_array_equal(grad[5], [0.0, 0.0, 0.0])
+    np.testing.assert_allclose(grad[6], p_last - [0, 1, 0], rtol=1e-6, atol=1e-7)
+    total = impl.cross_entropy(x[3:], t[3:], reduction="sum")
+    assert total == inf
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("ls", [0.0, 0.1], ids=["ls0", "ls0.1"])
+def test_every_target_ignored(impl, ls):
+    x = np.random.default_rng(1).standard_normal((4, 3))
+    t = np.full(4, -100)
+    loss, grad = impl.cross_entropy_with_grad(x, t, label_smoothing=ls)
+    assert np.isnan(loss)
+    np.testing.assert_array_equal(grad, np.zeros_like(x))
+    assert impl.cross_entropy(x, t, reduction="sum", label_smoothing=ls) == 0
+    np.testing.assert_array_equal(impl.cross_entropy(x, t, reduction="none", label_smoothing=ls), np.zeros(4))
+    assert np.isnan(impl.nll_loss(x, t))
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+def test_zero_weight_products_follow_torch(impl):
+    # A zero coefficient times an infinite -log p is NaN (IEEE, as in torch); a mean whose
+    # weights sum to 0 is NaN, and so is the gradient of the rows that entered it (torch).
+    x = np.array([[0.0, -np.inf, 1.0], [0.0, 1.0, 2.0]])
+    w = np.array([1.0, 0.0, 1.0])
+    assert np.isnan(impl.cross_entropy(x[:1], np.array([1]), weight=w, reduction="sum"))
+    assert np.isnan(impl.cross_entropy(x[:1], np.array([[0.0, 0.0, 1.0]])))  # 0 * -log 0
+    loss, grad = impl.cross_entropy_with_grad(x, np.array([1, -100]), weight=w)
+    assert np.isnan(loss)
+    assert np.all(np.isnan(grad[0])) and np.all(grad[1] == 0)
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+@pytest.mark.parametrize("shape", [(0, 4), (3, 0)], ids=["no_rows", "no_classes"])
+def test_empty(impl, kind, shape):
+    x = np.zeros(shape)
+    t = np.full(shape[:1], -100) if kind == "index" else np.zeros(shape)
+    loss, grad = impl.cross_entropy_with_grad(x, t)
+    assert np.isnan(loss) and grad.shape == shape
+    assert impl.cross_entropy(x, t, reduction="sum") == 0
+    assert impl.cross_entropy(x, t, reduction="none").shape == shape[:1]
+    if kind == "index":
+        assert np.isnan(impl.nll_loss(x, t)) and impl.nll_loss(x, t, reduction="sum") == 0
+
+
+# --------------------------------------------------------------------------- out= and memory
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+def test_out_is_logits_overwrites_them_in_place(dtype, kind):
+    x, t, w, _ = _make((40, 300), dtype, kind, weighted=True, seed=2)
+    want_loss, want_grad = fs.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
+    loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1, out=x)
+    assert grad is x
+    assert loss == want_loss
+    np.testing.assert_array_equal(x, want_grad)
+
+
+def _peak_bytes(fn):
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("target_dtype", [np.int64, np.int32], ids=["int64", "int32"])
+@pytest.mark.parametrize("ignore_index", [-100, 3], ids=["ignore_neg", "ignore_class"])
+def test_out_is_logits_peak_memory_is_per_row(target_dtype, ignore_index):
+    n_rows, n_classes = 2048, 2048  # 16 MiB of float32 logits
+    x = np.random.default_rng(0).standard_normal((n_rows, n_classes)).astype(np.float32)
+    t = np.random.default_rng(1).integers(0, n_classes, n_rows).astype(target_dtype)
+    peak = _peak_bytes(lambda: fs.cross_entropy_with_grad(x, t, ignore_index=ignore_index, out=x))
+    assert peak < 40 * n_rows + 64 * 1024  # a few int64/float64/bool arrays of one value per row
+    assert peak < x.nbytes / 100
+    peak_loss = _peak_bytes(lambda: fs.cross_entropy(x, t, ignore_index=ignore_index))
+    assert peak_loss < 40 * n_rows + 64 * 1024
+
+
+def test_float16_out_is_logits_converts_a_block_of_rows_at_a_time():
+    x = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float16)  # 4 MiB
+    t = np.random.default_rng(1).integers(0, 2048, 1024)
+    want_loss, want_grad = fs.cross_entropy_with_grad(x, t, reduction="sum")
+    peak = _peak_bytes(lambda: fs.cross_entropy_with_grad(x, t, reduction="sum", out=x))
+    assert peak < x.nbytes  # a float32 copy of the logits alone would be 2 * x.nbytes
+    np.testing.assert_array_equal(x, want_grad)
+
+
+@pytest.mark.parametrize(
+    "case", ["reversed_view_of_logits", "probability_target", "shifted_view_of_logits", "fortran_out"]
+)
+def test_out_overlapping_an_input_gives_the_fresh_result(case):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((6, 5))
+    q = rng.random((6, 5))
+    q /= q.sum(axis=1, keepdims=True)
+    t = q if case == "probability_target" else rng.integers(0, 5, 6)
+    want_loss, want_grad = ref.cross_entropy_with_grad(x.copy(), t.copy(), label_smoothing=0.1)
+    if case == "reversed_view_of_logits":
+        out = x[::-1]
+    elif case == "probability_target":
+        out = q
+    elif case == "shifted_view_of_logits":
+        big = np.concatenate([x.reshape(-1), np.zeros(5)])
+        x = big[:30].reshape(6, 5)
+        out = big[5:].reshape(6, 5)
+    else:
+        out = np.asfortranarray(np.zeros((6, 5)))
+    loss, grad = fs.cross_entropy_with_grad(x, t, label_smoothing=0.1, out=out)
+    assert grad is out
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-14)
+    np.testing.assert_allclose(out, want_grad, rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.parametrize("layout", ["F", "strided", "negative", "byteswapped"])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+def test_any_memory_layout_gives_the_same_result(layout, kind):
+    x, t, w, _ = _make((2, 3, 300), np.float32, kind, weighted=True, extreme=True, seed=8)
+    want = fs.cross_entropy_with_grad(x, t, weight=w, reduction="none", label_smoothing=0.1)
+
+    def lay(a):
+        if layout == "F":
+            return np.asfortranarray(a)
+        if layout == "strided":
+            big = np.zeros(tuple(2 * n for n in a.shape), a.dtype)
+            big[tuple(slice(None, None, 2) for _ in a.shape)] = a
+            return big[tuple(slice(None, None, 2) for _ in a.shape)]
+        if layout == "negative":
+            return np.ascontiguousarray(a[..., ::-1])[..., ::-1]
+        return a.astype(a.dtype.newbyteorder(">"))
+
+    t_laid = lay(t) if kind == "probabilities" else t
+    got = fs.cross_entropy_with_grad(lay(x), t_laid, weight=lay(w), reduction="none", label_smoothing=0.1)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    if layout != "byteswapped":  # out= must have exactly the result dtype
+        out = lay(np.zeros_like(x))
+        fs.cross_entropy_with_grad(x, t, weight=w, reduction="none", label_smoothing=0.1, out=out)
+        np.testing.assert_array_equal(out, want[1])
+
+
+@pytest.fixture
+def restore_threads():
+    before = fs.get_num_threads()
+    yield
+    fs.set_num_threads(before)
+
+
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+def test_results_do_not_depend_on_the_thread_count(restore_threads, kind):
+    x, t, w, _ = _make((512, 300), np.float32, kind, weighted=True, seed=9)
+    fs.set_num_threads(1)
+    one = fs.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
+    fs.set_num_threads(4)
+    many = fs.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
+    assert one[0] == many[0]
+    np.testing.assert_array_equal(one[1], many[1])
+
+
+# --------------------------------------------------------------------------- dtypes
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize(
+    "logits_dtype,result_dtype",
+    [(np.float16, np.float16), (np.float32, np.float32), (np.float64, np.float64),
+     (np.int32, np.float64), (np.bool_, np.float64)],
+    ids=["float16", "float32", "float64", "int32", "bool"],
+)
+def test_result_dtypes(impl, logits_dtype, result_dtype):
+    x = np.array([[1, 0, 0], [0, 1, 1]], dtype=logits_dtype)
+    t = np.array([0, 2])
+    loss, grad = impl.cross_entropy_with_grad(x, t)
+    assert type(loss) is result_dtype and grad.dtype == result_dtype
+    assert type(impl.cross_entropy(x, t, reduction="sum")) is result_dtype
+    assert impl.cross_entropy(x, t, reduction="none").dtype == result_dtype
+    assert type(impl.cross_entropy(x[0], t[0], reduction="none")) is result_dtype  # 0-d: a scalar
+    assert type(impl.nll_loss(x, t)) is result_dtype
+    q = np.array([[1, 0, 0], [0, 0.5, 0.5]], dtype=result_dtype)
+    assert type(impl.cross_entropy(x, q)) is result_dtype
+
+
+@pytest.mark.parametrize(
+    "target_dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64]
+)
+def test_any_integer_target_dtype(target_dtype):
+    x, t, w, _ = _make((6, 7), np.float64, "index", seed=10)
+    want = fs.cross_entropy_with_grad(x, t, weight=w)
+    got = fs.cross_entropy_with_grad(x, t.astype(target_dtype), weight=w)
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_uint64_target_that_would_wrap_to_ignore_index_is_rejected():
+    x = np.zeros((2, 3))
+    t = np.array([0, 2**64 - 100], np.uint64)  # -100 as int64
+    with pytest.raises(IndexError, match="18446744073709551516"):
+        fs.cross_entropy(x, t)
+
+
+def test_weight_is_converted_to_the_logits_dtype():
+    x = np.random.default_rng(0).standard_normal((4, 3)).astype(np.float16)
+    t = np.array([0, 1, 2, 1])
+    w = np.array([0.1, 0.7, 1.3])  # float64: rounded to float16 like the logits
+    a = fs.cross_entropy_with_grad(x, t, weight=w)
+    b = fs.cross_entropy_with_grad(x, t, weight=w.astype(np.float16))
+    assert a[0] == b[0]
+    np.testing.assert_array_equal(a[1], b[1])
+    assert fs.cross_entropy(x.astype(np.float64), t, weight=[1, 2, 3]) == fs.cross_entropy(
+        x.astype(np.float64), t, weight=np.array([1.0, 2.0, 3.0])
+    )
+
+
+def test_array_likes():
+    got = fs.cross_entropy_with_grad([[1.0, 2.0], [0.0, 0.0]], [1, 0])
+    want = fs.cross_entropy_with_grad(np.array([[1.0, 2.0], [0.0, 0.0]]), np.array([1, 0]))
+    assert got[0] == want[0]
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_same_signatures_as_reference():
+    for name in FUNCS:
+        assert inspect.signature(getattr(fs, name)) == inspect.signature(getattr(ref, name))
+        assert name in fs.__all__ and name in ref.__all__
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error_cases():
+    """(id, function, kwargs builder, exception, message fragment)."""
+
+    def base(kind="index", shape=(3, 4), dtype=np.float64):
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal(shape).astype(dtype)
+        if kind == "index":
+            t = rng.integers(0, shape[-1], shape[:-1])
+        else:
+            t = np.full(shape, 1.0 / shape[-1], dtype)
+        return dict(logits=x, target=t)
+
+    def with_(kind="index", shape=(3, 4), dtype=np.float64, **changes):
+        def build():
+            kw = base(kind, shape, dtype)
+            for key, value in changes.items():
+                kw[key] = value(kw) if callable(value) else value
+            return kw
+
+        return build
+
+    def set_target(value, index):
+        def change(kw):
+            t = kw["target"].copy()
+            t[index] = value
+            return t
+
+        return change
+
+    ce, ceg, nll = "cross_entropy", "cross_entropy_with_grad", "nll_loss"
+    cases = [
+        ("target_too_large", ce, with_(target=set_target(4, 1)), IndexError, r"value 4 at position \(1,\)"),
+        ("target_negative", ceg, with_(target=set_target(-1, 2)), IndexError, r"value -1 at position \(2,\)"),
+        ("target_nd_position", ceg, with_(shape=(2, 3, 4), target=set_target(9, (1, 2))), IndexError,
+         r"value 9 at position \(1, 2\)"),
+        ("target_0d", ceg, with_(shape=(4,), target=np.array(5)), IndexError, r"value 5 at position \(\)"),
+        ("target_is_ignore_index_elsewhere", ceg, with_(target=set_target(-100, 0), ignore_index=-1), IndexError,
+         "value -100"),
+        ("nll_target_too_large", nll, with_(target=set_target(7, 0)), IndexError, "value 7"),
+        ("index_target_wrong_shape", ceg, with_(target=np.array([0, 1])), ValueError, "'target'"),
+        ("prob_target_wrong_shape", ceg, with_(kind="probabilities", target=np.full((3, 5), 0.2)), ValueError,
+         "'target'"),
+        ("prob_target_wrong_dtype", ceg, with_(kind="probabilities", target=lambda kw: kw["target"].astype(np.float32)),
+         TypeError, "'target'"),
+        ("prob_target_with_int_logits", ce,
+         with_(kind="probabilities", logits=lambda kw: np.ones((3, 4), np.int64),
+               target=lambda kw: kw["target"].astype(np.float32)), TypeError, "'target'"),
+        ("float_target_to_nll", nll, with_(kind="probabilities"), TypeError, "'target'"),
+        ("bool_target", ce, with_(target=np.zeros(3, bool)), TypeError, "'target'"),
+        ("complex_target", ce, with_(target=np.zeros(3, complex)), TypeError, "'target'"),
+        ("prob_target_ignore_index_nonneg", ceg, with_(kind="probabilities", ignore_index=0), ValueError,
+         "'ignore_index'"),
+        ("ignore_index_not_int", ce, with_(ignore_index=1.5), TypeError, "'ignore_index'"),
+        ("weight_wrong_shape", ceg, with_(weight=np.ones(3)), ValueError, "'weight'"),
+        ("weight_2d", nll, with_(weight=np.ones((1, 4))), ValueError, "'weight'"),
+        ("weight_complex", ce, with_(weight=np.ones(4, complex)), TypeError, "'weight'"),
+        ("unknown_reduction", ceg, with_(reduction="avg"), ValueError, "'reduction'"),
+        ("reduction_none_object", nll, with_(reduction=None), ValueError, "'reduction'"),
+        ("label_smoothing_negative", ceg, with_(label_smoothing=-0.1), ValueError, "'label_smoothing'"),
+        ("label_smoothing_above_1", ce, with_(label_smoothing=1.5), ValueError, "'label_smoothing'"),
+        ("label_smoothing_nan", ceg, with_(label_smoothing=float("nan")), ValueError, "'label_smoothing'"),
+        ("label_smoothing_str", ce, with_(label_smoothing="0.1"), TypeError, "'label_smoothing'"),
+        ("logits_0d", ceg, with_(logits=np.array(1.0), target=np.array(0)), ValueError, "'logits'"),
+        ("log_probs_0d", nll, with_(logits=np.array(1.0), target=np.array(0)), ValueError, "'log_probs'"),
+        ("logits_complex", ceg, with_(logits=np.ones((3, 4), complex)), TypeError, "'logits'"),
+        ("out_wrong_shape", ceg, with_(out=np.zeros((3, 5))), ValueError, "'out'"),
+        ("out_wrong_dtype", ceg, with_(out=np.zeros((3, 4), np.float32)), TypeError, "'out'"),
+        ("out_not_array", ceg, with_(out=[[0.0] * 4] * 3), TypeError, "'out'"),
+        ("out_read_only", ceg, with_(out="read_only"), ValueError, "'out'"),
+        ("out_is_logits_bad_target", ceg, with_(target=set_target(4, 2), out="logits"), IndexError, "value 4"),
+        ("out_is_logits_bad_weight", ceg, with_(weight=np.ones(5), out="logits"), ValueError, "'weight'"),
+    ]
+    for case_id, func, build, exc, match in cases:
+        yield pytest.param(func, build, exc, match, id=case_id)
+
+
+def _prepare(func, build):
+    kw = build()
+    if isinstance(kw.get("out"), str):
+        if kw["out"] == "logits":
+            kw["out"] = kw["logits"]
+        else:  # "read_only"
+            kw["out"] = np.zeros(np.shape(kw["logits"]))
+            kw["out"].flags.writeable = False
+    if func == "nll_loss":
+        kw["log_probs"] = kw.pop("logits")
+    return kw
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("func,build,exc,match", list(_error_cases()))
+def test_errors_raise_and_change_nothing(impl, func, build, exc, match):
+    kw = _prepare(func, build)
+    arrays = {k: v for k, v in kw.items() if isinstance(v, np.ndarray)}
+    before = {k: v.copy() for k, v in arrays.items()}
+    with pytest.raises(exc, match=match) as info:
+        getattr(impl, func)(**kw)
+    assert f"{func}() argument" in str(info.value)
+    for k, v in arrays.items():
+        np.testing.assert_array_equal(v, before[k])
+    # The twin raises the very same error.
+    other = ref if impl is fs else fs
+    with pytest.raises(exc) as info_other:
+        getattr(other, func)(**_prepare(func, build))
+    assert str(info_other.value) == str(info.value)
