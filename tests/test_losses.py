@@ -15,7 +15,12 @@ from fastsoftmax import reference as ref
 
 FUNCS = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
 REDUCTIONS = ["mean", "sum", "none"]
-SHAPES = {"2d": (6, 7), "1d": (5,), "3d": (2, 3, 300)}  # 300 classes: rows of several blocks
+SHAPES = {
+    "2d": (6, 7),
+    "1d": (5,),
+    "3d": (2, 3, 300),  # 300 classes: rows of several blocks
+    "short_rows": (70, 10),  # many short rows: the AVX-512 row-block path (16 rows at a time)
+}
 DTYPES = [np.float16, np.float32, np.float64]
 # Kernel against the reference in the same precision (both round; float16 results are rounded
 # from float32 by both, so they may differ by one float16 ulp).
@@ -704,3 +709,32 @@ def test_errors_raise_and_change_nothing(impl, func, build, exc, match):
     with pytest.raises(exc) as info_other:
         getattr(other, func)(**_prepare(func, build))
     assert str(info_other.value) == str(info.value)
+
+
+@pytest.mark.parametrize("ncols", [1, 3, 10, 17, 32, 33], ids=lambda n: f"C{n}")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["nw", "w"])
+def test_special_rows_inside_row_blocks(ncols, dtype, weighted):
+    # Short rows are done 16 (float64: 8) rows at a time: special and ignored rows must not
+    # leak into their neighbours, and the result must match the reference row by row.
+    rng = np.random.default_rng(ncols)
+    x = (rng.standard_normal((53, ncols)) * 3).astype(dtype)
+    t = rng.integers(0, ncols, 53)
+    x[3, 0] = np.nan
+    x[5, :] = -np.inf
+    x[17, ncols // 2] = np.inf
+    x[20, t[20]] = -np.inf
+    x[33, :] = 1e30
+    t[7] = t[40] = -100
+    x[40, 0] = np.nan  # an ignored row: loss 0 and a zero gradient whatever its values
+    x[44, t[44]] = x[44].max() + 50.0  # a confident prediction: loss ~ exp(-50)
+    w = (rng.random(ncols) + 0.5).astype(dtype) if weighted else None
+    loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, reduction="none")
+    want_loss, want_grad = ref.cross_entropy_with_grad(x, t, weight=w, reduction="none")
+    rtol = 2e-6 if dtype == np.float32 else 1e-13
+    np.testing.assert_allclose(loss, want_loss, rtol=rtol, atol=0, equal_nan=True)
+    np.testing.assert_allclose(grad, want_grad, rtol=rtol, atol=1e-7 if dtype == np.float32 else 1e-15, equal_nan=True)
+    assert loss[40] == 0 and not grad[40].any()
+    assert np.isnan(loss[[3, 5, 17]]).all()
+    loss_only = fs.cross_entropy(x, t, weight=w, reduction="none")
+    np.testing.assert_array_equal(loss_only, loss)

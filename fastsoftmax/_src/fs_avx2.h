@@ -285,6 +285,52 @@ static inline void fs256_sub_f64(const double *x, double m, double c, double *y,
     for (; i < n; i++) y[i] = (x[i] - m) - c;
 }
 
+
+/* See fs512_exp_store_sum_split_f32. */
+static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+{
+    const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
+    const __m256 zero = _mm256_setzero_ps();
+    __m256d s0 = _mm256_setzero_pd();
+    __m256 cnt = zero;
+    ptrdiff_t i = 0;
+    while (i < n) {
+        __m256 b0 = zero;
+        ptrdiff_t end = i + 128 <= n ? i + 128 : n;
+        for (; i < end; i += 8) {
+            __m256i k = end - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(end - i);
+            __m256 km = _mm256_castsi256_ps(k);
+            __m256 x0 = _mm256_maskload_ps(x + i, k);
+            __m256 e = _mm256_and_ps(fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm), zero), km);
+            __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), km);
+            _mm256_maskstore_ps(y + i, k, e);
+            b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q, e));
+            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
+        }
+        s0 = fs256_widen_add(s0, b0);
+    }
+    *at_max = fs256_hsum_pd(fs256_widen_add(_mm256_setzero_pd(), cnt));
+    return fs256_hsum_pd(s0);
+}
+
+static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+{
+    const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
+    __m256d s0 = _mm256_setzero_pd(), cnt = _mm256_setzero_pd();
+    for (ptrdiff_t i = 0; i < n; i += 4) {
+        __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
+        __m256d km = _mm256_castsi256_pd(k);
+        __m256d x0 = _mm256_maskload_pd(x + i, k);
+        __m256d e = _mm256_and_pd(fs256_exp_pd(_mm256_sub_pd(x0, vm)), km);
+        __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), km);
+        _mm256_maskstore_pd(y + i, k, e);
+        s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
+        cnt = _mm256_add_pd(cnt, _mm256_and_pd(q, one));
+    }
+    *at_max = fs256_hsum_pd(cnt);
+    return fs256_hsum_pd(s0);
+}
+
 #pragma GCC pop_options
 #endif /* FS_X86_MULTIVERSION */
 #endif /* FS_AVX2_H */

@@ -10,6 +10,7 @@
  *   fs512_row_max_T(x, n)                     max (NaN-tolerant: see fs_activations_impl.h)
  *   fs512_exp_store_sum_T(x, m, y, n)         y = exp(x - m), returns sum(y) in double
  *   fs512_exp_sum_split_T(x, m, n, &count)    sum of exp(x - m) over x != m, and count(x == m)
+ *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  both of the above in one pass
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_T(x, c, y, n)                   y = (x - m) - c   (c passed with m)
  * The float32 exp of x - m adds the rounding error of the subtraction (TwoSum), so its
@@ -435,6 +436,77 @@ static inline void fs512_sub_f64(const double *x, double m, double c, double *y,
 }
 
 
+
+/* y = exp(x - m) for a row whose max is m (no TwoSum: as torch's exp(x - max)); returns the sum
+   of y over the elements not equal to m (*at_max counts those, whose y is exactly 1), so that
+   log1p(rest + count - 1) keeps the precision of a confident prediction's tiny loss. */
+static inline double fs512_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+{
+    const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
+    const __m512 zero = _mm512_setzero_ps();
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+    __m512 cnt = zero;
+    ptrdiff_t i = 0;
+    while (i + 32 <= n) {
+        __m512 b0 = zero, b1 = zero;
+        ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 32;
+        for (; i < end; i += 32) {
+            __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(x0, negm), zero);
+            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(x1, negm), zero);
+            __mmask16 q0 = _mm512_cmp_ps_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_ps_mask(x1, vm, _CMP_EQ_OQ);
+            _mm512_storeu_ps(y + i, e0);
+            _mm512_storeu_ps(y + i + 16, e1);
+            b0 = _mm512_mask_add_ps(b0, (__mmask16)~q0, b0, e0);
+            b1 = _mm512_mask_add_ps(b1, (__mmask16)~q1, b1, e1);
+            cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
+            cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
+        }
+        s0 = fs512_widen_add(s0, b0);
+        s1 = fs512_widen_add(s1, b1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
+        __m512 x0 = _mm512_maskz_loadu_ps(k, x + i);
+        __m512 e0 = fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), zero, k);
+        __mmask16 q0 = _mm512_mask_cmp_ps_mask(k, x0, vm, _CMP_EQ_OQ);
+        _mm512_mask_storeu_ps(y + i, k, e0);
+        s0 = fs512_widen_add(s0, _mm512_maskz_mov_ps((__mmask16)(k & ~q0), e0));
+        cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
+    }
+    *at_max = (double)_mm512_reduce_add_ps(cnt);
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+static inline double fs512_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+{
+    const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
+    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
+        __m512d e0 = fs512_exp_pd(_mm512_sub_pd(x0, vm)), e1 = fs512_exp_pd(_mm512_sub_pd(x1, vm));
+        __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
+        _mm512_storeu_pd(y + i, e0);
+        _mm512_storeu_pd(y + i + 8, e1);
+        s0 = _mm512_mask_add_pd(s0, (__mmask8)~q0, s0, e0);
+        s1 = _mm512_mask_add_pd(s1, (__mmask8)~q1, s1, e1);
+        cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
+        cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
+    }
+    for (; i < n; i += 8) {
+        __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
+        __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
+        __m512d e0 = fs512_exp_keep_pd(_mm512_sub_pd(x0, vm), k);
+        __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
+        _mm512_mask_storeu_pd(y + i, k, e0);
+        s0 = _mm512_mask_add_pd(s0, (__mmask8)(k & ~q0), s0, e0);
+        cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
+    }
+    *at_max = _mm512_reduce_add_pd(cnt);
+    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
 /* ---------------------------------------------------------------- short rows
  *
  * Rows of at most FS512_SHORT_MAX elements are done a block of rows at a time (16 float32 /
@@ -499,7 +571,7 @@ FS512_INLINE __m512d fs512_log1p_pd(__m512d u)
 
 /* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS512_SHORT_MAX
    elements, 16 rows at a time.  Returns how many rows it did (a multiple of 16). */
-static ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
     const __mmask16 nonfinite_class = 0x99; /* QNaN | SNaN | +inf | -inf */
     __m512i rowof[FS512_SHORT_MAX];
@@ -559,7 +631,7 @@ static ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows,
     return r0;
 }
 
-static ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
     const __mmask8 nonfinite_class = 0x99;
     __m512i rowof[FS512_SHORT_MAX];
@@ -611,6 +683,168 @@ static ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrow
             int lane = __builtin_ctz(bad);
             bad &= (__mmask8)(bad - 1);
             for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
+        }
+    }
+    return r0;
+}
+
+
+/* Cross-entropy with class-index targets, no label smoothing, for rows of n <= FS512_SHORT_MAX
+   classes, 16 rows at a time (lane = row; see the short-row note above).  Per row: loss =
+   w_t (lse + m - x_t), written to row_loss (0 for an ignored row: target outside [0, n); NaN
+   for a row whose max is not finite).  With grad != NULL: grad = gs w_t (softmax - onehot),
+   zero rows for ignored targets; p_t - 1 is taken as -rest/s when x_t is the only maximum,
+   where it would cancel.  Returns how many rows it did (a multiple of 16). */
+static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *target, const float *w,
+                                                ptrdiff_t nrows, ptrdiff_t n, float *grad, double gs,
+                                                double *row_loss)
+{
+    const __mmask16 nonfinite_class = 0x99;
+    __m512i rowof[FS512_SHORT_MAX];
+    int32_t lanes[16 * FS512_SHORT_MAX];
+    float scratch[16 * FS512_SHORT_MAX];
+    for (ptrdiff_t k = 0; k < 16 * n; k++) lanes[k] = (int32_t)(k / n);
+    for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 16 * k));
+    const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                            _mm512_set1_epi32((int32_t)n));
+    const __m512i zero64 = _mm512_setzero_si512(), n64 = _mm512_set1_epi64((long long)n);
+    const __m512 one = _mm512_set1_ps(1.0f), zero = _mm512_setzero_ps();
+    ptrdiff_t r0 = 0;
+    for (; r0 + 16 <= nrows; r0 += 16) {
+        const float *xb = x + r0 * n;
+        float *gb = grad != NULL ? grad + r0 * n : scratch;
+        /* targets: valid where 0 <= t < n, compared in 64 bits */
+        __m512i tlo = _mm512_loadu_si512((const void *)(target + r0));
+        __m512i thi = _mm512_loadu_si512((const void *)(target + r0 + 8));
+        __mmask8 vlo = _mm512_cmp_epi64_mask(tlo, zero64, _MM_CMPINT_NLT) & _mm512_cmp_epi64_mask(tlo, n64, _MM_CMPINT_LT);
+        __mmask8 vhi = _mm512_cmp_epi64_mask(thi, zero64, _MM_CMPINT_NLT) & _mm512_cmp_epi64_mask(thi, n64, _MM_CMPINT_LT);
+        __mmask16 valid = (__mmask16)(vlo | ((unsigned)vhi << 8));
+        __m512i t32 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi64_epi32(tlo)), _mm512_cvtepi64_epi32(thi), 1);
+        t32 = _mm512_maskz_mov_epi32(valid, t32);
+        const __m512i tidx = _mm512_add_epi32(gidx, t32);
+
+        __m512 v[FS512_SHORT_MAX];
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            v[j] = _mm512_i32gather_ps(gidx, xb + j, 4);
+            mx = _mm512_max_ps(mx, v[j]);
+        }
+        __mmask16 bad = _mm512_fpclass_ps_mask(mx, nonfinite_class);
+        mx = _mm512_mask_mov_ps(mx, bad, zero);
+        const __m512 negm = _mm512_sub_ps(zero, mx);
+        for (ptrdiff_t k = 0; k < n; k++) {
+            __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
+            _mm512_storeu_ps(gb + 16 * k, fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(xb + 16 * k), nm), zero));
+        }
+        __m512 rest0 = zero, rest1 = zero, cnt = zero;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            __m512 e = _mm512_i32gather_ps(gidx, gb + j, 4);
+            __mmask16 at_max = _mm512_cmp_ps_mask(v[j], mx, _CMP_EQ_OQ);
+            if (j & 1) rest1 = _mm512_mask_add_ps(rest1, (__mmask16)~at_max, rest1, e);
+            else rest0 = _mm512_mask_add_ps(rest0, (__mmask16)~at_max, rest0, e);
+            cnt = _mm512_mask_add_ps(cnt, at_max, cnt, one);
+        }
+        const __m512 rest = _mm512_add_ps(_mm512_sub_ps(cnt, one), _mm512_add_ps(rest0, rest1));
+        const __m512 lse = fs512_log1p_ps(rest);
+        const __m512 xt = _mm512_mask_i32gather_ps(zero, valid, tidx, xb, 4);
+        const __m512 wt = w != NULL ? _mm512_mask_i32gather_ps(zero, valid, t32, w, 4) : _mm512_maskz_mov_ps(valid, one);
+        const __m512 nll = _mm512_add_ps(lse, _mm512_sub_ps(mx, xt));
+        __m512 loss = _mm512_maskz_mul_ps(valid, wt, nll);
+        loss = _mm512_mask_mov_ps(loss, bad & valid, _mm512_set1_ps(NAN));
+        _mm512_storeu_pd(row_loss + r0, _mm512_cvtps_pd(_mm512_castps512_ps256(loss)));
+        _mm512_storeu_pd(row_loss + r0 + 8,
+                         _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(loss), 1))));
+        if (grad != NULL) {
+            const __m512 s = _mm512_add_ps(one, rest);
+            const __m512 wgs = _mm512_mul_ps(wt, _mm512_set1_ps((float)gs));
+            const __m512 k1 = _mm512_div_ps(wgs, s);
+            const __m512 et = _mm512_mask_i32gather_ps(zero, valid, tidx, gb, 4);
+            __m512 pt1 = _mm512_sub_ps(_mm512_div_ps(et, s), one);
+            __mmask16 sole_max = _mm512_cmp_ps_mask(xt, mx, _CMP_EQ_OQ) & _mm512_cmp_ps_mask(cnt, one, _CMP_EQ_OQ);
+            pt1 = _mm512_mask_mov_ps(pt1, sole_max, _mm512_div_ps(_mm512_sub_ps(zero, rest), s));
+            for (ptrdiff_t k = 0; k < n; k++)
+                _mm512_storeu_ps(gb + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(gb + 16 * k), _mm512_permutexvar_ps(rowof[k], k1)));
+            _mm512_mask_i32scatter_ps(gb, valid & (__mmask16)~bad, tidx, _mm512_mul_ps(wgs, pt1), 4);
+            __mmask16 fix = (__mmask16)(~valid | bad);
+            while (fix) {
+                int lane = __builtin_ctz(fix);
+                fix &= (__mmask16)(fix - 1);
+                float fill = (valid >> lane) & 1 ? NAN : 0.0f;
+                for (ptrdiff_t j = 0; j < n; j++) gb[lane * n + j] = fill;
+            }
+        }
+    }
+    return r0;
+}
+
+static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *target, const double *w,
+                                                ptrdiff_t nrows, ptrdiff_t n, double *grad, double gs,
+                                                double *row_loss)
+{
+    const __mmask8 nonfinite_class = 0x99;
+    __m512i rowof[FS512_SHORT_MAX];
+    int64_t lanes[8 * FS512_SHORT_MAX];
+    double scratch[8 * FS512_SHORT_MAX];
+    for (ptrdiff_t k = 0; k < 8 * n; k++) lanes[k] = (int64_t)(k / n);
+    for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 8 * k));
+    const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)n));
+    const __m512i zero64 = _mm512_setzero_si512(), n64 = _mm512_set1_epi64((long long)n);
+    const __m512d one = _mm512_set1_pd(1.0), zero = _mm512_setzero_pd();
+    ptrdiff_t r0 = 0;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        const double *xb = x + r0 * n;
+        double *gb = grad != NULL ? grad + r0 * n : scratch;
+        __m512i t64 = _mm512_loadu_si512((const void *)(target + r0));
+        __mmask8 valid = _mm512_cmp_epi64_mask(t64, zero64, _MM_CMPINT_NLT) & _mm512_cmp_epi64_mask(t64, n64, _MM_CMPINT_LT);
+        __m256i t32 = _mm256_maskz_mov_epi32(valid, _mm512_cvtepi64_epi32(t64));
+        const __m256i tidx = _mm256_add_epi32(gidx, t32);
+
+        __m512d v[FS512_SHORT_MAX];
+        __m512d mx = _mm512_set1_pd(-INFINITY);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            v[j] = _mm512_i32gather_pd(gidx, xb + j, 8);
+            mx = _mm512_max_pd(mx, v[j]);
+        }
+        __mmask8 bad = _mm512_fpclass_pd_mask(mx, nonfinite_class);
+        mx = _mm512_mask_mov_pd(mx, bad, zero);
+        for (ptrdiff_t k = 0; k < n; k++) {
+            __m512d m = _mm512_permutexvar_pd(rowof[k], mx);
+            _mm512_storeu_pd(gb + 8 * k, fs512_exp_pd(_mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), m)));
+        }
+        __m512d rest0 = zero, rest1 = zero, cnt = zero;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            __m512d e = _mm512_i32gather_pd(gidx, gb + j, 8);
+            __mmask8 at_max = _mm512_cmp_pd_mask(v[j], mx, _CMP_EQ_OQ);
+            if (j & 1) rest1 = _mm512_mask_add_pd(rest1, (__mmask8)~at_max, rest1, e);
+            else rest0 = _mm512_mask_add_pd(rest0, (__mmask8)~at_max, rest0, e);
+            cnt = _mm512_mask_add_pd(cnt, at_max, cnt, one);
+        }
+        const __m512d rest = _mm512_add_pd(_mm512_sub_pd(cnt, one), _mm512_add_pd(rest0, rest1));
+        const __m512d lse = fs512_log1p_pd(rest);
+        const __m512d xt = _mm512_mask_i32gather_pd(zero, valid, tidx, xb, 8);
+        const __m512d wt = w != NULL ? _mm512_mask_i32gather_pd(zero, valid, t32, w, 8) : _mm512_maskz_mov_pd(valid, one);
+        const __m512d nll = _mm512_add_pd(lse, _mm512_sub_pd(mx, xt));
+        __m512d loss = _mm512_maskz_mul_pd(valid, wt, nll);
+        loss = _mm512_mask_mov_pd(loss, bad & valid, _mm512_set1_pd(NAN));
+        _mm512_storeu_pd(row_loss + r0, loss);
+        if (grad != NULL) {
+            const __m512d s = _mm512_add_pd(one, rest);
+            const __m512d wgs = _mm512_mul_pd(wt, _mm512_set1_pd(gs));
+            const __m512d k1 = _mm512_div_pd(wgs, s);
+            const __m512d et = _mm512_mask_i32gather_pd(zero, valid, tidx, gb, 8);
+            __m512d pt1 = _mm512_sub_pd(_mm512_div_pd(et, s), one);
+            __mmask8 sole_max = _mm512_cmp_pd_mask(xt, mx, _CMP_EQ_OQ) & _mm512_cmp_pd_mask(cnt, one, _CMP_EQ_OQ);
+            pt1 = _mm512_mask_mov_pd(pt1, sole_max, _mm512_div_pd(_mm512_sub_pd(zero, rest), s));
+            for (ptrdiff_t k = 0; k < n; k++)
+                _mm512_storeu_pd(gb + 8 * k, _mm512_mul_pd(_mm512_loadu_pd(gb + 8 * k), _mm512_permutexvar_pd(rowof[k], k1)));
+            _mm512_mask_i32scatter_pd(gb, valid & (__mmask8)~bad, tidx, _mm512_mul_pd(wgs, pt1), 8);
+            __mmask8 fix = (__mmask8)(~valid | bad);
+            while (fix) {
+                int lane = __builtin_ctz(fix);
+                fix &= (__mmask8)(fix - 1);
+                double fill = (valid >> lane) & 1 ? NAN : 0.0;
+                for (ptrdiff_t j = 0; j < n; j++) gb[lane * n + j] = fill;
+            }
         }
     }
     return r0;

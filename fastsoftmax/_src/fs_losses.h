@@ -11,6 +11,8 @@
 #ifndef FS_LOSSES_H
 #define FS_LOSSES_H
 #include "fs_common.h"
+#include "fs_avx2.h"
+#include "fs_avx512.h"
 
 #ifdef _OPENMP
 #define FS_LOSS_SIMD_SUM3(a, b, c) FS_PRAGMA(omp simd reduction(+ : a, b, c))
@@ -72,6 +74,7 @@ FS_DECLARE_LOSS_TABLE(double, f64)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma")
 #define FS_ISA avx2
+#define FS_USE_AVX2
 #define FS_T float
 #define FS_SUF f32
 #include "fs_losses_impl.h"
@@ -83,11 +86,14 @@ FS_DECLARE_LOSS_TABLE(double, f64)
 #undef FS_T
 #undef FS_SUF
 #undef FS_ISA
+#undef FS_USE_AVX2
+#undef FS_USE_AVX512
 #pragma GCC pop_options
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,prefer-vector-width=512")
 #define FS_ISA avx512
+#define FS_USE_AVX512
 #define FS_T float
 #define FS_SUF f32
 #include "fs_losses_impl.h"
@@ -99,6 +105,8 @@ FS_DECLARE_LOSS_TABLE(double, f64)
 #undef FS_T
 #undef FS_SUF
 #undef FS_ISA
+#undef FS_USE_AVX2
+#undef FS_USE_AVX512
 #pragma GCC pop_options
 #endif
 

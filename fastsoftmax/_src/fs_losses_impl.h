@@ -134,9 +134,61 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
  * g receives exp(x - m) (it is scratch space when !want_grad) and then, when want_grad,
  * gs * d(loss)/dx.  g may be x itself.
  */
-static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
-                                  double wsum, double eps, FS_T *g, int want_grad, double gs)
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
+#ifdef FS_USE_AVX512
+#define FS_LOSS_ROW_MAX FS_CAT(fs512_row_max, FS_SUF)
+#define FS_LOSS_EXP_STORE_SUM_SPLIT FS_CAT(fs512_exp_store_sum_split, FS_SUF)
+#define FS_LOSS_SCALE FS_CAT(fs512_scale, FS_SUF)
+#else
+#define FS_LOSS_ROW_MAX FS_CAT(fs256_row_max, FS_SUF)
+#define FS_LOSS_EXP_STORE_SUM_SPLIT FS_CAT(fs256_exp_store_sum_split, FS_SUF)
+#define FS_LOSS_SCALE FS_CAT(fs256_scale, FS_SUF)
+#endif
+/* The common case (class index, no label smoothing; weights only scale the row) on the
+   hand-vectorised primitives: max; e = exp(x - m) into g with the split sum; g *= k1; then
+   the target column.  The same maths as ce_index_row below. */
+static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w, FS_T *g,
+                                        int want_grad, double gs, const FS_T *next)
 {
+    const FS_T m = FS_LOSS_ROW_MAX(x, n);
+    const FS_T xt = x[t];
+    if (!isfinite(m)) {
+        if (want_grad) FS_FN(loss_fill)(g, n, (FS_T)NAN);
+        return NAN;
+    }
+    /* exps in chunks, each followed by a prefetch of the same span of the next row, so that
+       the next row's max pass finds it in cache */
+    double rest = 0.0, cnt = 0.0;
+    for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
+        ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
+        double k;
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
+        rest += FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, g + c, len, &k);
+        cnt += k;
+    }
+    rest += cnt - 1.0;
+    const double lse = log1p(rest);
+    const double wt = w != NULL ? (double)w[t] : 1.0;
+    const double nll = lse + ((double)m - (double)xt);
+    if (!want_grad) return wt * nll;
+    const double wt_gs = wt * gs;
+    FS_LOSS_SCALE(g, (FS_T)(wt_gs / (1.0 + rest)), g, n);
+    g[t] = (FS_T)(wt_gs * expm1(-nll));
+    return wt * nll;
+}
+#undef FS_LOSS_ROW_MAX
+#undef FS_LOSS_EXP_STORE_SUM_SPLIT
+#undef FS_LOSS_SCALE
+#endif
+
+static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
+                                  double wsum, double eps, FS_T *g, int want_grad, double gs,
+                                  const FS_T *next)
+{
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
+    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next);
+#endif
+    (void)next;
     ptrdiff_t kb;
     const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
     const FS_T xt = x[t];
@@ -307,6 +359,36 @@ static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob
     const int want_grad = grad != NULL;
     int failed = 0;
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef FS_USE_AVX512
+    /* Short rows, class indices, no smoothing: a block of rows per SIMD pass. */
+    if (prob == NULL && !(eps > 0.0) && ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
+        const ptrdiff_t slice = 256;
+        ptrdiff_t nslices = (nrows + slice - 1) / slice;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+        for (ptrdiff_t sl = 0; sl < nslices; sl++) {
+            ptrdiff_t r0 = sl * slice, len = nrows - r0 < slice ? nrows - r0 : slice;
+            FS_T *gs_rows = want_grad ? grad + r0 * ncols : NULL;
+            ptrdiff_t done = FS_CAT(fs512_ce_short_rows, FS_SUF)(x + r0 * ncols, target + r0, w, len, ncols,
+                                                                 gs_rows, gs, row_loss + r0);
+            for (ptrdiff_t r = r0 + done; r < r0 + len; r++) {
+                int64_t t = target[r];
+                FS_T tmp[FS512_SHORT_MAX];
+                FS_T *gr = want_grad ? grad + r * ncols : tmp;
+                if (t < 0 || t >= (int64_t)ncols) {
+                    row_loss[r] = 0.0;
+                    if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
+                } else {
+                    row_loss[r] = FS_FN(ce_index_row)(x + r * ncols, ncols, (ptrdiff_t)t, w, wsum, eps, gr,
+                                                      want_grad, gs, NULL);
+                }
+            }
+        }
+        (void)nt;
+        return 0;
+    }
+#endif
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
 #endif
@@ -333,7 +415,8 @@ static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob
                     row_loss[r] = 0.0;
                     if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
                 } else {
-                    row_loss[r] = FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs);
+                    const FS_T *next = r + 1 < nrows ? xr + ncols : NULL;
+                    row_loss[r] = FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next);
                 }
             }
         }
