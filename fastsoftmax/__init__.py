@@ -15,6 +15,8 @@ from . import reference
 from ._activations import ISA as _ISA
 from ._threads import get_num_threads, set_num_threads
 from .activations import log_softmax, log_softmax_backward, logsumexp, softmax, softmax_backward
+from .losses import cross_entropy, cross_entropy_with_grad, nll_loss
+from .optim import SGD, sgd_step
 
 __version__ = "0.1.0"
 
@@ -28,6 +30,11 @@ __all__ = [
     "logsumexp",
     "softmax_backward",
     "log_softmax_backward",
+    "nll_loss",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "sgd_step",
+    "SGD",
     "set_num_threads",
     "get_num_threads",
     "isa",
