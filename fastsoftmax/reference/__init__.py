@@ -15,4 +15,15 @@ from .activations import log_softmax, log_softmax_backward, logsumexp, softmax, 
 from .losses import cross_entropy, cross_entropy_with_grad, nll_loss
 from .optim import SGD, sgd_step
 
-__all__ = ["softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward", "nll_loss", "cross_entropy", "cross_entropy_with_grad", "sgd_step", "SGD"]
+__all__ = [
+    "softmax",
+    "log_softmax",
+    "logsumexp",
+    "softmax_backward",
+    "log_softmax_backward",
+    "nll_loss",
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "sgd_step",
+    "SGD",
+]
