@@ -74,8 +74,32 @@ FS512_INLINE __m512d fs512_exp_keep_pd(__m512d t, __mmask8 keep)
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.0000000000003p-1));
     p = _mm512_fmadd_pd(p, _mm512_mul_pd(r, r), r);
     p = _mm512_add_pd(p, _mm512_set1_pd(1.0));
-    __mmask8 ok = _mm512_mask_cmp_pd_mask(keep, t, _mm512_set1_pd(-746.0), _CMP_GE_OQ);
-    ok |= keep & _mm512_cmp_pd_mask(t, t, _CMP_UNORD_Q);
+    __mmask8 ok = _mm512_mask_cmp_pd_mask(keep, t, _mm512_set1_pd(-746.0), _CMP_NLT_UQ);
+    return _mm512_maskz_scalef_pd(ok, p, n);
+}
+
+/* exp(t) for t <= 0 (x - m with m the row max) in the lanes of `keep`: as fs512_exp_keep_pd
+   without the clamps, since every lane below -746 (where n would be out of range) is set to
+   0 and NaN lanes are kept (NaN). */
+FS512_INLINE __m512d fs512_exp_nonpos_keep_pd(__m512d t, __mmask8 keep)
+{
+    const __m512d magic = _mm512_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
+    const __m512d n = _mm512_sub_pd(_mm512_fmadd_pd(t, _mm512_set1_pd(1.4426950408889634), magic), magic);
+    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01), t);
+    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10), r);
+    __m512d p = _mm512_set1_pd(0x1.aed871c8d0d84p-26);
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.289086a0718d1p-22));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.71de3c6901054p-19));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.a019b9e8a8767p-16));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.a01a019956eb6p-13));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.6c16c1784dc5ep-10));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.1111111112169p-7));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.5555555553e21p-5));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.5555555555560p-3));
+    p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.0000000000003p-1));
+    p = _mm512_fmadd_pd(p, _mm512_mul_pd(r, r), r);
+    p = _mm512_add_pd(p, _mm512_set1_pd(1.0));
+    __mmask8 ok = _mm512_mask_cmp_pd_mask(keep, t, _mm512_set1_pd(-746.0), _CMP_NLT_UQ);
     return _mm512_maskz_scalef_pd(ok, p, n);
 }
 
@@ -101,9 +125,8 @@ FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __m512 lo, __mmask16 keep
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C2_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C1_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    __mmask16 ok = _mm512_mask_cmp_ps_mask(keep, t, _mm512_set1_ps(-104.0f), _CMP_GE_OQ);
-    /* NaN lanes fail the comparison: keep them (as NaN) unless masked out by `keep`. */
-    ok |= keep & _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+    /* "not less than -104", true for NaN lanes too: they stay NaN */
+    __mmask16 ok = _mm512_mask_cmp_ps_mask(keep, t, _mm512_set1_ps(-104.0f), _CMP_NLT_UQ);
     return _mm512_maskz_scalef_ps(ok, p, n);
 }
 
@@ -349,8 +372,8 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        __m512d e0 = fs512_exp_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm));
-        __m512d e1 = fs512_exp_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm));
+        __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), 0xFF);
+        __m512d e1 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm), 0xFF);
         _mm512_storeu_pd(y + i, e0);
         _mm512_storeu_pd(y + i + 8, e1);
         s0 = _mm512_add_pd(s0, e0);
@@ -358,7 +381,7 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
-        __m512d e = fs512_exp_keep_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm), k);
+        __m512d e = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm), k);
         _mm512_mask_storeu_pd(y + i, k, e);
         s0 = _mm512_add_pd(s0, e);
     }
@@ -373,8 +396,8 @@ static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_
     for (; i + 16 <= n; i += 16) {
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
         __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
-        s0 = _mm512_add_pd(s0, fs512_exp_keep_pd(_mm512_sub_pd(x0, vm), (__mmask8)~q0));
-        s1 = _mm512_add_pd(s1, fs512_exp_keep_pd(_mm512_sub_pd(x1, vm), (__mmask8)~q1));
+        s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), (__mmask8)~q0));
+        s1 = _mm512_add_pd(s1, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x1, vm), (__mmask8)~q1));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
     }
@@ -382,7 +405,7 @@ static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
         __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
-        s0 = _mm512_add_pd(s0, fs512_exp_keep_pd(_mm512_sub_pd(x0, vm), k & (__mmask8)~q0));
+        s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), k & (__mmask8)~q0));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
     }
     *at_max = _mm512_reduce_add_pd(cnt);
@@ -485,7 +508,7 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
-        __m512d e0 = fs512_exp_pd(_mm512_sub_pd(x0, vm)), e1 = fs512_exp_pd(_mm512_sub_pd(x1, vm));
+        __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), 0xFF), e1 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x1, vm), 0xFF);
         __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
         _mm512_storeu_pd(y + i, e0);
         _mm512_storeu_pd(y + i + 8, e1);
@@ -497,7 +520,7 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
-        __m512d e0 = fs512_exp_keep_pd(_mm512_sub_pd(x0, vm), k);
+        __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), k);
         __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
         _mm512_mask_storeu_pd(y + i, k, e0);
         s0 = _mm512_mask_add_pd(s0, (__mmask8)(k & ~q0), s0, e0);
