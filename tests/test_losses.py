@@ -738,3 +738,22 @@ def test_special_rows_inside_row_blocks(ncols, dtype, weighted):
     assert np.isnan(loss[[3, 5, 17]]).all()
     loss_only = fs.cross_entropy(x, t, weight=w, reduction="none")
     np.testing.assert_array_equal(loss_only, loss)
+
+
+@pytest.mark.parametrize("shape", [(64, 10), (53, 3), (40, 32), (5, 300), (33, 1)], ids=str)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_out_logits_gives_the_same_loss_and_grad(shape, dtype, reduction):
+    # With out=logits the kernel overwrites the logits while it reads them: every path
+    # (short-row blocks, long rows) must read what it needs before it writes.
+    rng = np.random.default_rng(shape[0])
+    x = (rng.standard_normal(shape) * 3).astype(dtype)
+    t = rng.integers(0, shape[1], shape[0])
+    t[::7] = -100
+    loss, grad = fs.cross_entropy_with_grad(x, t, reduction=reduction)
+    work = x.copy()
+    loss2, grad2 = fs.cross_entropy_with_grad(work, t, reduction=reduction, out=work)
+    assert grad2 is work
+    np.testing.assert_array_equal(loss2, loss)
+    np.testing.assert_array_equal(grad2, grad)
+    np.testing.assert_array_equal(fs.cross_entropy(x, t, reduction=reduction), loss)

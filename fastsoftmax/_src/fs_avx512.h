@@ -755,6 +755,8 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
         __mmask16 bad = _mm512_fpclass_ps_mask(mx, nonfinite_class);
         mx = _mm512_mask_mov_ps(mx, bad, zero);
         const __m512 negm = _mm512_sub_ps(zero, mx);
+        /* the target logits, read before gb (which may be xb itself: out=logits) is written */
+        const __m512 xt = _mm512_mask_i32gather_ps(zero, valid, tidx, xb, 4);
         for (ptrdiff_t k = 0; k < n; k++) {
             __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
             _mm512_storeu_ps(gb + 16 * k, fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(xb + 16 * k), nm), zero));
@@ -769,7 +771,6 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
         }
         const __m512 rest = _mm512_add_ps(_mm512_sub_ps(cnt, one), _mm512_add_ps(rest0, rest1));
         const __m512 lse = fs512_log1p_ps(rest);
-        const __m512 xt = _mm512_mask_i32gather_ps(zero, valid, tidx, xb, 4);
         const __m512 wt = w != NULL ? _mm512_mask_i32gather_ps(zero, valid, t32, w, 4) : _mm512_maskz_mov_ps(valid, one);
         const __m512 nll = _mm512_add_ps(lse, _mm512_sub_ps(mx, xt));
         __m512 loss = _mm512_maskz_mul_ps(valid, wt, nll);
@@ -830,6 +831,8 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
         }
         __mmask8 bad = _mm512_fpclass_pd_mask(mx, nonfinite_class);
         mx = _mm512_mask_mov_pd(mx, bad, zero);
+        /* the target logits, read before gb (which may be xb itself: out=logits) is written */
+        const __m512d xt = _mm512_mask_i32gather_pd(zero, valid, tidx, xb, 8);
         for (ptrdiff_t k = 0; k < n; k++) {
             __m512d m = _mm512_permutexvar_pd(rowof[k], mx);
             _mm512_storeu_pd(gb + 8 * k, fs512_exp_pd(_mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), m)));
@@ -844,7 +847,6 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
         }
         const __m512d rest = _mm512_add_pd(_mm512_sub_pd(cnt, one), _mm512_add_pd(rest0, rest1));
         const __m512d lse = fs512_log1p_pd(rest);
-        const __m512d xt = _mm512_mask_i32gather_pd(zero, valid, tidx, xb, 8);
         const __m512d wt = w != NULL ? _mm512_mask_i32gather_pd(zero, valid, t32, w, 8) : _mm512_maskz_mov_pd(valid, one);
         const __m512d nll = _mm512_add_pd(lse, _mm512_sub_pd(mx, xt));
         __m512d loss = _mm512_maskz_mul_pd(valid, wt, nll);
