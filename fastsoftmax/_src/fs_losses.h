@@ -56,59 +56,10 @@
 FS_DECLARE_LOSS_TABLE(float, f32)
 FS_DECLARE_LOSS_TABLE(double, f64)
 
-/* ---- one body per instruction set ---- */
-#define FS_ISA baseline
-#define FS_T float
-#define FS_SUF f32
-#include "fs_losses_impl.h"
-#undef FS_T
-#undef FS_SUF
-#define FS_T double
-#define FS_SUF f64
-#include "fs_losses_impl.h"
-#undef FS_T
-#undef FS_SUF
-#undef FS_ISA
-
-#if FS_X86_MULTIVERSION
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#define FS_ISA avx2
-#define FS_USE_AVX2
-#define FS_T float
-#define FS_SUF f32
-#include "fs_losses_impl.h"
-#undef FS_T
-#undef FS_SUF
-#define FS_T double
-#define FS_SUF f64
-#include "fs_losses_impl.h"
-#undef FS_T
-#undef FS_SUF
-#undef FS_ISA
-#undef FS_USE_AVX2
-#undef FS_USE_AVX512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma,prefer-vector-width=512")
-#define FS_ISA avx512
-#define FS_USE_AVX512
-#define FS_T float
-#define FS_SUF f32
-#include "fs_losses_impl.h"
-#undef FS_T
-#undef FS_SUF
-#define FS_T double
-#define FS_SUF f64
-#include "fs_losses_impl.h"
-#undef FS_T
-#undef FS_SUF
-#undef FS_ISA
-#undef FS_USE_AVX2
-#undef FS_USE_AVX512
-#pragma GCC pop_options
-#endif
+/* ---- one body per element type and instruction set ---- */
+#define FS_IMPL_HEADER "fs_losses_impl.h"
+#include "fs_multiversion.h"
+#undef FS_IMPL_HEADER
 
 static fs_loss_table_f32 fs_loss_f32 = FS_LOSS_KERNELS(f32, baseline);
 static fs_loss_table_f64 fs_loss_f64 = FS_LOSS_KERNELS(f64, baseline);
