@@ -129,9 +129,10 @@ cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, in
 # ---------------------------------------------------------------------------- fast path
 #
 # The public functions first try these: when the input is already what the kernels take
-# (a native-order, C-contiguous float32/float64 ndarray reduced along its last axis, no
-# out=), they allocate the result and run the kernel without the general argument
-# handling of fastsoftmax._validation.  Anything else returns None and the caller takes
+# (a native-order, C-contiguous float32/float64 ndarray reduced along its last axis) and
+# `out` is absent or an exact C-contiguous match (disjoint from the inputs, or one of them:
+# in place), they run the kernel without the general argument handling of
+# fastsoftmax._validation.  Anything else returns None and the caller takes
 # the general path, which checks and converts everything.
 
 cdef ptrdiff_t _SMALL_WORK = 1 << 15   # below this the kernels run on one thread anyway
@@ -158,26 +159,66 @@ cdef inline int _threads_for(cnp.ndarray a, object get_threads):
     return get_threads()
 
 
+cdef inline bint _is_plain_out(object out, cnp.ndarray like, int nd, tuple inputs):
+    """`out` is an exact, writeable, C-contiguous, native match for a result of `like`'s dtype
+    and first `nd` dimensions, and each input is either disjoint from it or the very same
+    buffer (in place).  Anything else (including every error) is left to the general path."""
+    if type(out) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray o = <cnp.ndarray>out
+    if cnp.PyArray_NDIM(o) != nd or cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(like):
+        return False
+    if not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o) or not cnp.PyArray_ISNOTSWAPPED(o):
+        return False
+    cdef int d
+    for d in range(nd):
+        if cnp.PyArray_DIM(o, d) != cnp.PyArray_DIM(like, d):
+            return False
+    cdef char *lo = <char *>cnp.PyArray_DATA(o)
+    cdef char *hi = lo + cnp.PyArray_NBYTES(o)
+    cdef char *alo
+    cdef char *ahi
+    cdef cnp.ndarray a
+    for obj in inputs:
+        a = <cnp.ndarray>obj
+        alo = <char *>cnp.PyArray_DATA(a)
+        ahi = alo + cnp.PyArray_NBYTES(a)
+        if alo < hi and lo < ahi and not (alo == lo and ahi == hi):
+            return False
+    return True
+
+
 def try_unary(int op, object x, object axis, object out, object get_threads):
     """SOFTMAX / LOG_SOFTMAX / LOGSUMEXP (keepdims=False) on the fast path, or None."""
-    if out is not None or not _is_plain_rows(x, axis):
+    if not _is_plain_rows(x, axis):
         return None
     cdef cnp.ndarray a = <cnp.ndarray>x
     cdef int nd = cnp.PyArray_NDIM(a)
+    cdef int res_nd = nd - 1 if op == LOGSUMEXP else nd
     cdef cnp.ndarray res
-    if op == LOGSUMEXP:
-        res = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
-    else:
-        res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
+    if out is not None:
+        if not _is_plain_out(out, a, res_nd, (a,)):
+            return None
+        if op == LOGSUMEXP and cnp.PyArray_NBYTES(<cnp.ndarray>out) > 0 and _overlaps(<cnp.ndarray>out, a):
+            return None  # a reduction cannot work in place
+        _unary_rows(op, a, <cnp.ndarray>out, _threads_for(a, get_threads))
+        return out
+    res = cnp.PyArray_EMPTY(res_nd, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
     _unary_rows(op, a, res, _threads_for(a, get_threads))
     if op == LOGSUMEXP and nd == 1:
         return res[()]
     return res
 
 
+cdef inline bint _overlaps(cnp.ndarray a, cnp.ndarray b):
+    cdef char *alo = <char *>cnp.PyArray_DATA(a)
+    cdef char *blo = <char *>cnp.PyArray_DATA(b)
+    return alo < blo + cnp.PyArray_NBYTES(b) and blo < alo + cnp.PyArray_NBYTES(a)
+
+
 def try_binary(int op, object g, object y, object axis, object out, object get_threads):
     """SOFTMAX_BACKWARD / LOG_SOFTMAX_BACKWARD on the fast path, or None."""
-    if out is not None or not _is_plain_rows(g, axis) or not _is_plain_rows(y, axis):
+    if not _is_plain_rows(g, axis) or not _is_plain_rows(y, axis):
         return None
     cdef cnp.ndarray ga = <cnp.ndarray>g
     cdef cnp.ndarray ya = <cnp.ndarray>y
@@ -188,6 +229,11 @@ def try_binary(int op, object g, object y, object axis, object out, object get_t
     for d in range(nd):
         if cnp.PyArray_DIM(ga, d) != cnp.PyArray_DIM(ya, d):
             return None
+    if out is not None:
+        if not _is_plain_out(out, ga, nd, (ga, ya)):
+            return None
+        _binary_rows(op, ga, ya, <cnp.ndarray>out, _threads_for(ga, get_threads))
+        return out
     cdef cnp.ndarray res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(ga), cnp.PyArray_TYPE(ga), 0)
     _binary_rows(op, ga, ya, res, _threads_for(ga, get_threads))
     return res
