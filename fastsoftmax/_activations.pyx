@@ -149,8 +149,7 @@ cdef inline bint _is_plain_rows(object a, object axis):
         return False
     if type(axis) is not int:
         return False
-    cdef long ax = <long>axis
-    return ax == -1 or ax == nd - 1
+    return axis == -1 or axis == nd - 1  # Python ints: a huge axis is just "no"
 
 
 cdef inline int _threads_for(cnp.ndarray a, object get_threads):

@@ -175,7 +175,8 @@ def check_loss_args(
                 f"{func}() argument 'weight' must have shape ({n_classes},) (one weight per class), got {w.shape}"
             )
         # SPEC: converted to the logits' dtype (so float16 logits round their weights to float16).
-        w = np.ascontiguousarray(w.astype(res_dtype, copy=False), dtype=comp)
+        with np.errstate(over="ignore"):  # a weight beyond float16's range becomes inf, silently
+            w = np.ascontiguousarray(w.astype(res_dtype, copy=False), dtype=comp)
 
     if not probabilities:
         t = _check_class_indices(t, n_classes, ignore_index, func)

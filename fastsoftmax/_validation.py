@@ -202,11 +202,13 @@ def apply_rowwise_binary(func: str, grad_output, output, axis, out, compute_rows
 
 
 def _finish(res: np.ndarray, res_dtype: np.dtype, out, contiguous: bool):
-    if out is not None:
-        np.copyto(out, res, casting="same_kind")
-        return out
-    if res.dtype != res_dtype or not contiguous:
-        return np.ascontiguousarray(res, dtype=res_dtype)
+    # float32 -> float16 may overflow to inf: a special value, not a warning (SPEC section 1).
+    with np.errstate(over="ignore"):
+        if out is not None:
+            np.copyto(out, res, casting="same_kind")
+            return out
+        if res.dtype != res_dtype or not contiguous:
+            return np.ascontiguousarray(res, dtype=res_dtype)
     return res
 
 
@@ -229,9 +231,10 @@ def apply_reduction(func: str, x, axis, keepdims, out, compute_rows):
     values = np.empty(layout.lead_shape, comp)
     compute_rows(rows, values)
     values = values.reshape(res_shape)
-    if out is not None:
-        np.copyto(out, values, casting="same_kind")
-        return out
-    if values.dtype != res_dtype:
-        values = values.astype(res_dtype)
+    with np.errstate(over="ignore"):  # float32 -> float16 may overflow to inf
+        if out is not None:
+            np.copyto(out, values, casting="same_kind")
+            return out
+        if values.dtype != res_dtype:
+            values = values.astype(res_dtype)
     return values[()] if values.ndim == 0 else values
