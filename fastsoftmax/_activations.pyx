@@ -145,7 +145,7 @@ cdef inline bint _is_plain_rows(object a, object axis):
     cdef int t = cnp.PyArray_TYPE(arr)
     if nd < 1 or (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE):
         return False
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr):
+    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr) or not cnp.PyArray_ISALIGNED(arr):
         return False
     if type(axis) is not int:
         return False
@@ -167,7 +167,8 @@ cdef inline bint _is_plain_out(object out, cnp.ndarray like, int nd, tuple input
     cdef cnp.ndarray o = <cnp.ndarray>out
     if cnp.PyArray_NDIM(o) != nd or cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(like):
         return False
-    if not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o) or not cnp.PyArray_ISNOTSWAPPED(o):
+    if (not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o)
+            or not cnp.PyArray_ISNOTSWAPPED(o) or not cnp.PyArray_ISALIGNED(o)):
         return False
     cdef int d
     for d in range(nd):
