@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._validation import as_float_array, check_out, compute_dtype_of, result_dtype_of
+from ._validation import aligned, as_float_array, check_out, compute_dtype_of, result_dtype_of
 
 __all__ = ["REDUCTIONS", "LossArgs", "check_loss_args", "check_grad_out", "reduce_row_losses"]
 
@@ -80,7 +80,7 @@ def _check_ignore_index(ignore_index, func: str) -> int:
 
 def _as_array(x, func: str, name: str) -> np.ndarray:
     try:
-        return np.asarray(x)
+        return aligned(np.asarray(x))
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{func}() argument '{name}' is not a valid array: {exc}") from exc
 
@@ -101,7 +101,7 @@ def _check_class_indices(t: np.ndarray, n_classes: int, ignore_index: int, func:
             f"{func}() argument 'target' has value {value} at position {position}, "
             f"outside [0, {n_classes}) and not equal to ignore_index={ignore_index}"
         )
-    t64 = np.ascontiguousarray(t.reshape(-1), dtype=np.int64)
+    t64 = np.require(t.reshape(-1), np.int64, ["C", "A"])  # the kernels read it as int64_t *
     if 0 <= ignore_index < n_classes:
         # An ignored class inside [0, C): mark those samples -1 (a new array: `target` may be
         # the caller's memory), so that "outside [0, C)" alone means "ignored" from here on.

@@ -17,6 +17,7 @@ from numpy.exceptions import AxisError
 __all__ = [
     "AxisError",
     "as_float_array",
+    "aligned",
     "result_dtype_of",
     "check_out",
     "normalize_axes",
@@ -52,13 +53,21 @@ def compute_dtype_of(result_dtype: np.dtype) -> np.dtype:
 def as_float_array(x, func: str, name: str) -> tuple[np.ndarray, np.dtype]:
     """``np.asarray(x)`` checked against SPEC's dtype rules.
 
-    Returns the array (not yet converted) and the dtype of the result.
+    Returns the array (not yet converted to the compute dtype; an aligned copy if its data
+    was not aligned) and the dtype of the result.
     """
     try:
         a = np.asarray(x)
     except Exception as exc:  # ragged lists and the like
         raise ValueError(f"{func}() argument '{name}' is not a valid array: {exc}") from exc
-    return a, result_dtype_of(a.dtype, func, name)
+    return aligned(a), result_dtype_of(a.dtype, func, name)
+
+
+def aligned(a: np.ndarray) -> np.ndarray:
+    """`a`, or an aligned copy when its data is not aligned to its itemsize: the kernels
+    dereference typed pointers (an unaligned one is undefined behaviour in C; UBSan reports
+    it), and NumPy's ascontiguousarray keeps an unaligned C-contiguous array as it is."""
+    return a if a.flags.aligned else a.copy()
 
 
 def normalize_axes(axis, ndim: int, func: str) -> tuple[int, ...]:
@@ -137,10 +146,10 @@ class RowLayout:
 
 
 def is_direct_target(out: np.ndarray, dtype: np.dtype, rows_shape: tuple, inputs: tuple) -> bool:
-    """True when a kernel may write straight into `out`: C-contiguous, the compute dtype, and
-    either disjoint from every input or exactly the same buffer as one (in place: the
+    """True when a kernel may write straight into `out`: C-contiguous, aligned, the compute
+    dtype, and either disjoint from every input or exactly the same buffer as one (in place: the
     kernels read each element before they write it)."""
-    if out.dtype != dtype or not out.flags.c_contiguous:
+    if out.dtype != dtype or not out.flags.c_contiguous or not out.flags.aligned:
         return False
     start = out.__array_interface__["data"][0]
     for a in inputs:
