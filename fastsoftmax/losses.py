@@ -37,7 +37,7 @@ def _mean_denominator(args) -> float:
 
 
 def _is_kernel_ready(a, dtype) -> bool:
-    return a is None or (a.dtype == dtype and a.flags.c_contiguous)
+    return a is None or (a.dtype == dtype and a.flags.c_contiguous and a.flags.aligned)
 
 
 def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
