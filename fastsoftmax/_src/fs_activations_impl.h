@@ -257,7 +257,9 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
 #pragma omp parallel num_threads(nt) if (nt > 1)
 #endif
     {
-        FS_T *tmp = stream ? (FS_T *)fs_scratch_alloc((size_t)ncols * sizeof(FS_T)) : NULL;
+        /* (a row longer than FS_STREAM_MAX_ROW is done in place: its scratch would double
+           the memory used) */
+        FS_T *tmp = stream && ncols <= FS_STREAM_MAX_ROW ? (FS_T *)fs_scratch_alloc((size_t)ncols * sizeof(FS_T)) : NULL;
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif

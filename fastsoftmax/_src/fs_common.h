@@ -220,6 +220,9 @@ static inline size_t fs_stream_min_bytes(void)
     return value;
 }
 
+/* Longest row (elements) that gets a scratch row for streaming stores. */
+#define FS_STREAM_MAX_ROW ((ptrdiff_t)1 << 20)
+
 /* Threads for a job of `work` elements in `nrows` independent rows. */
 static inline int fs_threads_for(int nthreads, ptrdiff_t nrows, ptrdiff_t work)
 {
