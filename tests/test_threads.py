@@ -237,11 +237,13 @@ def _ratio(fn, calls, repeats=8):
 @pytest.fixture(scope="module")
 def two_threads_run_at_once():
     """Whether this machine runs two threads at the same time right now, measured with a
-    NumPy ufunc that releases the GIL (np.exp over 2M doubles).  On a VM whose vCPUs share one
+    NumPy ufunc that releases the GIL (np.exp over 64K doubles: like the workloads below it
+    stays in each core's L2, so it measures the cores, not the shared memory bandwidth, which
+    np.exp over 16 MB arrays saturates with one thread).  On a VM whose vCPUs share one
     physical core (seen on this project's CI machine: a plain two-thread OpenMP loop no faster
     than one thread) no code can show a two-thread speed-up; the GIL test below then skips,
     and test_python_runs_during_a_kernel still shows the GIL is released."""
-    a = np.random.default_rng(5).standard_normal(1 << 21)
+    a = np.random.default_rng(5).standard_normal(1 << 16)
     outs = [np.empty_like(a), np.empty_like(a)]
 
     def control(k):
