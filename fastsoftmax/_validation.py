@@ -145,7 +145,7 @@ class RowLayout:
         return self.lead_shape
 
 
-def is_direct_target(out: np.ndarray, dtype: np.dtype, rows_shape: tuple, inputs: tuple) -> bool:
+def is_direct_target(out: np.ndarray, dtype: np.dtype, inputs: tuple) -> bool:
     """True when a kernel may write straight into `out`: C-contiguous, aligned, the compute
     dtype, and either disjoint from every input or exactly the same buffer as one (in place: the
     kernels read each element before they write it)."""
@@ -177,7 +177,7 @@ def apply_rowwise(func: str, x, axis, out, compute_rows):
     comp = compute_dtype_of(res_dtype)
     layout = RowLayout(a.shape, axes)
     rows = layout.rows(a, comp)
-    if out is not None and layout.identity and is_direct_target(out, comp, rows.shape, (rows,)):
+    if out is not None and layout.identity and is_direct_target(out, comp, (rows,)):
         compute_rows(rows, out.reshape(rows.shape))
         return out
     res_rows = np.empty(rows.shape, comp)
@@ -202,7 +202,7 @@ def apply_rowwise_binary(func: str, grad_output, output, axis, out, compute_rows
     layout = RowLayout(g.shape, axes)
     g_rows = layout.rows(g, comp)
     y_rows = layout.rows(y, comp)
-    if out is not None and layout.identity and is_direct_target(out, comp, g_rows.shape, (g_rows, y_rows)):
+    if out is not None and layout.identity and is_direct_target(out, comp, (g_rows, y_rows)):
         compute_rows(g_rows, y_rows, out.reshape(g_rows.shape))
         return out
     res_rows = np.empty(g_rows.shape, comp)
@@ -234,7 +234,7 @@ def apply_reduction(func: str, x, axis, keepdims, out, compute_rows):
     if out is not None:
         check_out(out, res_shape, res_dtype, func)
     rows = layout.rows(a, comp)
-    if out is not None and is_direct_target(out, comp, layout.lead_shape, (rows,)) and not np.may_share_memory(out, rows):
+    if out is not None and is_direct_target(out, comp, (rows,)) and not np.may_share_memory(out, rows):
         compute_rows(rows, out.reshape(layout.lead_shape))
         return out
     values = np.empty(layout.lead_shape, comp)

@@ -98,17 +98,9 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 #define FS_SUB FS_FN(sub)
 #endif
 
-/* ln(sum_i exp(x_i - m)) for a finite m, as log1p of the sum without one max element
-   (so [0, -40] gives exp(-40), not 0). */
-static inline double FS_FN(row_log_sum_exp_shifted)(const FS_T *x, ptrdiff_t n, FS_T m)
-{
-    double at_max;
-    double rest = FS_EXP_SUM_SPLIT(x, m, n, &at_max);
-    return log1p((at_max - 1.0) + rest);
-}
-
-/* The same in double precision throughout, whatever FS_T: logsumexp's result can cancel
-   (m + ln(sum) near 0), so its float32 version evaluates the exps in double too. */
+/* ln(sum_i exp(x_i - m)) for a finite m, as log1p of the sum without one max element (so
+[0, -40] gives exp(-40), not 0), in double precision whatever FS_T: logsumexp's result can
+cancel (m + ln(sum) near 0), so its float32 version evaluates the exps in double too. */
 static inline double FS_FN(row_log_sum_exp_shifted_f64)(const FS_T *restrict x, ptrdiff_t n, FS_T m)
 {
     double rest = 0.0, at_max = 0.0, md = (double)m;
@@ -133,11 +125,8 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 /* Passes over one row: max (from memory), y = exp(x - m) with its sum (x from cache),
    y /= sum (in cache).  `next` (or NULL) is the following row: it is prefetched while this
    one is computed, so that the memory traffic of the max pass overlaps the exps. */
-static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *tmp)
+static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
-    /* With a scratch row `tmp` (AVX-512, large outputs): exps go to tmp, which stays in cache
-       from row to row, and the scaled row is streamed to y (see fs512_scale_stream_*). */
-    FS_T *e = tmp != NULL ? tmp : y;
 #if defined(FS_USE_AVX512) && FS_IS_F32
     /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
        TwoSum correction of x - m (see fs512_exp_store_sum_fast_f32). */
@@ -154,14 +143,11 @@ static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #if defined(FS_USE_AVX512) && FS_IS_F32
-        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, e + c, len); continue; }
+        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, y + c, len); continue; }
 #endif
-        s += FS_EXP_STORE_SUM(x + c, m, e + c, len);
+        s += FS_EXP_STORE_SUM(x + c, m, y + c, len);
     }
     (void)exact;
-#ifdef FS_USE_AVX512
-    if (tmp != NULL) { FS_CAT(fs512_scale_stream, FS_SUF)(tmp, (FS_T)(1.0 / s), y, n); return; }
-#endif
     FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
 
@@ -242,37 +228,21 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
             ptrdiff_t done = FS_CAT(fs512_short_rows, FS_SUF)(x + r0 * ncols, y + r0 * ncols, len, ncols, log_out);
             for (ptrdiff_t r = r0 + done; r < r0 + len; r++) {
                 if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL);
-                else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL, NULL);
+                else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL);
             }
         }
         (void)nt;
         return;
     }
 #endif
-    int stream = 0;
-#ifdef FS_USE_AVX512
-    stream = !log_out && (size_t)nrows * (size_t)ncols * sizeof(FS_T) >= fs_stream_min_bytes();
-#endif
 #ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1)
+#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
 #endif
-    {
-        /* (a row longer than FS_STREAM_MAX_ROW is done in place: its scratch would double
-           the memory used) */
-        FS_T *tmp = stream && ncols <= FS_STREAM_MAX_ROW ? (FS_T *)fs_scratch_alloc((size_t)ncols * sizeof(FS_T)) : NULL;
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (ptrdiff_t r = 0; r < nrows; r++) {
-            const FS_T *next = r + 1 < nrows ? x + (r + 1) * ncols : NULL;
-            if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
-            else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next, tmp);
-        }
-        free(tmp);
+    for (ptrdiff_t r = 0; r < nrows; r++) {
+        const FS_T *next = r + 1 < nrows ? x + (r + 1) * ncols : NULL;
+        if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
+        else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
     }
-#ifdef FS_USE_AVX512
-    if (stream) _mm_sfence();
-#endif
     (void)nt;
 }
 

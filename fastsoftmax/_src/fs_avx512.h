@@ -313,26 +313,6 @@ static inline void fs512_scale_f32(const float *src, float s, float *y, ptrdiff_
     }
 }
 
-/* y = src * s with non-temporal stores (y bypasses the cache: for outputs much larger than
-   it, this saves reading y's lines before writing them).  Call _mm_sfence() afterwards. */
-static inline void fs512_scale_stream_f32(const float *src, float s, float *y, ptrdiff_t n)
-{
-    const __m512 vs = _mm512_set1_ps(s);
-    ptrdiff_t i = 0;
-    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)y & 63)) & 63) / sizeof(float));
-    if (((uintptr_t)y & 3) != 0 || head >= n) { fs512_scale_f32(src, s, y, n); return; }
-    if (head > 0) {
-        __mmask16 k = fs512_mask16(head);
-        _mm512_mask_storeu_ps(y, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, src), vs));
-        i = head;
-    }
-    for (; i + 16 <= n; i += 16) _mm512_stream_ps(y + i, _mm512_mul_ps(_mm512_loadu_ps(src + i), vs));
-    if (i < n) {
-        __mmask16 k = fs512_mask16(n - i);
-        _mm512_mask_storeu_ps(y + i, k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, src + i), vs));
-    }
-}
-
 /* y = (x - m) - c */
 static inline void fs512_sub_f32(const float *x, float m, float c, float *y, ptrdiff_t n)
 {
@@ -422,24 +402,6 @@ static inline void fs512_scale_f64(const double *src, double s, double *y, ptrdi
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
-        _mm512_mask_storeu_pd(y + i, k, _mm512_mul_pd(_mm512_maskz_loadu_pd(k, src + i), vs));
-    }
-}
-
-static inline void fs512_scale_stream_f64(const double *src, double s, double *y, ptrdiff_t n)
-{
-    const __m512d vs = _mm512_set1_pd(s);
-    ptrdiff_t i = 0;
-    ptrdiff_t head = (ptrdiff_t)(((64 - ((uintptr_t)y & 63)) & 63) / sizeof(double));
-    if (((uintptr_t)y & 7) != 0 || head >= n) { fs512_scale_f64(src, s, y, n); return; }
-    if (head > 0) {
-        __mmask8 k = fs512_mask8(head);
-        _mm512_mask_storeu_pd(y, k, _mm512_mul_pd(_mm512_maskz_loadu_pd(k, src), vs));
-        i = head;
-    }
-    for (; i + 8 <= n; i += 8) _mm512_stream_pd(y + i, _mm512_mul_pd(_mm512_loadu_pd(src + i), vs));
-    if (i < n) {
-        __mmask8 k = fs512_mask8(n - i);
         _mm512_mask_storeu_pd(y + i, k, _mm512_mul_pd(_mm512_maskz_loadu_pd(k, src + i), vs));
     }
 }

@@ -198,31 +198,6 @@ static inline void fs_prefetch_span(const void *p, size_t bytes)
 #endif
 }
 
-/* A 64-byte aligned scratch row (NULL when memory is short: callers then work in place). */
-static inline void *fs_scratch_alloc(size_t bytes)
-{
-    void *p = NULL;
-    bytes = (bytes + 63) & ~(size_t)63;
-    if (bytes == 0 || posix_memalign(&p, 64, bytes) != 0) return NULL;
-    return p;
-}
-
-/* Outputs at least this large are written with non-temporal stores (where implemented);
-   FASTSOFTMAX_STREAM_BYTES overrides it (read once). */
-static inline size_t fs_stream_min_bytes(void)
-{
-    static size_t value = 0;
-    if (value == 0) {
-        const char *env = getenv("FASTSOFTMAX_STREAM_BYTES");
-        size_t v = env != NULL ? (size_t)strtoull(env, NULL, 10) : 0;
-        value = v > 0 ? v : (size_t)64 << 20;
-    }
-    return value;
-}
-
-/* Longest row (elements) that gets a scratch row for streaming stores. */
-#define FS_STREAM_MAX_ROW ((ptrdiff_t)1 << 20)
-
 /* Threads for a job of `work` elements in `nrows` independent rows. */
 static inline int fs_threads_for(int nthreads, ptrdiff_t nrows, ptrdiff_t work)
 {
