@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from ._train_digits import _positive_int  # the same option check as the example's
+
 __all__ = ["main"]
 
 SCHEMA_VERSION = 1
@@ -77,16 +79,6 @@ def build_parser() -> argparse.ArgumentParser:
                         help="also draw a bar chart of fastsoftmax's speed-up against each peer "
                              "per case to PATH (needs matplotlib)")
     return parser
-
-
-def _positive_int(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {n}")
-    return n
 
 
 def main(argv: list[str] | None = None) -> int:
