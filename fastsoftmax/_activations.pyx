@@ -158,6 +158,12 @@ cdef inline int _threads_for(cnp.ndarray a, object get_threads):
     return get_threads()
 
 
+cdef inline bint _overlaps(cnp.ndarray a, cnp.ndarray b):
+    cdef char *alo = <char *>cnp.PyArray_DATA(a)
+    cdef char *blo = <char *>cnp.PyArray_DATA(b)
+    return alo < blo + cnp.PyArray_NBYTES(b) and blo < alo + cnp.PyArray_NBYTES(a)
+
+
 cdef inline bint _is_plain_out(object out, cnp.ndarray like, int nd, tuple inputs):
     """`out` is an exact, writeable, C-contiguous, native match for a result of `like`'s dtype
     and first `nd` dimensions, and each input is either disjoint from it or the very same
@@ -174,16 +180,12 @@ cdef inline bint _is_plain_out(object out, cnp.ndarray like, int nd, tuple input
     for d in range(nd):
         if cnp.PyArray_DIM(o, d) != cnp.PyArray_DIM(like, d):
             return False
-    cdef char *lo = <char *>cnp.PyArray_DATA(o)
-    cdef char *hi = lo + cnp.PyArray_NBYTES(o)
-    cdef char *alo
-    cdef char *ahi
     cdef cnp.ndarray a
     for obj in inputs:
         a = <cnp.ndarray>obj
-        alo = <char *>cnp.PyArray_DATA(a)
-        ahi = alo + cnp.PyArray_NBYTES(a)
-        if alo < hi and lo < ahi and not (alo == lo and ahi == hi):
+        same = (cnp.PyArray_DATA(a) == cnp.PyArray_DATA(o)
+                and cnp.PyArray_NBYTES(a) == cnp.PyArray_NBYTES(o))
+        if _overlaps(o, a) and not same:
             return False
     return True
 
@@ -208,12 +210,6 @@ def try_unary(int op, object x, object axis, object out, object get_threads):
     if op == LOGSUMEXP and nd == 1:
         return res[()]
     return res
-
-
-cdef inline bint _overlaps(cnp.ndarray a, cnp.ndarray b):
-    cdef char *alo = <char *>cnp.PyArray_DATA(a)
-    cdef char *blo = <char *>cnp.PyArray_DATA(b)
-    return alo < blo + cnp.PyArray_NBYTES(b) and blo < alo + cnp.PyArray_NBYTES(a)
 
 
 def try_binary(int op, object g, object y, object axis, object out, object get_threads):
