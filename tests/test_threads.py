@@ -243,6 +243,11 @@ def two_threads_run_at_once():
     physical core (seen on this project's CI machine: a plain two-thread OpenMP loop no faster
     than one thread) no code can show a two-thread speed-up; the GIL test below then skips,
     and test_python_runs_during_a_kernel still shows the GIL is released."""
+    return _np_exp_ratio()
+
+
+def _np_exp_ratio():
+    """Two-thread over serial time of np.exp over 64K doubles (see above)."""
     a = np.random.default_rng(5).standard_normal(1 << 16)
     outs = [np.empty_like(a), np.empty_like(a)]
 
@@ -264,6 +269,18 @@ def test_kernels_release_the_gil(name, one_openmp_thread, two_threads_run_at_onc
     fn = _gil_workloads()[name]
     calls = _calls_for(fn)
     ratio, serial, concurrent = _ratio(fn, calls)
+    if ratio >= 0.8:
+        # The machine's load changes from second to second: measure the GIL-free control again
+        # now.  A kernel that held the GIL would take about the serial time (ratio ~1) while
+        # the control speeds up; one that releases it does about as well as the control.
+        control = _np_exp_ratio()
+        if control >= 0.8:
+            pytest.skip(f"np.exp's two-thread ratio is {control:.2f} right now: no two threads at once")
+        assert ratio < control + 0.1, (
+            f"two threads took {ratio:.2f} x the serial time, NumPy's GIL-free np.exp "
+            f"{control:.2f} x: is the GIL held in the kernel?"
+        )
+        return
     assert ratio < 0.8, (
         f"two threads took {ratio:.2f} x the serial time ({calls} calls each; best serial "
         f"{min(serial):.3f} s, best concurrent {min(concurrent):.3f} s): is the GIL held in the kernel?"
