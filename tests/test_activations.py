@@ -51,6 +51,7 @@ SHAPES = {
     "short_rows": (70, 10),  # many short rows: the AVX-512 row-block path
     "short_32": (35, 32),
     "short_1": (40, 1),
+    "mid_rows": (37, 100),  # log_softmax: 16 rows per batch, a partial last batch
 }
 
 
@@ -197,12 +198,12 @@ def test_special_value_rows(impl, row_id, dtype):
         assert lsm[0, 0] == -np.inf
 
 
-@pytest.mark.parametrize("ncols", [1, 3, 10, 16, 17, 32, 33], ids=lambda n: f"C{n}")
+@pytest.mark.parametrize("ncols", [1, 3, 10, 16, 17, 32, 33, 128, 1024, 1025], ids=lambda n: f"C{n}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_special_values_inside_row_blocks(name, dtype, ncols):
-    # Short rows are computed 16 (8) rows at a time: special rows must not leak into
-    # their neighbours, and every row must match the same row computed on its own (which
+    # Short rows are computed 16 (8) rows at a time, and log_softmax of rows of up to 1024
+    # elements 16 rows per batch: special rows must not leak into their neighbours, and every row must match the same row computed on its own (which
     # takes the one-row path: the summation order differs, so allow a few rounding errors).
     x = _data((53, ncols), dtype, seed=ncols)
     x[3, 0] = np.nan

@@ -25,8 +25,9 @@ FS256_INLINE __m256i fs256_tail_mask64(ptrdiff_t k)
     return _mm256_cmpgt_epi64(_mm256_set1_epi64x((long long)k), _mm256_setr_epi64x(0, 1, 2, 3));
 }
 
-/* exp(t + lo) for t <= 0 (lanes below -104 give 0, NaN propagates). */
-FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t, __m256 lo)
+/* exp(t + lo) for t <= 0 (lanes below -104 give 0, NaN propagates); use_lo == 0 (a constant
+   after inlining) skips the addition of lo (which the compiler may not drop: -0 + 0 is +0). */
+FS256_INLINE __m256 fs256_exp_nonpos_impl_ps(__m256 t, __m256 lo, int use_lo)
 {
     const __m256 magic = _mm256_set1_ps(12582912.0f);
     const __m256 tc = _mm256_max_ps(t, _mm256_set1_ps(-104.0f)); /* NaN: max returns -104 */
@@ -34,7 +35,7 @@ FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t, __m256 lo)
     __m256 n = _mm256_sub_ps(nb, magic);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FS_LN2_HI_F32), tc);
     r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FS_LN2_LO_F32), r);
-    r = _mm256_add_ps(r, lo);
+    if (use_lo) r = _mm256_add_ps(r, lo);
     __m256 p = _mm256_set1_ps(FS_EXP_C5_F32);
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C4_F32));
     p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C3_F32));
@@ -51,6 +52,8 @@ FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t, __m256 lo)
     y = _mm256_andnot_ps(under, y);
     return _mm256_blendv_ps(y, t, _mm256_cmp_ps(t, t, _CMP_UNORD_Q)); /* NaN in, NaN out */
 }
+
+FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t) { return fs256_exp_nonpos_impl_ps(t, t, 0); }
 
 /* exp(t) in float64 for any t (clamped to [-746, 710]; NaN propagates). */
 FS256_INLINE __m256d fs256_exp_pd(__m256d t)
@@ -90,7 +93,7 @@ FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
     __m256 t = _mm256_add_ps(x, negm);
     __m256 bb = _mm256_sub_ps(t, x);
     __m256 lo = _mm256_add_ps(_mm256_sub_ps(x, _mm256_sub_ps(t, bb)), _mm256_sub_ps(negm, bb));
-    return fs256_exp_nonpos_ps(t, lo);
+    return fs256_exp_nonpos_impl_ps(t, lo, 1);
 }
 
 FS256_INLINE __m256d fs256_widen_add(__m256d acc, __m256 v)
@@ -181,7 +184,7 @@ static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
             __m256i k = end - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(end - i);
             __m256 x0 = _mm256_maskload_ps(x + i, k);
             __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), _mm256_castsi256_ps(k));
-            __m256 e = fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm), zero);
+            __m256 e = fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm));
             e = _mm256_andnot_ps(q, _mm256_and_ps(e, _mm256_castsi256_ps(k)));
             b0 = _mm256_add_ps(b0, e);
             cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
@@ -301,7 +304,7 @@ static inline double fs256_exp_store_sum_split_f32(const float *x, float m, floa
             __m256i k = end - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(end - i);
             __m256 km = _mm256_castsi256_ps(k);
             __m256 x0 = _mm256_maskload_ps(x + i, k);
-            __m256 e = _mm256_and_ps(fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm), zero), km);
+            __m256 e = _mm256_and_ps(fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm)), km);
             __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), km);
             _mm256_maskstore_ps(y + i, k, e);
             b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q, e));

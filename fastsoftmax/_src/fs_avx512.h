@@ -111,14 +111,16 @@ FS512_INLINE __m512d fs512_exp_pd(__m512d t)
 /* exp(t + lo) for t <= 0 (t = x - m with m >= x), in the lanes of `keep` (others 0): no
    clamping is needed, because every lane with t < -104 (where n would be out of range:
    -inf, huge negative) is set to 0, and NaN propagates through the polynomial.  n is
-   rounded with the magic-bias trick (one FMA and a subtraction, on any FP port). */
-FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __m512 lo, __mmask16 keep)
+   rounded with the magic-bias trick (one FMA and a subtraction, on any FP port).  With
+   use_lo == 0 (a constant after inlining) lo is ignored: adding a zero is an instruction
+   the compiler may not drop (-0 + 0 is +0). */
+FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep, int use_lo)
 {
     const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
     const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(1.44269504088896341f), magic), magic);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FS_LN2_HI_F32), t);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FS_LN2_LO_F32), r);
-    r = _mm512_add_ps(r, lo);
+    if (use_lo) r = _mm512_add_ps(r, lo);
     __m512 p = _mm512_set1_ps(FS_EXP_C5_F32);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C4_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C3_F32));
@@ -130,9 +132,20 @@ FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __m512 lo, __mmask16 keep
     return _mm512_maskz_scalef_ps(ok, p, n);
 }
 
-FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t, __m512 lo)
+FS512_INLINE __m512 fs512_exp_nonpos_lo_keep_ps(__m512 t, __m512 lo, __mmask16 keep)
 {
-    return fs512_exp_nonpos_keep_ps(t, lo, (__mmask16)0xFFFF);
+    return fs512_exp_nonpos_impl_ps(t, lo, keep, 1);
+}
+
+/* exp(t) for t <= 0 in the lanes of `keep` (others 0). */
+FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __mmask16 keep)
+{
+    return fs512_exp_nonpos_impl_ps(t, t, keep, 0);
+}
+
+FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t)
+{
+    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0);
 }
 
 /* exp(x - m) for float32 and m >= x, with the subtraction's rounding error fed back (TwoSum). */
@@ -141,7 +154,7 @@ FS512_INLINE __m512 fs512_exp_minus_keep_ps(__m512 x, __m512 negm, __mmask16 kee
     __m512 t = _mm512_add_ps(x, negm);
     __m512 bb = _mm512_sub_ps(t, x);
     __m512 lo = _mm512_add_ps(_mm512_sub_ps(x, _mm512_sub_ps(t, bb)), _mm512_sub_ps(negm, bb));
-    return fs512_exp_nonpos_keep_ps(t, lo, keep);
+    return fs512_exp_nonpos_lo_keep_ps(t, lo, keep);
 }
 
 FS512_INLINE __m512 fs512_exp_minus_ps(__m512 x, __m512 negm)
@@ -207,10 +220,10 @@ static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float
         __m512 b0 = zero, b1 = zero;
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 64;
         for (; i < end; i += 64) {
-            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), negm), zero);
-            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 16), negm), zero);
-            __m512 e2 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 32), negm), zero);
-            __m512 e3 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 48), negm), zero);
+            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), negm));
+            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 16), negm));
+            __m512 e2 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 32), negm));
+            __m512 e3 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 48), negm));
             _mm512_storeu_ps(y + i, e0);
             _mm512_storeu_ps(y + i + 16, e1);
             _mm512_storeu_ps(y + i + 32, e2);
@@ -223,7 +236,7 @@ static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float
     }
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
-        __m512 e = fs512_exp_nonpos_keep_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(k, x + i), negm), zero, k);
+        __m512 e = fs512_exp_nonpos_keep_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(k, x + i), negm), k);
         _mm512_mask_storeu_ps(y + i, k, e);
         s0 = fs512_widen_add(s0, e);
     }
@@ -270,7 +283,6 @@ static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
     /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
        a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
     const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
-    const __m512 zero = _mm512_setzero_ps();
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     __m512 cnt = _mm512_setzero_ps();
     ptrdiff_t i = 0;
@@ -280,8 +292,8 @@ static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
         for (; i < end; i += 32) {
             __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
             __mmask16 q0 = _mm512_cmp_ps_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_ps_mask(x1, vm, _CMP_EQ_OQ);
-            b0 = _mm512_add_ps(b0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), zero, (__mmask16)~q0));
-            b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x1, negm), zero, (__mmask16)~q1));
+            b0 = _mm512_add_ps(b0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), (__mmask16)~q0));
+            b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x1, negm), (__mmask16)~q1));
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
         }
@@ -292,7 +304,7 @@ static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
         __m512 x0 = _mm512_maskz_loadu_ps(k, x + i);
         __mmask16 q0 = _mm512_mask_cmp_ps_mask(k, x0, vm, _CMP_EQ_OQ);
-        s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), zero, k & (__mmask16)~q0));
+        s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), k & (__mmask16)~q0));
         cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
     }
     *at_max = (double)_mm512_reduce_add_ps(cnt);
@@ -437,8 +449,8 @@ static inline double fs512_exp_store_sum_split_f32(const float *x, float m, floa
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 32;
         for (; i < end; i += 32) {
             __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
-            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(x0, negm), zero);
-            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(x1, negm), zero);
+            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(x0, negm));
+            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(x1, negm));
             __mmask16 q0 = _mm512_cmp_ps_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_ps_mask(x1, vm, _CMP_EQ_OQ);
             _mm512_storeu_ps(y + i, e0);
             _mm512_storeu_ps(y + i + 16, e1);
@@ -453,7 +465,7 @@ static inline double fs512_exp_store_sum_split_f32(const float *x, float m, floa
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
         __m512 x0 = _mm512_maskz_loadu_ps(k, x + i);
-        __m512 e0 = fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), zero, k);
+        __m512 e0 = fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), k);
         __mmask16 q0 = _mm512_mask_cmp_ps_mask(k, x0, vm, _CMP_EQ_OQ);
         _mm512_mask_storeu_ps(y + i, k, e0);
         s0 = fs512_widen_add(s0, _mm512_maskz_mov_ps((__mmask16)(k & ~q0), e0));
@@ -721,7 +733,7 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
         const __m512 xt = _mm512_mask_i32gather_ps(zero, valid, tidx, xb, 4);
         for (ptrdiff_t k = 0; k < n; k++) {
             __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
-            _mm512_storeu_ps(gb + 16 * k, fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(xb + 16 * k), nm), zero));
+            _mm512_storeu_ps(gb + 16 * k, fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(xb + 16 * k), nm)));
         }
         __m512 rest0 = zero, rest1 = zero, cnt = zero;
         for (ptrdiff_t j = 0; j < n; j++) {
