@@ -248,6 +248,21 @@ static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *
 /* Rows of softmax (log_out = 0) or log_softmax (log_out = 1).  On AVX-512, short rows go a
    block of rows at a time (fs512_short_rows_*) and log_softmax of medium rows a batch of rows
    per vector log1p (log_softmax_row_batch); threads take contiguous slices of rows. */
+static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, const FS_T *next, int log_out)
+{
+    if (log_out) FS_FN(log_softmax_row)(x, y, ncols, next);
+    else FS_FN(softmax_row)(x, y, ncols, next);
+}
+
+#ifdef FS_USE_AVX512
+/* `len` short rows: blocks of 16 (8), then the rest one row at a time. */
+static void FS_FN(short_rows_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t ncols, int log_out)
+{
+    ptrdiff_t done = FS_CAT(fs512_short_rows, FS_SUF)(x, y, len, ncols, log_out);
+    for (ptrdiff_t r = done; r < len; r++) FS_FN(softmax_like_row)(x + r * ncols, y + r * ncols, ncols, NULL, log_out);
+}
+#endif
+
 static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads,
                                      int log_out)
 {
@@ -255,43 +270,23 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
 #ifdef FS_USE_AVX512
     if (ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
         const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
-        ptrdiff_t nslices = (nrows + slice - 1) / slice;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-        for (ptrdiff_t t = 0; t < nslices; t++) {
-            ptrdiff_t r0 = t * slice, len = nrows - r0 < slice ? nrows - r0 : slice;
-            ptrdiff_t done = FS_CAT(fs512_short_rows, FS_SUF)(x + r0 * ncols, y + r0 * ncols, len, ncols, log_out);
-            for (ptrdiff_t r = r0 + done; r < r0 + len; r++) {
-                if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL);
-                else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, NULL);
-            }
-        }
-        (void)nt;
+        FS_ROWS_FOR(t, (nrows + slice - 1) / slice,
+                    ptrdiff_t r0 = t * slice;
+                    FS_FN(short_rows_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
+                                            ncols, log_out));
         return;
     }
     if (log_out && ncols * (ptrdiff_t)sizeof(FS_T) <= FS_LSM_BATCH_MAX_BYTES && nrows >= FS_LSM_BATCH) {
-        ptrdiff_t nbatches = (nrows + FS_LSM_BATCH - 1) / FS_LSM_BATCH;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-        for (ptrdiff_t b = 0; b < nbatches; b++) {
-            ptrdiff_t r0 = b * FS_LSM_BATCH, len = nrows - r0 < FS_LSM_BATCH ? nrows - r0 : FS_LSM_BATCH;
-            FS_FN(log_softmax_row_batch)(x + r0 * ncols, y + r0 * ncols, len, ncols, r0 + len < nrows);
-        }
-        (void)nt;
+        FS_ROWS_FOR(b, (nrows + FS_LSM_BATCH - 1) / FS_LSM_BATCH,
+                    ptrdiff_t r0 = b * FS_LSM_BATCH;
+                    ptrdiff_t len = nrows - r0 < FS_LSM_BATCH ? nrows - r0 : FS_LSM_BATCH;
+                    FS_FN(log_softmax_row_batch)(x + r0 * ncols, y + r0 * ncols, len, ncols, r0 + len < nrows));
         return;
     }
 #endif
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (ptrdiff_t r = 0; r < nrows; r++) {
-        const FS_T *next = r + 1 < nrows ? x + (r + 1) * ncols : NULL;
-        if (log_out) FS_FN(log_softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
-        else FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
-    }
-    (void)nt;
+    FS_ROWS_FOR(r, nrows,
+                FS_FN(softmax_like_row)(x + r * ncols, y + r * ncols, ncols,
+                                        r + 1 < nrows ? x + (r + 1) * ncols : NULL, log_out));
 }
 
 static void FS_FN(softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
@@ -307,35 +302,21 @@ static void FS_FN(log_softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptr
 static void FS_FN(logsumexp_rows)(const FS_T *x, FS_T *out, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (ptrdiff_t r = 0; r < nrows; r++) out[r] = FS_FN(logsumexp_row)(x + r * ncols, ncols);
-    (void)nt;
+    FS_ROWS_FOR(r, nrows, out[r] = FS_FN(logsumexp_row)(x + r * ncols, ncols));
 }
 
 static void FS_FN(softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows,
                                          ptrdiff_t ncols, int nthreads)
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (ptrdiff_t r = 0; r < nrows; r++)
-        FS_FN(softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols);
-    (void)nt;
+    FS_ROWS_FOR(r, nrows, FS_FN(softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols));
 }
 
 static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows,
                                              ptrdiff_t ncols, int nthreads)
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (ptrdiff_t r = 0; r < nrows; r++)
-        FS_FN(log_softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols);
-    (void)nt;
+    FS_ROWS_FOR(r, nrows, FS_FN(log_softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols));
 }
 
 #undef FS_FN
