@@ -9,10 +9,11 @@
  * Primitives (T = f32 | f64; x, y point to one row of n elements; m a finite max):
  *   fs512_row_max_T(x, n)                     max (NaN-tolerant: see fs_activations_impl.h)
  *   fs512_exp_store_sum_T(x, m, y, n)         y = exp(x - m), returns sum(y) in double
- *   fs512_exp_sum_split_T(x, m, n, &count)    sum of exp(x - m) over x != m, and count(x == m)
+ *   fs512_exp_sum_split_store_T(x, m, t, n, &count)  sum of exp(x - m) over x != m, and
+ *                                             count(x == m); stores t = x - m
  *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  both of the above in one pass
  *   fs512_scale_T(src, s, y, n)               y = src * s
- *   fs512_sub_T(x, c, y, n)                   y = (x - m) - c   (c passed with m)
+ *   fs512_sub_const_T(src, c, y, n)           y = src - c
  * The float32 exp of x - m adds the rounding error of the subtraction (TwoSum), so its
  * result is as accurate as exp of the exact difference.
  */
@@ -277,8 +278,10 @@ static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, 
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
-/* Sum of exp(x - m) over the elements that are not equal to m; *at_max counts the others. */
-static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
+/* Sum of exp(x - m) over the elements that are not equal to m (*at_max counts the others),
+   storing t = x - m into t_out: log_softmax then only subtracts a constant from t_out, and
+   its output lines are fetched during this exp-heavy pass rather than the light last one. */
+static inline double fs512_exp_sum_split_store_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max)
 {
     /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
        a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
@@ -291,9 +294,12 @@ static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 32;
         for (; i < end; i += 32) {
             __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
+            __m512 t0 = _mm512_add_ps(x0, negm), t1 = _mm512_add_ps(x1, negm);
             __mmask16 q0 = _mm512_cmp_ps_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_ps_mask(x1, vm, _CMP_EQ_OQ);
-            b0 = _mm512_add_ps(b0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), (__mmask16)~q0));
-            b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x1, negm), (__mmask16)~q1));
+            _mm512_storeu_ps(t_out + i, t0);
+            _mm512_storeu_ps(t_out + i + 16, t1);
+            b0 = _mm512_add_ps(b0, fs512_exp_nonpos_keep_ps(t0, (__mmask16)~q0));
+            b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(t1, (__mmask16)~q1));
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
         }
@@ -303,12 +309,29 @@ static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
         __m512 x0 = _mm512_maskz_loadu_ps(k, x + i);
+        __m512 t0 = _mm512_add_ps(x0, negm);
         __mmask16 q0 = _mm512_mask_cmp_ps_mask(k, x0, vm, _CMP_EQ_OQ);
-        s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(_mm512_add_ps(x0, negm), k & (__mmask16)~q0));
+        _mm512_mask_storeu_ps(t_out + i, k, t0);
+        s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(t0, k & (__mmask16)~q0));
         cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
     }
     *at_max = (double)_mm512_reduce_add_ps(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+/* y = src - c */
+static inline void fs512_sub_const_f32(const float *src, float c, float *y, ptrdiff_t n)
+{
+    const __m512 vc = _mm512_set1_ps(c);
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        _mm512_storeu_ps(y + i, _mm512_sub_ps(_mm512_loadu_ps(src + i), vc));
+        _mm512_storeu_ps(y + i + 16, _mm512_sub_ps(_mm512_loadu_ps(src + i + 16), vc));
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
+        _mm512_mask_storeu_ps(y + i, k, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, src + i), vc));
+    }
 }
 
 static inline void fs512_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
@@ -325,20 +348,6 @@ static inline void fs512_scale_f32(const float *src, float s, float *y, ptrdiff_
     }
 }
 
-/* y = (x - m) - c */
-static inline void fs512_sub_f32(const float *x, float m, float c, float *y, ptrdiff_t n)
-{
-    const __m512 vm = _mm512_set1_ps(m), vc = _mm512_set1_ps(c);
-    ptrdiff_t i = 0;
-    for (; i + 32 <= n; i += 32) {
-        _mm512_storeu_ps(y + i, _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), vm), vc));
-        _mm512_storeu_ps(y + i + 16, _mm512_sub_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i + 16), vm), vc));
-    }
-    for (; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
-        _mm512_mask_storeu_ps(y + i, k, _mm512_sub_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(k, x + i), vm), vc));
-    }
-}
 
 /* ---------------------------------------------------------------- float64 rows */
 
@@ -380,28 +389,48 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
-static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
+static inline double fs512_exp_sum_split_store_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max)
 {
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
     ptrdiff_t i = 0;
     for (; i + 16 <= n; i += 16) {
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
+        __m512d t0 = _mm512_sub_pd(x0, vm), t1 = _mm512_sub_pd(x1, vm);
         __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
-        s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), (__mmask8)~q0));
-        s1 = _mm512_add_pd(s1, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x1, vm), (__mmask8)~q1));
+        _mm512_storeu_pd(t_out + i, t0);
+        _mm512_storeu_pd(t_out + i + 8, t1);
+        s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(t0, (__mmask8)~q0));
+        s1 = _mm512_add_pd(s1, fs512_exp_nonpos_keep_pd(t1, (__mmask8)~q1));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
+        __m512d t0 = _mm512_sub_pd(x0, vm);
         __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
-        s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), k & (__mmask8)~q0));
+        _mm512_mask_storeu_pd(t_out + i, k, t0);
+        s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(t0, k & (__mmask8)~q0));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
     }
     *at_max = _mm512_reduce_add_pd(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+/* y = src - c */
+static inline void fs512_sub_const_f64(const double *src, double c, double *y, ptrdiff_t n)
+{
+    const __m512d vc = _mm512_set1_pd(c);
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm512_storeu_pd(y + i, _mm512_sub_pd(_mm512_loadu_pd(src + i), vc));
+        _mm512_storeu_pd(y + i + 8, _mm512_sub_pd(_mm512_loadu_pd(src + i + 8), vc));
+    }
+    for (; i < n; i += 8) {
+        __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
+        _mm512_mask_storeu_pd(y + i, k, _mm512_sub_pd(_mm512_maskz_loadu_pd(k, src + i), vc));
+    }
 }
 
 static inline void fs512_scale_f64(const double *src, double s, double *y, ptrdiff_t n)
@@ -418,19 +447,6 @@ static inline void fs512_scale_f64(const double *src, double s, double *y, ptrdi
     }
 }
 
-static inline void fs512_sub_f64(const double *x, double m, double c, double *y, ptrdiff_t n)
-{
-    const __m512d vm = _mm512_set1_pd(m), vc = _mm512_set1_pd(c);
-    ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm512_storeu_pd(y + i, _mm512_sub_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), vc));
-        _mm512_storeu_pd(y + i + 8, _mm512_sub_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm), vc));
-    }
-    for (; i < n; i += 8) {
-        __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
-        _mm512_mask_storeu_pd(y + i, k, _mm512_sub_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm), vc));
-    }
-}
 
 
 
