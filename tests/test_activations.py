@@ -142,6 +142,20 @@ def test_float32_softmax_error_where_x_minus_max_rounds_most(spread):
     _assert_close(got, ref.softmax(x.astype(np.float64)), ORACLE_RTOL[np.float32], TINY[np.float32])
 
 
+@pytest.mark.parametrize("ncols", [2, 100], ids=["short_rows", "long_rows"])
+def test_float64_exp_is_within_an_ulp(ncols):
+    # In a row [0, t, ..., t] with t < -45, 1 + 99 e^t rounds to 1, so softmax returns
+    # the kernel's exp(t) itself: held to 2^-52 relative against exp in extended precision
+    # (measured worst 0.92 * 2^-52 for the table-driven float64 exp).
+    rng = np.random.default_rng(3)
+    t = -rng.uniform(45.0, 700.0, size=(4000, 1))
+    x = np.concatenate([np.zeros((4000, 1)), np.repeat(t, ncols - 1, axis=1)], axis=1)
+    got = fs.softmax(x)[:, 1:]
+    want = np.exp(np.repeat(t, ncols - 1, axis=1).astype(np.longdouble))
+    rel = np.abs((got.astype(np.longdouble) - want) / want)
+    assert float(rel.max()) <= 2.0**-52 * (1 + 1e-9)
+
+
 @pytest.mark.parametrize("n", [100_000, 1_000_000], ids=lambda n: f"n{n}")
 def test_float32_constant_row_sums_exactly(n):
     # A plain float32 running sum of n ones is wrong by far more than 2e-6 at these lengths.
