@@ -558,10 +558,11 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
         const float *xb = x + r0 * n;
         float *yb = y + r0 * n;
         __m512 v[FS512_SHORT_MAX];
-        __m512 mx = _mm512_set1_ps(-INFINITY);
+        __m512 mx = _mm512_set1_ps(-INFINITY), mn = _mm512_set1_ps(INFINITY);
         for (ptrdiff_t j = 0; j < n; j++) {
             v[j] = _mm512_i32gather_ps(gidx, xb + j, 4);
             mx = _mm512_max_ps(mx, v[j]);
+            if (!log_out) mn = _mm512_min_ps(mn, v[j]);
         }
         __mmask16 bad = _mm512_fpclass_ps_mask(mx, nonfinite_class);
         mx = _mm512_mask_mov_ps(mx, bad, _mm512_setzero_ps());
@@ -571,7 +572,8 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
             __m512 rest0 = _mm512_setzero_ps(), rest1 = _mm512_setzero_ps(), cnt = _mm512_setzero_ps();
             for (ptrdiff_t j = 0; j < n; j++) {
                 __mmask16 at_max = _mm512_cmp_ps_mask(v[j], mx, _CMP_EQ_OQ);
-                __m512 e = _mm512_mask_mov_ps(fs512_exp_minus_ps(v[j], negm), at_max, _mm512_setzero_ps());
+                /* only the sum (>= 1) needs these: no TwoSum (as fs512_exp_sum_split_store_f32) */
+                __m512 e = _mm512_mask_mov_ps(fs512_exp_nonpos_ps(_mm512_add_ps(v[j], negm)), at_max, _mm512_setzero_ps());
                 if (j & 1) rest1 = _mm512_add_ps(rest1, e); else rest0 = _mm512_add_ps(rest0, e);
                 cnt = _mm512_mask_add_ps(cnt, at_max, cnt, _mm512_set1_ps(1.0f));
             }
@@ -582,9 +584,18 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
                 _mm512_storeu_ps(yb + 16 * k, _mm512_sub_ps(xm, _mm512_permutexvar_ps(rowof[k], lse)));
             }
         } else {
-            for (ptrdiff_t k = 0; k < n; k++) {
-                __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
-                _mm512_storeu_ps(yb + 16 * k, fs512_exp_minus_ps(_mm512_loadu_ps(xb + 16 * k), nm));
+            /* every row of the block within FS_EXACT_SPREAD of its max: no TwoSum (see
+               fs512_exp_store_sum_fast_f32); a NaN or infinite row takes the exact branch */
+            if (_mm512_cmp_ps_mask(_mm512_sub_ps(mx, mn), _mm512_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ) == 0xFFFF) {
+                for (ptrdiff_t k = 0; k < n; k++) {
+                    __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
+                    _mm512_storeu_ps(yb + 16 * k, fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(xb + 16 * k), nm)));
+                }
+            } else {
+                for (ptrdiff_t k = 0; k < n; k++) {
+                    __m512 nm = _mm512_permutexvar_ps(rowof[k], negm);
+                    _mm512_storeu_ps(yb + 16 * k, fs512_exp_minus_ps(_mm512_loadu_ps(xb + 16 * k), nm));
+                }
             }
             __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
             for (ptrdiff_t j = 0; j < n; j++) {
