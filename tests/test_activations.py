@@ -127,16 +127,18 @@ def test_float32_error_does_not_grow_with_row_length(name, n):
     _assert_close(got, _oracle(name, x), ORACLE_RTOL[np.float32], TINY[np.float32])
 
 
+@pytest.mark.parametrize("ncols", [1000, 20], ids=["rows", "short_rows"])
 @pytest.mark.parametrize("spread", [31.99, 63.9, 100.0], ids=["fast_path", "two_sum_path", "two_sum_path_wide"])
-def test_float32_softmax_error_where_x_minus_max_rounds_most(spread):
+def test_float32_softmax_error_where_x_minus_max_rounds_most(spread, ncols):
     # Rows spanning less than FS_EXACT_SPREAD (32) skip the correction of the rounding of
     # x - m: |x - m| in [16, 32) rounds by up to 2^-20, the largest error the 2e-6 bound has
     # to absorb; wider rows must feed the rounding back (in [32, 64) it reaches 2^-19, and
     # this test fails if they do not).  Maxima with full mantissas make the
     # differences round; 1e6 elements reach the worst case (measured 1.2e-6).
     rng = np.random.default_rng(7)
-    m = rng.uniform(0.5, 8.0, size=(1000, 1)).astype(np.float32)
-    x = (m - rng.uniform(0.0, spread, size=(1000, 1000))).astype(np.float32)
+    nrows = 1_000_000 // ncols
+    m = rng.uniform(0.5, 8.0, size=(nrows, 1)).astype(np.float32)
+    x = (m - rng.uniform(0.0, spread, size=(nrows, ncols))).astype(np.float32)
     x[:, 0] = m[:, 0]
     got = fs.softmax(x)
     _assert_close(got, ref.softmax(x.astype(np.float64)), ORACLE_RTOL[np.float32], TINY[np.float32])
