@@ -91,8 +91,14 @@ def _check_class_indices(t: np.ndarray, n_classes: int, ignore_index: int, func:
     The comparisons run in `t`'s own dtype (NumPy compares with Python ints exactly), so a
     uint64 value that would wrap to a negative int64 is caught too.
     """
-    bad = (t < 0) | (t >= n_classes)
-    bad &= t != ignore_index
+    if t.dtype == np.int64:
+        # one pass for the common case: as unsigned, a negative value is >= n_classes too
+        bad = t.view(np.uint64) >= n_classes
+        if bad.any():
+            bad &= t != ignore_index
+    else:
+        bad = (t < 0) | (t >= n_classes)
+        bad &= t != ignore_index
     if bad.any():
         flat = int(np.argmax(bad.reshape(-1)))
         position = tuple(int(i) for i in np.unravel_index(flat, t.shape))
