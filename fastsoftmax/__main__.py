@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  python -m fastsoftmax --threads 1\n"
             "  python -m fastsoftmax --quick --cases softmax-float32 --json out.json\n"
             "  python -m fastsoftmax --cases cross_entropy,sgd --plot speedups.png\n"
+            "  python -m fastsoftmax --scaling 2 --cases 50257,65536x10\n"
             "\nexit status: 0 ok, 1 fastsoftmax failed or was inaccurate in some case, 2 usage error"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -75,6 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--json", metavar="PATH",
                         help="also write the results as JSON to PATH (times in seconds; a "
                              "non-finite error is written as the string \"nan\" or \"inf\")")
+    parser.add_argument("--scaling", type=_positive_int, default=None, metavar="N",
+                        help="instead of the peers, time fastsoftmax alone on 1 and on N threads "
+                             "(taking turns in one process) and print the speed-up per case")
     parser.add_argument("--plot", metavar="PATH",
                         help="also draw a bar chart of fastsoftmax's speed-up against each peer "
                              "per case to PATH (needs matplotlib)")
@@ -102,8 +106,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--plot needs matplotlib, which is not installed "
                      "(pip install matplotlib, or pip install 'fastsoftmax[bench]')")
 
-    _bench.configure_threads(args.threads)
     settings = _bench.QUICK if args.quick else _bench.FULL
+    if args.scaling is not None:
+        if args.plot or args.threads:
+            parser.error("--scaling sets the thread counts itself and draws no chart")
+        doc = run_scaling(selected, args.scaling, settings)
+        print(format_scaling(doc))
+        if args.json:
+            Path(args.json).write_text(json.dumps(_finite(doc), indent=1, allow_nan=False) + "\n")
+            _progress(f"wrote {args.json}")
+        return 0
+    _bench.configure_threads(args.threads)
     results = run(selected, settings, quick=args.quick)
 
     print(format_report(results))
@@ -168,6 +181,29 @@ def run(selected, settings, quick: bool = False) -> dict:
         _progress(f"{summary} ({time.perf_counter() - t0:.1f} s)" + "".join(f"\n    {n}" for n in notes))
     doc["meta"] = _meta(settings, quick, time.perf_counter() - started)
     return doc
+
+
+def run_scaling(selected, threads: int, settings) -> dict:
+    """fastsoftmax on 1 and on `threads` threads per case (see ``--scaling``)."""
+    from . import _bench
+
+    doc = {"threads": threads, "cases": []}
+    width = len(str(len(selected)))
+    for i, case in enumerate(selected, 1):
+        _progress(f"[{i:>{width}}/{len(selected)}] {case.name} ", end="")
+        res = _bench.run_scaling(case, threads, settings)
+        doc["cases"].append({"name": case.name, **res})
+        _progress("-" if res["speedup"] is None else f"{res['speedup']:.2f}x")
+    return doc
+
+
+def format_scaling(doc: dict) -> str:
+    n = doc["threads"]
+    rows = [[c["name"], _fmt_time(c["one_s"]), _fmt_time(c["many_s"]), _fmt_ratio(c["speedup"])]
+            for c in doc["cases"]]
+    head = ["case", "1 thread", f"{n} threads", "speed-up"]
+    lines = [f"fastsoftmax on 1 and {n} threads, taking turns (medians; speed-up = 1-thread time / {n}-thread time):", ""]
+    return "\n".join(lines + _table(head, rows, "<>>>"))
 
 
 def _version(dist: str):

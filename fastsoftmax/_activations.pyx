@@ -161,7 +161,7 @@ cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, in
 # fastsoftmax._validation.  Anything else returns None and the caller takes
 # the general path, which checks and converts everything.
 
-cdef ptrdiff_t _SMALL_WORK = 1 << 15   # below this the kernels run on one thread anyway
+cdef ptrdiff_t _SMALL_WORK = 1 << 16   # below this the kernels run on one thread anyway (FS_MIN_THREADED_WORK)
 
 cdef inline bint _is_plain_rows(object a, object axis):
     if type(a) is not cnp.ndarray:

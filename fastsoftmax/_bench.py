@@ -590,8 +590,11 @@ class TimingSettings:
     collect: bool  # run a full garbage collection before timing (slow once torch/jax are loaded)
 
 
-FULL = TimingSettings(warmup_time=0.05, warmup_calls=3, sample_time=2e-3, budget=0.6, rounds=3,
-                      min_samples_per_round=1, max_samples_per_round=40, collect=True)
+# Ten short turns per competitor rather than three long ones: on a shared machine whose speed
+# changes for seconds at a time, every competitor then sees the same mix of slow and fast
+# phases, and the ratio of medians stays fair (with three turns, single ratios moved 2x).
+FULL = TimingSettings(warmup_time=0.05, warmup_calls=3, sample_time=2e-3, budget=0.6, rounds=10,
+                      min_samples_per_round=1, max_samples_per_round=12, collect=True)
 QUICK = TimingSettings(warmup_time=0.0, warmup_calls=1, sample_time=2e-4, budget=0.01, rounds=1,
                        min_samples_per_round=1, max_samples_per_round=3, collect=False)
 
@@ -648,6 +651,35 @@ def measure(runs: dict, settings: TimingSettings = FULL) -> dict:
         name: Timing(float(np.median(s)), float(min(s)), s, plan[name][0])
         for name, s in samples.items()
     }
+
+
+def run_scaling(case: Case, threads: int, settings: TimingSettings = FULL) -> dict:
+    """fastsoftmax alone on 1 and on `threads` threads, the two taking turns in this process.
+
+    Returns ``{"one_s": median seconds per call on 1 thread, "many_s": on `threads`,
+    "speedup": one_s / many_s}`` (times None when fastsoftmax cannot run the case).
+    """
+    try:
+        runner = prepare(case, "fastsoftmax")
+    except Unavailable:
+        return {"one_s": None, "many_s": None, "speedup": None}
+    current = [None]
+
+    def on(n):
+        def call():
+            if current[0] != n:  # switch only at the first call of a turn
+                fs.set_num_threads(n)
+                current[0] = n
+            return runner.run()
+        return call
+
+    saved = fs.get_num_threads()
+    try:
+        t = measure({"one": on(1), "many": on(threads)}, settings)
+    finally:
+        fs.set_num_threads(saved)
+    one, many = t["one"].median, t["many"].median
+    return {"one_s": one, "many_s": many, "speedup": one / many}
 
 
 def run_case(case: Case, settings: TimingSettings = FULL, names: Sequence[str] | None = None,

@@ -228,7 +228,7 @@ def test_threads_do_not_change_results():
     """Large steps are split across threads (one span per thread over all tensors laid end
     to end); every element is computed the same way whatever the split."""
     h = dict(lr=0.01, momentum=0.99, dampening=0.0, weight_decay=1e-4, nesterov=False, maximize=False)
-    shapes = [(70_001,), (3, 30_011), (1,), (90_007,), (5,)]
+    shapes = [(170_001,), (3, 60_011), (1,), (190_007,), (5,)]  # > 4 x FS_SGD_MIN_PER_THREAD
     params0, grads = _problem(shapes, np.float32, steps=3, seed=6)
     old = fs.get_num_threads()
     try:

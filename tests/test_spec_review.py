@@ -379,7 +379,7 @@ PATHS = {  # name: (rows, row length, axis of the special row)
     "one_short_row": (1, 5, -1),
     "block_of_short_rows": (20, 5, -1),  # >16 rows of <=32: the row-block kernels
     "one_long_row": (1, 1500, -1),  # >1000: the long-row kernels
-    "many_long_rows": (24, 1500, -1),  # >32768 elements: threaded
+    "many_long_rows": (48, 1500, -1),  # >65536 elements: threaded
     "non_last_axis": (20, 37, 0),
 }
 

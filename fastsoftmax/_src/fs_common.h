@@ -223,9 +223,15 @@ static inline void fs_prefetch_span(const void *p, size_t bytes)
     } while (0)
 #endif
 
+/* Fewer elements than this run on one thread: waking a sleeping OpenMP worker (the wait
+   policy is passive, see fastsoftmax/__init__.py) costs tens of microseconds on a shared VM,
+   which made two threads slower than one at 32K elements (measured 0.55x) and faster from
+   64K on (1.4-1.7x). */
+#define FS_MIN_THREADED_WORK ((ptrdiff_t)1 << 16)
+
 static inline int fs_threads_for(int nthreads, ptrdiff_t nrows, ptrdiff_t work)
 {
-    if (nthreads < 1 || nrows < 2 || work < (ptrdiff_t)1 << 15) return 1;
+    if (nthreads < 1 || nrows < 2 || work < FS_MIN_THREADED_WORK) return 1;
     if ((ptrdiff_t)nthreads > nrows) return (int)nrows;
     return nthreads;
 }

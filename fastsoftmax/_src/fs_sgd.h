@@ -126,9 +126,10 @@ static int fs_sgd_init(void)
 
 static const char *fs_sgd_isa(void) { return fs_isa_name(fs_sgd_isa_level); }
 
-/* Below this many elements per thread a step stays on one thread (a parallel region costs
-   a few microseconds; this many elements of a memory-bound update take about that long). */
-#define FS_SGD_MIN_PER_THREAD ((ptrdiff_t)1 << 15)
+/* Below this many elements per thread a step stays on one thread: waking a sleeping OpenMP
+   worker costs tens of microseconds on a shared VM (two threads made a 64K-element float32
+   step 1.6x slower; see FS_MIN_THREADED_WORK). */
+#define FS_SGD_MIN_PER_THREAD ((ptrdiff_t)1 << 17)
 
 static inline int fs_sgd_threads_for(int nthreads, ptrdiff_t total)
 {
