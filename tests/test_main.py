@@ -233,3 +233,23 @@ def test_train_falls_back_to_the_packaged_example(tmp_path, monkeypatch, capsys)
     monkeypatch.setattr(sys, "argv", list(sys.argv))
     assert cli.main(["train", "--epochs", "1"]) == 0
     assert "PACKAGED ['--epochs', '1']" in capsys.readouterr().out
+
+
+def test_scaling_times_one_and_n_threads(tmp_path):
+    proc = _run_cli("--quick", "--scaling", "2", "--cases", "softmax-float32-1x10,sgd-float32-1x",
+                    "--json", "s.json", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 threads" in proc.stdout and "speed-up" in proc.stdout
+    doc = json.loads((tmp_path / "s.json").read_text())
+    assert doc["threads"] == 2
+    assert [c["name"] for c in doc["cases"]] == ["softmax-float32-1x10", "log_softmax-float32-1x10", "sgd-float32-1x65536"]
+    for c in doc["cases"]:
+        assert c["one_s"] > 0 and c["many_s"] > 0
+        assert c["speedup"] == pytest.approx(c["one_s"] / c["many_s"])
+
+
+def test_scaling_refuses_threads_and_plot(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--scaling", "2", "--threads", "1"])
+    assert exc.value.code == 2
+    assert "--scaling" in capsys.readouterr().err
