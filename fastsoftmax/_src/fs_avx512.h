@@ -44,29 +44,31 @@ static const double fs512_exp2_sixteenths[16] __attribute__((aligned(64))) = {
    table of 16: t = (16 q + j) ln2/16 + r, |r| <= ln2/32, exp(t) = 2^q 2^(j/16) e^r with e^r
    a degree-6 polynomial (relative error 1.2e-17 on that range, fitted to minimise it).
    Seven FMA-unit operations instead of a degree-11 polynomial's 13; the table is two
-   registers and one permutation, on the shuffle port the FMAs leave idle.  j is the low 4
-   bits of the magic-biased n; vscalefpd takes floor(n / 16) = q by itself.  No clamping:
-   lanes below -746 (n out of range) are set to 0, NaN propagates (NaN lanes are kept). */
+   registers and one permutation, on the shuffle port the FMAs leave idle; vscalefpd takes
+   q = floor(q + j/16) by itself.  No clamping: lanes below -746 (q out of range) are set to
+   0, NaN propagates (NaN lanes are kept). */
 FS512_INLINE __m512d fs512_exp_nonpos_keep_pd(__m512d t, __mmask8 keep)
 {
-    const __m512d magic = _mm512_set1_pd(6755399441055744.0); /* 1.5 * 2^52 */
-    const __m512d v = _mm512_fmadd_pd(t, _mm512_set1_pd(0x1.71547652b82fep+4), magic); /* 16/ln2 */
-    const __m512d n = _mm512_sub_pd(v, magic);
-    /* ln2/16 in two parts (fdlibm's ln2_hi, ln2_lo scaled): n * hi is exact */
-    __m512d r = _mm512_fnmadd_pd(n, _mm512_set1_pd(6.93147180369123816490e-01 / 16), t);
-    r = _mm512_fnmadd_pd(n, _mm512_set1_pd(1.90821492927058770002e-10 / 16), r);
+    /* m = t / ln2 rounded to a multiple of 1/16 (a bias of 1.5 * 2^48 leaves 4 fraction
+       bits), so m = q + j/16 with j its low 4 bits, and floor(m) = q */
+    const __m512d magic = _mm512_set1_pd(0x1.8p+48);
+    const __m512d v = _mm512_fmadd_pd(t, _mm512_set1_pd(0x1.71547652b82fep+0), magic); /* 1/ln2 */
+    const __m512d m = _mm512_sub_pd(v, magic);
+    /* fdlibm's ln2 in two parts: m * hi is exact (m has at most 15 significant bits) */
+    __m512d r = _mm512_fnmadd_pd(m, _mm512_set1_pd(6.93147180369123816490e-01), t);
+    r = _mm512_fnmadd_pd(m, _mm512_set1_pd(1.90821492927058770002e-10), r);
     __m512d p = _mm512_set1_pd(0x1.6c12e860c39edp-10);
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.11123cefd3aedp-7));
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.5555555bb105cp-5));
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.555555548ba35p-3));
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(0x1.fffffffffff7ep-2));
     p = _mm512_fmadd_pd(p, r, _mm512_set1_pd(1.0));
-    const __m512d q = _mm512_mul_pd(p, r); /* e^r - 1 */
+    const __m512d em1 = _mm512_mul_pd(p, r); /* e^r - 1 */
     const __m512d tab = _mm512_permutex2var_pd(_mm512_load_pd(fs512_exp2_sixteenths), _mm512_castpd_si512(v),
                                                _mm512_load_pd(fs512_exp2_sixteenths + 8));
     __mmask8 ok = _mm512_mask_cmp_pd_mask(keep, t, _mm512_set1_pd(-746.0), _CMP_NLT_UQ);
     /* 2^(j/16) e^r = T + T (e^r - 1): one rounding at the end */
-    return _mm512_maskz_scalef_pd(ok, _mm512_fmadd_pd(tab, q, tab), _mm512_mul_pd(n, _mm512_set1_pd(0.0625)));
+    return _mm512_maskz_scalef_pd(ok, _mm512_fmadd_pd(tab, em1, tab), m);
 }
 
 /* exp(t + lo) for t <= 0 (t = x - m with m >= x), in the lanes of `keep` (others 0): no
