@@ -223,6 +223,15 @@ static inline void fs_prefetch_span(const void *p, size_t bytes)
     } while (0)
 #endif
 
+/* *flag = 1, from any thread of an FS_ROWS_FOR loop. */
+static inline void fs_set_flag(int *flag)
+{
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+    *flag = 1;
+}
+
 /* Fewer elements than this run on one thread: waking a sleeping OpenMP worker (the wait
    policy is passive, see fastsoftmax/__init__.py) costs tens of microseconds on a shared VM,
    which made two threads slower than one at 32K elements (measured 0.55x) and faster from

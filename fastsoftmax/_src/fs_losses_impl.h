@@ -346,6 +346,60 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
 
 /* ---- drivers over rows: threads split the rows statically; one loss per row ---- */
 
+/* The loss of row r with class-index targets (0 for an ignored row, whose gradient row is
+   zeroed), exp(x - m) going to gr (the gradient row, or a scratch row without a gradient). */
+static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, ptrdiff_t ncols, const FS_T *w,
+                                                    double wsum, double eps, FS_T *gr, int want_grad, double gs,
+                                                    const FS_T *next)
+{
+    if (t < 0 || t >= (int64_t)ncols) {
+        if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
+        return 0.0;
+    }
+    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next);
+}
+
+/* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row: the same code, so the
+   same rounding, as with a gradient (cross_entropy == cross_entropy_with_grad).  Returns 0,
+   or -1 when that scratch row could not be allocated. */
+static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T *prob, const FS_T *w,
+                               ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows, ptrdiff_t ncols, double wsum,
+                               double eps, double gs, FS_T *grad, double *row_loss)
+{
+    const int want_grad = grad != NULL;
+    FS_T *scratch = NULL;
+    if (!want_grad && r0 < r1) {
+        scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
+        if (scratch == NULL) return -1;
+    }
+    for (ptrdiff_t r = r0; r < r1; r++) {
+        const FS_T *xr = x + r * ncols;
+        FS_T *gr = want_grad ? grad + r * ncols : scratch;
+        if (prob != NULL)
+            row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
+        else
+            row_loss[r] = FS_FN(ce_index_row_or_ignored)(xr, target[r], ncols, w, wsum, eps, gr, want_grad, gs,
+                                                         r + 1 < nrows ? xr + ncols : NULL);
+    }
+    free(scratch);
+    return 0;
+}
+
+#ifdef FS_USE_AVX512
+/* `len` short rows, class indices, no smoothing: blocks of 16 (8) rows, then the rest one
+   row at a time. */
+static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, const FS_T *w, double wsum,
+                                       ptrdiff_t len, ptrdiff_t ncols, double gs, FS_T *grad, double *row_loss)
+{
+    ptrdiff_t done = FS_CAT(fs512_ce_short_rows, FS_SUF)(x, target, w, len, ncols, grad, gs, row_loss);
+    for (ptrdiff_t r = done; r < len; r++) {
+        FS_T tmp[FS512_SHORT_MAX];
+        row_loss[r] = FS_FN(ce_index_row_or_ignored)(x + r * ncols, target[r], ncols, w, wsum, 0.0,
+                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL);
+    }
+}
+#endif
+
 /* Returns 0, or -1 when the scratch row of a loss-only call could not be allocated. */
 static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob, const FS_T *w,
                           ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, FS_T *grad,
@@ -356,73 +410,24 @@ static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob
         wsum = 0.0;
         for (ptrdiff_t i = 0; i < ncols; i++) wsum += (double)w[i];
     }
-    const int want_grad = grad != NULL;
-    int failed = 0;
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
 #ifdef FS_USE_AVX512
-    /* Short rows, class indices, no smoothing: a block of rows per SIMD pass. */
     if (prob == NULL && !(eps > 0.0) && ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
-        const ptrdiff_t slice = 256;
-        ptrdiff_t nslices = (nrows + slice - 1) / slice;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-        for (ptrdiff_t sl = 0; sl < nslices; sl++) {
-            ptrdiff_t r0 = sl * slice, len = nrows - r0 < slice ? nrows - r0 : slice;
-            FS_T *gs_rows = want_grad ? grad + r0 * ncols : NULL;
-            ptrdiff_t done = FS_CAT(fs512_ce_short_rows, FS_SUF)(x + r0 * ncols, target + r0, w, len, ncols,
-                                                                 gs_rows, gs, row_loss + r0);
-            for (ptrdiff_t r = r0 + done; r < r0 + len; r++) {
-                int64_t t = target[r];
-                FS_T tmp[FS512_SHORT_MAX];
-                FS_T *gr = want_grad ? grad + r * ncols : tmp;
-                if (t < 0 || t >= (int64_t)ncols) {
-                    row_loss[r] = 0.0;
-                    if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
-                } else {
-                    row_loss[r] = FS_FN(ce_index_row)(x + r * ncols, ncols, (ptrdiff_t)t, w, wsum, eps, gr,
-                                                      want_grad, gs, NULL);
-                }
-            }
-        }
-        (void)nt;
+        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
+        FS_ROWS_FOR(sl, (nrows + slice - 1) / slice,
+                    ptrdiff_t r0 = sl * slice;
+                    FS_FN(ce_short_rows_slice)(x + r0 * ncols, target + r0, w, wsum,
+                                               nrows - r0 < slice ? nrows - r0 : slice, ncols, gs,
+                                               grad != NULL ? grad + r0 * ncols : NULL, row_loss + r0));
         return 0;
     }
 #endif
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nt) if (nt > 1) reduction(| : failed)
-#endif
-    {
-        /* Without a gradient, exp(x - m) goes to a scratch row per thread: the same code, so
-           the same rounding, as with a gradient (cross_entropy == cross_entropy_with_grad). */
-        FS_T *scratch = NULL;
-        if (!want_grad) {
-            scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
-            failed |= scratch == NULL;
-        }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-        for (ptrdiff_t r = 0; r < nrows; r++) {
-            const FS_T *xr = x + r * ncols;
-            FS_T *gr = want_grad ? grad + r * ncols : scratch;
-            if (gr == NULL) continue;
-            if (prob != NULL) {
-                row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
-            } else {
-                int64_t t = target[r];
-                if (t < 0 || t >= (int64_t)ncols) { /* ignored */
-                    row_loss[r] = 0.0;
-                    if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
-                } else {
-                    const FS_T *next = r + 1 < nrows ? xr + ncols : NULL;
-                    row_loss[r] = FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next);
-                }
-            }
-        }
-        free(scratch);
-    }
-    (void)nt;
+    /* one contiguous span of rows per thread (a static schedule), each with its own scratch */
+    int failed = 0;
+    FS_ROWS_FOR(k, nt,
+                if (FS_FN(ce_rows_span)(x, target, prob, w, nrows * k / nt, nrows * (k + 1) / nt, nrows, ncols,
+                                        wsum, eps, gs, grad, row_loss) != 0)
+                    fs_set_flag(&failed));
     return failed ? -1 : 0;
 }
 
