@@ -551,7 +551,8 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
     const __mmask16 nonfinite_class = 0x99; /* QNaN | SNaN | +inf | -inf */
     __m512i rowof[FS512_SHORT_MAX];
     int32_t lanes[16 * FS512_SHORT_MAX];
-    for (ptrdiff_t k = 0; k < 16 * n; k++) lanes[k] = (int32_t)(k / n);
+    for (ptrdiff_t r = 0; r < 16; r++) /* lane of each element of a block: its row */
+        for (ptrdiff_t j = 0; j < n; j++) lanes[r * n + j] = (int32_t)r;
     for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 16 * k));
     const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32((int32_t)n));
@@ -622,7 +623,8 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
     const __mmask8 nonfinite_class = 0x99;
     __m512i rowof[FS512_SHORT_MAX];
     int64_t lanes[8 * FS512_SHORT_MAX];
-    for (ptrdiff_t k = 0; k < 8 * n; k++) lanes[k] = (int64_t)(k / n);
+    for (ptrdiff_t r = 0; r < 8; r++) /* lane of each element of a block: its row */
+        for (ptrdiff_t j = 0; j < n; j++) lanes[r * n + j] = (int64_t)r;
     for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 8 * k));
     const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)n));
     ptrdiff_t r0 = 0;
@@ -689,7 +691,8 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
     __m512i rowof[FS512_SHORT_MAX];
     int32_t lanes[16 * FS512_SHORT_MAX];
     float scratch[16 * FS512_SHORT_MAX];
-    for (ptrdiff_t k = 0; k < 16 * n; k++) lanes[k] = (int32_t)(k / n);
+    for (ptrdiff_t r = 0; r < 16; r++) /* lane of each element of a block: its row */
+        for (ptrdiff_t j = 0; j < n; j++) lanes[r * n + j] = (int32_t)r;
     for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 16 * k));
     const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32((int32_t)n));
@@ -772,7 +775,8 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
     __m512i rowof[FS512_SHORT_MAX];
     int64_t lanes[8 * FS512_SHORT_MAX];
     double scratch[8 * FS512_SHORT_MAX];
-    for (ptrdiff_t k = 0; k < 8 * n; k++) lanes[k] = (int64_t)(k / n);
+    for (ptrdiff_t r = 0; r < 8; r++) /* lane of each element of a block: its row */
+        for (ptrdiff_t j = 0; j < n; j++) lanes[r * n + j] = (int64_t)r;
     for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 8 * k));
     const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)n));
     const __m512i zero64 = _mm512_setzero_si512(), n64 = _mm512_set1_epi64((long long)n);
