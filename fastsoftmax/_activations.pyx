@@ -161,7 +161,8 @@ cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, in
 # fastsoftmax._validation.  Anything else returns None and the caller takes
 # the general path, which checks and converts everything.
 
-cdef ptrdiff_t _SMALL_WORK = 1 << 16   # below this the kernels run on one thread anyway (FS_MIN_THREADED_WORK)
+cdef extern from "_src/fs_common.h":
+    ptrdiff_t FS_MIN_THREADED_WORK  # below this the kernels run on one thread anyway
 
 cdef inline bint _is_plain_rows(object a, object axis):
     if type(a) is not cnp.ndarray:
@@ -179,7 +180,7 @@ cdef inline bint _is_plain_rows(object a, object axis):
 
 
 cdef inline int _threads_for(cnp.ndarray a, object get_threads):
-    if cnp.PyArray_SIZE(a) < _SMALL_WORK:
+    if cnp.PyArray_SIZE(a) < FS_MIN_THREADED_WORK:
         return 1
     return get_threads()
 

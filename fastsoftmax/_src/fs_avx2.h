@@ -1,9 +1,11 @@
 /*
  * fs_avx2.h -- hand-vectorised AVX2 + FMA row primitives (x86-64 machines without AVX-512).
  *
- * The same primitives, contracts and algorithms as fs_avx512.h, on 8 float / 4 double
- * lanes: no mask registers (blends instead), and 2^n built from exponent bits in two
- * factors (so that subnormal results are right) instead of vscalef.
+ * The long-row primitives of fs_avx512.h (row max, exp + store + sum, split sums, scale,
+ * subtraction) on 8 float / 4 double lanes: no mask registers (blends instead), 2^n built
+ * from exponent bits in two factors (so that subnormal results are right) instead of
+ * vscalef, the float32 exp always with the TwoSum correction, the float64 exp a degree-11
+ * polynomial, and no short-row blocks.
  */
 #ifndef FS_AVX2_H
 #define FS_AVX2_H
@@ -15,7 +17,7 @@
 
 #define FS256_INLINE static inline __attribute__((always_inline))
 
-/* Lane masks for a tail of k elements (k < 8 or k < 4). */
+/* Lane masks for the first k elements (lanes at or beyond k are off). */
 FS256_INLINE __m256i fs256_tail_mask32(ptrdiff_t k)
 {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));

@@ -2,20 +2,24 @@
  * fs_avx512.h -- hand-vectorised AVX-512 row primitives for the hottest loops.
  *
  * The portable kernels (fs_*_impl.h) are compiler-vectorised; on AVX-512 machines the
- * row primitives below replace their inner loops: four independent accumulators, masked
- * tails instead of scalar epilogues, exp with `vscalefps` (exact 2^n scaling including
- * subnormals and overflow), float sums widened to double as they are added.
+ * row primitives below replace their inner loops: two to four independent accumulators,
+ * masked tails instead of scalar epilogues, exp with `vscalefps`/`vscalefpd` (exact 2^n
+ * scaling including subnormals and overflow), float sums widened to double per block.
  *
  * Primitives (T = f32 | f64; x, y point to one row of n elements; m a finite max):
- *   fs512_row_max_T(x, n)                     max (NaN-tolerant: see fs_activations_impl.h)
- *   fs512_exp_store_sum_T(x, m, y, n)         y = exp(x - m), returns sum(y) in double
+ *   fs512_row_max_T(x, n)                     max (a NaN may be dropped here; it still makes
+ *                                             the row's sum NaN, hence the row)
+ *   fs512_row_minmax_f32(x, n, &min)          max and min (whether a row needs the TwoSum)
+ *   fs512_exp_store_sum_T(x, m, y, n)         y = exp(x - m), returns sum(y) in double;
+ *                                             float32 feeds back the rounding of x - m
+ *                                             (TwoSum), ..._fast_f32 does not
  *   fs512_exp_sum_split_store_T(x, m, t, n, &count)  sum of exp(x - m) over x != m, and
  *                                             count(x == m); stores t = x - m
- *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  both of the above in one pass
+ *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  y = exp(x - m), with the split sums
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
- * The float32 exp of x - m adds the rounding error of the subtraction (TwoSum), so its
- * result is as accurate as exp of the exact difference.
+ *   fs512_log1p_ps / _pd                      vector log1p
+ *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
 #define FS_AVX512_H
@@ -173,7 +177,7 @@ static inline float fs512_row_minmax_f32(const float *x, ptrdiff_t n, float *min
 }
 
 /* y = exp(x - m) without the TwoSum correction, returns sum(y): for rows where every
-   |x - m| <= FS_EXACT_SPREAD, whose rounding error is then below 2^-22 relative. */
+   |x - m| <= FS_EXACT_SPREAD, whose rounding error is then at most 2^-20 relative. */
 static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();

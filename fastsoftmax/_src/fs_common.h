@@ -200,16 +200,17 @@ static inline void fs_prefetch_span(const void *p, size_t bytes)
 #endif
 }
 
-/* Threads for a job of `work` elements in `nrows` independent rows. */
-/* for (ptrdiff_t i = 0; i < count; i++) { body }: split statically over `nt` OpenMP threads
-   (a variable named nt must be in scope) when nt > 1, else a plain loop.  An OpenMP region
-   with if(0) still builds and frees a team (malloc, free, locks): that cost 30% of a
-   (1, 10) softmax call. */
+/* for (ptrdiff_t i = 0; i < count; i++) { body }: split statically over up to `nt` OpenMP
+   threads (a variable named nt must be in scope; at most `count`), else a plain loop.  An
+   OpenMP region with if(0) still builds and frees a team (malloc, free, locks): that cost
+   30% of a (1, 10) softmax call. */
 #ifdef _OPENMP
 #define FS_ROWS_FOR(i, count, ...)                                           \
     do {                                                                     \
-        if (nt > 1) {                                                        \
-            _Pragma("omp parallel for schedule(static) num_threads(nt)")     \
+        /* no more threads than iterations: an idle worker is woken too */   \
+        const int fs_team_ = (ptrdiff_t)nt < (count) ? nt : (int)(count);   \
+        if (fs_team_ > 1) {                                                  \
+            _Pragma("omp parallel for schedule(static) num_threads(fs_team_)") \
             for (ptrdiff_t i = 0; i < (count); i++) { __VA_ARGS__; }         \
         } else {                                                             \
             for (ptrdiff_t i = 0; i < (count); i++) { __VA_ARGS__; }         \
@@ -238,6 +239,7 @@ static inline void fs_set_flag(int *flag)
    64K on (1.4-1.7x). */
 #define FS_MIN_THREADED_WORK ((ptrdiff_t)1 << 16)
 
+/* Threads for a job of `work` elements in `nrows` independent rows. */
 static inline int fs_threads_for(int nthreads, ptrdiff_t nrows, ptrdiff_t work)
 {
     if (nthreads < 1 || nrows < 2 || work < FS_MIN_THREADED_WORK) return 1;
