@@ -31,6 +31,8 @@ __all__ = [
     "check_param_unchanged",
     "make_state_dict",
     "parse_state_dict",
+    "group_hyperparameter_values",
+    "replace_groups",
 ]
 
 _FLOAT32 = np.dtype(np.float32)
@@ -320,6 +322,31 @@ def make_state_dict(param_groups: list[dict], buffers: list) -> dict:
         i += len(group["params"])
         groups.append(saved)
     return {"state": state, "param_groups": groups}
+
+
+def group_hyperparameter_values(func: str, param_groups, group_params) -> list:
+    """Per parameter group, its hyperparameters as a tuple in HYPERPARAMETERS order
+    (unchecked), after checking that the group still holds the parameter list it was built
+    with (``group_params[k]``, by identity)."""
+    values = []
+    for k, group in enumerate(param_groups):
+        if group.get("params") is not group_params[k]:
+            raise ValueError(
+                f"{func} param_groups[{k}]['params'] was replaced; the parameters are fixed "
+                "at construction (build a new SGD)"
+            )
+        try:
+            values.append(tuple(group[name] for name in HYPERPARAMETERS))
+        except KeyError as exc:
+            raise ValueError(f"{func} param_groups[{k}] has no {exc.args[0]!r} key") from None
+    return values
+
+
+def replace_groups(param_groups, new_groups) -> None:
+    """Load the groups parsed by parse_state_dict into the optimizer's own group dicts."""
+    for group, new in zip(param_groups, new_groups):
+        group.clear()
+        group.update(new)
 
 
 def parse_state_dict(func: str, state_dict, param_groups: list[dict]) -> tuple[list[dict], list]:

@@ -23,8 +23,10 @@ from ._optim_validation import (
     check_param,
     check_param_unchanged,
     check_velocity,
+    group_hyperparameter_values,
     make_state_dict,
     parse_state_dict,
+    replace_groups,
 )
 from ._threads import get_num_threads
 
@@ -221,16 +223,7 @@ class SGD:
     def _sync_groups(self, func):
         """Push changed group hyperparameters to the native table (all checked first)."""
         changed = []
-        for k, group in enumerate(self.param_groups):
-            if group.get("params") is not self._group_params[k]:
-                raise ValueError(
-                    f"{func} param_groups[{k}]['params'] was replaced; the parameters are fixed "
-                    "at construction (build a new SGD)"
-                )
-            try:
-                key = tuple(group[name] for name in HYPERPARAMETERS)
-            except KeyError as exc:
-                raise ValueError(f"{func} param_groups[{k}] has no {exc.args[0]!r} key") from None
+        for k, key in enumerate(group_hyperparameter_values(func, self.param_groups, self._group_params)):
             if not _same_values(key, self._synced[k]):
                 hyper = check_hyperparameters(func, *key, prefix=f"param_groups[{k}]")
                 changed.append((k, key, hyper))
@@ -285,9 +278,7 @@ class SGD:
         dtype).  A parameter without a saved buffer starts its momentum afresh."""
         current = [{"params": gp} for gp in self._group_params]
         new_groups, buffers = parse_state_dict("SGD.load_state_dict()", state_dict, current)
-        for k, group in enumerate(new_groups):
-            self.param_groups[k].clear()
-            self.param_groups[k].update(group)
+        replace_groups(self.param_groups, new_groups)
         self._synced = [None] * len(self.param_groups)
         self._sync_groups("SGD.load_state_dict()")
         missing = [i for i, buf in enumerate(buffers) if buf is not None and self._core.velocity(i) is None]

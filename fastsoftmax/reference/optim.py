@@ -28,8 +28,10 @@ from .._optim_validation import (
     check_param,
     check_param_unchanged,
     check_velocity,
+    group_hyperparameter_values,
     make_state_dict,
     parse_state_dict,
+    replace_groups,
 )
 
 __all__ = ["sgd_step", "SGD"]
@@ -137,18 +139,10 @@ class SGD:
 
     def _checked_groups(self, func):
         """The hyperparameters of every group, checked; velocities allocated where needed."""
-        hypers = []
-        for k, group in enumerate(self.param_groups):
-            if group.get("params") is not self._group_params[k]:
-                raise ValueError(
-                    f"{func} param_groups[{k}]['params'] was replaced; the parameters are fixed "
-                    "at construction (build a new SGD)"
-                )
-            try:
-                values = [group[name] for name in HYPERPARAMETERS]
-            except KeyError as exc:
-                raise ValueError(f"{func} param_groups[{k}] has no {exc.args[0]!r} key") from None
-            hypers.append(check_hyperparameters(func, *values, prefix=f"param_groups[{k}]"))
+        hypers = [
+            check_hyperparameters(func, *values, prefix=f"param_groups[{k}]")
+            for k, values in enumerate(group_hyperparameter_values(func, self.param_groups, self._group_params))
+        ]
         for i, p in enumerate(self._params):
             if hypers[self._group_of[i]]["momentum"] != 0 and self._velocity[i] is None:
                 self._velocity[i] = np.zeros(p.shape, p.dtype)
@@ -182,9 +176,7 @@ class SGD:
         """Restore a state saved by :meth:`state_dict` (of either twin)."""
         current = [{"params": gp} for gp in self._group_params]
         new_groups, buffers = parse_state_dict("SGD.load_state_dict()", state_dict, current)
-        for k, group in enumerate(new_groups):
-            self.param_groups[k].clear()
-            self.param_groups[k].update(group)
+        replace_groups(self.param_groups, new_groups)
         self._checked_groups("SGD.load_state_dict()")
         for i, buf in enumerate(buffers):
             if buf is not None:
