@@ -19,7 +19,6 @@ from __future__ import annotations
 import numpy as np
 
 from .._optim_validation import (
-    HYPERPARAMETERS,
     ParamRecord,
     build_param_groups,
     check_grad,
