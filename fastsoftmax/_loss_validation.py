@@ -15,7 +15,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from ._validation import aligned, as_float_array, check_out, compute_dtype_of, result_dtype_of
+from ._validation import aligned, as_float_array, as_ndarray, check_out, compute_dtype_of, result_dtype_of
 
 __all__ = ["REDUCTIONS", "LossArgs", "check_loss_args", "check_grad_out", "reduce_row_losses"]
 
@@ -79,10 +79,7 @@ def _check_ignore_index(ignore_index, func: str) -> int:
 
 
 def _as_array(x, func: str, name: str) -> np.ndarray:
-    try:
-        return aligned(np.asarray(x))
-    except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{func}() argument '{name}' is not a valid array: {exc}") from exc
+    return aligned(as_ndarray(x, f"{func}() argument '{name}'"))
 
 
 def _check_class_indices(t: np.ndarray, n_classes: int, ignore_index: int, func: str) -> np.ndarray:

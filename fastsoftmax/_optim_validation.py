@@ -18,6 +18,8 @@ import numbers
 
 import numpy as np
 
+from ._validation import as_ndarray
+
 __all__ = [
     "HYPERPARAMETERS",
     "check_hyperparameters",
@@ -149,10 +151,7 @@ def check_grad(func: str, name: str, grad, param: np.ndarray, param_name: str,
     if isinstance(grad, np.ndarray):
         a = grad
     else:
-        try:
-            a = np.asarray(grad)
-        except Exception as exc:  # ragged lists and the like
-            raise ValueError(f"{_what(func, name)} is not a valid array: {exc}") from exc
+        a = as_ndarray(grad, _what(func, name))
     if a.shape != param.shape:
         raise ValueError(
             f"{_what(func, name)} has shape {a.shape}, expected {param.shape} (the shape of {param_name})"
@@ -404,10 +403,7 @@ def parse_state_dict(func: str, state_dict, param_groups: list[dict]) -> tuple[l
         if buf is None:
             continue
         name = f"state_dict['state'][{i}]['momentum_buffer']"
-        try:
-            a = np.asarray(buf)
-        except Exception as exc:
-            raise ValueError(f"{func} {name} is not a valid array: {exc}") from exc
+        a = as_ndarray(buf, f"{func} {name}")
         if a.shape != params[i].shape:
             raise ValueError(
                 f"{func} {name} has shape {a.shape}, expected {params[i].shape} (the shape of parameter {i})"

@@ -16,6 +16,7 @@ from numpy.exceptions import AxisError
 
 __all__ = [
     "AxisError",
+    "as_ndarray",
     "as_float_array",
     "aligned",
     "result_dtype_of",
@@ -50,16 +51,22 @@ def compute_dtype_of(result_dtype: np.dtype) -> np.dtype:
     return _FLOAT32 if result_dtype == _FLOAT16 else result_dtype
 
 
+def as_ndarray(x, what: str) -> np.ndarray:
+    """``np.asarray(x)``; ValueError "<what> is not a valid array" for ragged lists and the
+    like (`what` names the argument, e.g. "softmax() argument 'x'")."""
+    try:
+        return np.asarray(x)
+    except Exception as exc:
+        raise ValueError(f"{what} is not a valid array: {exc}") from exc
+
+
 def as_float_array(x, func: str, name: str) -> tuple[np.ndarray, np.dtype]:
     """``np.asarray(x)`` checked against SPEC's dtype rules.
 
     Returns the array (not yet converted to the compute dtype; an aligned copy if its data
     was not aligned) and the dtype of the result.
     """
-    try:
-        a = np.asarray(x)
-    except Exception as exc:  # ragged lists and the like
-        raise ValueError(f"{func}() argument '{name}' is not a valid array: {exc}") from exc
+    a = as_ndarray(x, f"{func}() argument '{name}'")
     return aligned(a), result_dtype_of(a.dtype, func, name)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._loss_validation import check_grad_out, check_loss_args, reduce_row_losses
+from .activations import _log_sum_exp_shifted
 
 __all__ = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
 
@@ -23,10 +24,7 @@ def _log_softmax_rows(x):
     m = np.where(finite, m, 0)
     # ln sum exp(x - m) as log1p of the sum without one maximum, so it keeps its precision
     # when one class dominates (a loss of 1e-7 is not rounded away against the 1).
-    at_max = x == m
-    rest = np.where(at_max, 0, np.exp(x - m)).sum(axis=-1, keepdims=True)
-    count = at_max.sum(axis=-1, keepdims=True).astype(x.dtype)
-    logp = (x - m) - np.log1p((count - 1) + rest)
+    logp = (x - m) - _log_sum_exp_shifted(x, m)
     return np.where(finite, logp, np.nan)
 
 
