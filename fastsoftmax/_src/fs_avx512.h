@@ -176,21 +176,29 @@ static inline float fs512_row_minmax_f32(const float *x, ptrdiff_t n, float *min
     return _mm512_reduce_max_ps(_mm512_max_ps(a0, a1));
 }
 
-/* y = exp(x - m) without the TwoSum correction, returns sum(y): for rows where every
-   |x - m| <= FS_EXACT_SPREAD, whose rounding error is then at most 2^-20 relative. */
-static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
+/* exp(x - m) in the lanes of `keep` (others 0), with the TwoSum correction of x - m when
+   `twosum` (a constant after inlining). */
+FS512_INLINE __m512 fs512_exp_x_minus_m_ps(__m512 x, __m512 negm, __mmask16 keep, int twosum)
+{
+    return twosum ? fs512_exp_minus_keep_ps(x, negm, keep) : fs512_exp_nonpos_keep_ps(_mm512_add_ps(x, negm), keep);
+}
+
+/* y = exp(x - m), returns sum(y); lanes sum 16 values in float (a block of 256 elements),
+   then widen to double. */
+FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum)
 {
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
+    const __mmask16 all = (__mmask16)0xFFFF;
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     ptrdiff_t i = 0;
     while (i + 64 <= n) {
         __m512 b0 = zero, b1 = zero;
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 64;
         for (; i < end; i += 64) {
-            __m512 e0 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), negm));
-            __m512 e1 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 16), negm));
-            __m512 e2 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 32), negm));
-            __m512 e3 = fs512_exp_nonpos_ps(_mm512_add_ps(_mm512_loadu_ps(x + i + 48), negm));
+            __m512 e0 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i), negm, all, twosum);
+            __m512 e1 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 16), negm, all, twosum);
+            __m512 e2 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 32), negm, all, twosum);
+            __m512 e3 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 48), negm, all, twosum);
             _mm512_storeu_ps(y + i, e0);
             _mm512_storeu_ps(y + i + 16, e1);
             _mm512_storeu_ps(y + i + 32, e2);
@@ -202,46 +210,25 @@ static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float
         s1 = fs512_widen_add(s1, b1);
     }
     for (; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
-        __m512 e = fs512_exp_nonpos_keep_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(k, x + i), negm), k);
+        __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
+        __m512 e = fs512_exp_x_minus_m_ps(_mm512_maskz_loadu_ps(k, x + i), negm, k, twosum);
         _mm512_mask_storeu_ps(y + i, k, e);
         s0 = fs512_widen_add(s0, e);
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
+/* With the TwoSum correction: as accurate as exp of the exact difference. */
 static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    const __m512 negm = _mm512_set1_ps(-m);
-    __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    ptrdiff_t i = 0;
-    /* Lanes sum 16 values in float (a block of 256 elements), then widen to double. */
-    while (i + 64 <= n) {
-        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
-        ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 64;
-        for (; i < end; i += 64) {
-            __m512 e0 = fs512_exp_minus_ps(_mm512_loadu_ps(x + i), negm);
-            __m512 e1 = fs512_exp_minus_ps(_mm512_loadu_ps(x + i + 16), negm);
-            __m512 e2 = fs512_exp_minus_ps(_mm512_loadu_ps(x + i + 32), negm);
-            __m512 e3 = fs512_exp_minus_ps(_mm512_loadu_ps(x + i + 48), negm);
-            _mm512_storeu_ps(y + i, e0);
-            _mm512_storeu_ps(y + i + 16, e1);
-            _mm512_storeu_ps(y + i + 32, e2);
-            _mm512_storeu_ps(y + i + 48, e3);
-            b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
-            b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
-        }
-        s0 = fs512_widen_add(s0, b0);
-        s1 = fs512_widen_add(s1, b1);
-    }
-    for (; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
-        __m512 e = fs512_exp_minus_ps(_mm512_maskz_loadu_ps(k, x + i), negm);
-        e = _mm512_maskz_mov_ps(k, e);
-        _mm512_mask_storeu_ps(y + i, k, e);
-        s0 = fs512_widen_add(s0, e);
-    }
-    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1);
+}
+
+/* Without it, for rows where every |x - m| <= FS_EXACT_SPREAD, whose rounding error is then
+   at most 2^-20 relative. */
+static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
+{
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0);
 }
 
 /* Sum of exp(x - m) over the elements that are not equal to m (*at_max counts the others),
