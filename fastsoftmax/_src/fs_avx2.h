@@ -172,32 +172,6 @@ static inline double fs256_exp_store_sum_f32(const float *x, float m, float *y, 
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
 }
 
-static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
-{
-    const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
-    const __m256 zero = _mm256_setzero_ps();
-    __m256d s0 = _mm256_setzero_pd();
-    __m256 cnt = zero;
-    ptrdiff_t i = 0;
-    while (i < n) {
-        __m256 b0 = zero;
-        ptrdiff_t end = i + 128 <= n ? i + 128 : n;
-        for (; i < end; i += 8) {
-            __m256i k = end - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(end - i);
-            __m256 x0 = _mm256_maskload_ps(x + i, k);
-            __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), _mm256_castsi256_ps(k));
-            __m256 e = fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm));
-            e = _mm256_andnot_ps(q, _mm256_and_ps(e, _mm256_castsi256_ps(k)));
-            b0 = _mm256_add_ps(b0, e);
-            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
-        }
-        s0 = fs256_widen_add(s0, b0);
-    }
-    __m256d c = _mm256_setzero_pd();
-    *at_max = fs256_hsum_pd(fs256_widen_add(c, cnt));
-    return fs256_hsum_pd(s0);
-}
-
 static inline void fs256_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
 {
     const __m256 vs = _mm256_set1_ps(s);
@@ -251,26 +225,10 @@ static inline double fs256_exp_store_sum_f64(const double *x, double m, double *
         __m256i k = fs256_tail_mask64(n - i);
         __m256d e = fs256_exp_pd(_mm256_sub_pd(_mm256_maskload_pd(x + i, k), vm));
         e = _mm256_and_pd(e, _mm256_castsi256_pd(k));
-        _mm256_maskstore_pd(y + i, k, e);
+        if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
         s0 = _mm256_add_pd(s0, e);
     }
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
-}
-
-static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
-{
-    const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
-    __m256d s0 = _mm256_setzero_pd(), cnt = _mm256_setzero_pd();
-    for (ptrdiff_t i = 0; i < n; i += 4) {
-        __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
-        __m256d x0 = _mm256_maskload_pd(x + i, k);
-        __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), _mm256_castsi256_pd(k));
-        __m256d e = _mm256_and_pd(fs256_exp_pd(_mm256_sub_pd(x0, vm)), _mm256_castsi256_pd(k));
-        s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
-        cnt = _mm256_add_pd(cnt, _mm256_and_pd(q, one));
-    }
-    *at_max = fs256_hsum_pd(cnt);
-    return fs256_hsum_pd(s0);
 }
 
 static inline void fs256_scale_f64(const double *src, double s, double *y, ptrdiff_t n)
@@ -291,8 +249,9 @@ static inline void fs256_sub_f64(const double *x, double m, double c, double *y,
 }
 
 
-/* See fs512_exp_store_sum_split_f32. */
-static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+/* Sum of exp(x - m) over x != m, *at_max counting x == m; y = exp(x - m) unless y is NULL
+   (a constant after inlining).  See fs512_exp_store_sum_split_f32. */
+FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
 {
     const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
     const __m256 zero = _mm256_setzero_ps();
@@ -308,7 +267,7 @@ static inline double fs256_exp_store_sum_split_f32(const float *x, float m, floa
             __m256 x0 = _mm256_maskload_ps(x + i, k);
             __m256 e = _mm256_and_ps(fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm)), km);
             __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), km);
-            _mm256_maskstore_ps(y + i, k, e);
+            if (y != NULL) _mm256_maskstore_ps(y + i, k, e);
             b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q, e));
             cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
         }
@@ -318,7 +277,7 @@ static inline double fs256_exp_store_sum_split_f32(const float *x, float m, floa
     return fs256_hsum_pd(s0);
 }
 
-static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+FS256_INLINE double fs256_exp_split_impl_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
 {
     const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
     __m256d s0 = _mm256_setzero_pd(), cnt = _mm256_setzero_pd();
@@ -328,12 +287,32 @@ static inline double fs256_exp_store_sum_split_f64(const double *x, double m, do
         __m256d x0 = _mm256_maskload_pd(x + i, k);
         __m256d e = _mm256_and_pd(fs256_exp_pd(_mm256_sub_pd(x0, vm)), km);
         __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), km);
-        _mm256_maskstore_pd(y + i, k, e);
+        if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
         s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
         cnt = _mm256_add_pd(cnt, _mm256_and_pd(q, one));
     }
     *at_max = fs256_hsum_pd(cnt);
     return fs256_hsum_pd(s0);
+}
+
+static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+{
+    return fs256_exp_split_impl_f32(x, m, y, n, at_max);
+}
+
+static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
+{
+    return fs256_exp_split_impl_f32(x, m, NULL, n, at_max);
+}
+
+static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+{
+    return fs256_exp_split_impl_f64(x, m, y, n, at_max);
+}
+
+static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
+{
+    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max);
 }
 
 #pragma GCC pop_options
