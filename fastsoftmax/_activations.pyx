@@ -5,7 +5,8 @@ Design note
 -----------
 The Python layer (``fastsoftmax.activations``) checks every argument, moves the
 reduced axis last and hands this module C-contiguous arrays of one float dtype; the
-kernels here assume exactly that.  Each call releases the GIL and runs the C row
+kernels here assume exactly that.  Results of 32 MiB or more are allocated by
+``_result_pool`` (memory of freed large results is reused instead of mapped anew).  Each call releases the GIL and runs the C row
 kernels of ``_src/fs_activations.h`` (vectorised per instruction set, picked at import),
 which split rows across OpenMP threads above a work threshold.
 
@@ -13,6 +14,8 @@ Arguments: ``x`` / ``grad_output`` / ``output`` are inputs (IN), ``out`` is writ
 """
 cimport numpy as cnp
 from libc.stddef cimport ptrdiff_t
+
+from ._result_pool import MIN_POOLED_BYTES, empty as _pooled_empty
 
 cnp.import_array()
 
@@ -232,7 +235,10 @@ def try_unary(int op, object x, object axis, object out, object get_threads):
             return None  # a reduction cannot work in place
         _unary_rows(op, a, <cnp.ndarray>out, _threads_for(a, get_threads))
         return out
-    res = cnp.PyArray_EMPTY(res_nd, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
+    if op != LOGSUMEXP and cnp.PyArray_NBYTES(a) >= MIN_POOLED_BYTES:
+        res = _pooled_empty(x.shape, x.dtype)
+    else:
+        res = cnp.PyArray_EMPTY(res_nd, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
     _unary_rows(op, a, res, _threads_for(a, get_threads))
     if op == LOGSUMEXP and nd == 1:
         return res[()]
@@ -257,6 +263,10 @@ def try_binary(int op, object g, object y, object axis, object out, object get_t
             return None
         _binary_rows(op, ga, ya, <cnp.ndarray>out, _threads_for(ga, get_threads))
         return out
-    cdef cnp.ndarray res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(ga), cnp.PyArray_TYPE(ga), 0)
+    cdef cnp.ndarray res
+    if cnp.PyArray_NBYTES(ga) >= MIN_POOLED_BYTES:
+        res = _pooled_empty(g.shape, g.dtype)
+    else:
+        res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(ga), cnp.PyArray_TYPE(ga), 0)
     _binary_rows(op, ga, ya, res, _threads_for(ga, get_threads))
     return res

@@ -171,11 +171,12 @@ def is_direct_target(out: np.ndarray, dtype: np.dtype, inputs: tuple) -> bool:
     return True
 
 
-def apply_rowwise(func: str, x, axis, out, compute_rows):
+def apply_rowwise(func: str, x, axis, out, compute_rows, empty=np.empty):
     """Shape-preserving row function (softmax, log_softmax) along `axis`.
 
     ``compute_rows(rows_in, rows_out)`` fills a C-contiguous ``(..., L)`` array from one of the
     same shape, in the compute dtype; layout, dtype rules and ``out=`` are handled here.
+    ``empty(shape, dtype)`` allocates the array the rows are computed into.
     """
     a, res_dtype = as_float_array(x, func, "x")
     axes = normalize_axes(axis, a.ndim, func)
@@ -187,12 +188,12 @@ def apply_rowwise(func: str, x, axis, out, compute_rows):
     if out is not None and layout.identity and is_direct_target(out, comp, (rows,)):
         compute_rows(rows, out.reshape(rows.shape))
         return out
-    res_rows = np.empty(rows.shape, comp)
+    res_rows = empty(rows.shape, comp)
     compute_rows(rows, res_rows)
     return _finish(layout.restore(res_rows), res_dtype, out, layout.identity)
 
 
-def apply_rowwise_binary(func: str, grad_output, output, axis, out, compute_rows):
+def apply_rowwise_binary(func: str, grad_output, output, axis, out, compute_rows, empty=np.empty):
     """Shape-preserving function of two arrays of one shape (the backward passes)."""
     g, g_dtype = as_float_array(grad_output, func, "grad_output")
     y, y_dtype = as_float_array(output, func, "output")
@@ -212,7 +213,7 @@ def apply_rowwise_binary(func: str, grad_output, output, axis, out, compute_rows
     if out is not None and layout.identity and is_direct_target(out, comp, (g_rows, y_rows)):
         compute_rows(g_rows, y_rows, out.reshape(g_rows.shape))
         return out
-    res_rows = np.empty(g_rows.shape, comp)
+    res_rows = empty(g_rows.shape, comp)
     compute_rows(g_rows, y_rows, res_rows)
     return _finish(layout.restore(res_rows), res_dtype, out, layout.identity)
 

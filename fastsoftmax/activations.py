@@ -9,6 +9,7 @@ goes straight to the kernel (``_activations.try_unary`` / ``try_binary``).
 from __future__ import annotations
 
 from . import _activations as _k
+from ._result_pool import empty as _pooled_empty
 from ._threads import get_num_threads
 from ._validation import apply_reduction, apply_rowwise, apply_rowwise_binary
 
@@ -82,7 +83,7 @@ def softmax(x, axis=-1, *, out=None):
     fast = _try_unary(_SOFTMAX, x, axis, out, get_num_threads)
     if fast is not None:
         return fast
-    return apply_rowwise("softmax", x, axis, out, _softmax_rows)
+    return apply_rowwise("softmax", x, axis, out, _softmax_rows, _pooled_empty)
 
 
 def log_softmax(x, axis=-1, *, out=None):
@@ -119,7 +120,7 @@ def log_softmax(x, axis=-1, *, out=None):
     fast = _try_unary(_LOG_SOFTMAX, x, axis, out, get_num_threads)
     if fast is not None:
         return fast
-    return apply_rowwise("log_softmax", x, axis, out, _log_softmax_rows)
+    return apply_rowwise("log_softmax", x, axis, out, _log_softmax_rows, _pooled_empty)
 
 
 def logsumexp(x, axis=-1, *, keepdims=False, out=None):
@@ -192,7 +193,9 @@ def softmax_backward(grad_output, output, axis=-1, *, out=None):
     fast = _try_binary(_SOFTMAX_BACKWARD, grad_output, output, axis, out, get_num_threads)
     if fast is not None:
         return fast
-    return apply_rowwise_binary("softmax_backward", grad_output, output, axis, out, _softmax_backward_rows)
+    return apply_rowwise_binary(
+        "softmax_backward", grad_output, output, axis, out, _softmax_backward_rows, _pooled_empty
+    )
 
 
 def log_softmax_backward(grad_output, output, axis=-1, *, out=None):
@@ -226,5 +229,5 @@ def log_softmax_backward(grad_output, output, axis=-1, *, out=None):
     if fast is not None:
         return fast
     return apply_rowwise_binary(
-        "log_softmax_backward", grad_output, output, axis, out, _log_softmax_backward_rows
+        "log_softmax_backward", grad_output, output, axis, out, _log_softmax_backward_rows, _pooled_empty
     )

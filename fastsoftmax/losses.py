@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _losses as _k
+from ._result_pool import empty as pooled_empty
 from ._loss_validation import check_grad_out, check_loss_args, reduce_row_losses
 from ._threads import get_num_threads
 
@@ -89,10 +90,10 @@ def _run(args, want_grad: bool, out, nll: bool = False):
     grad = None
     d2 = None
     if want_grad:
-        grad = out if out is not None else np.empty(args.logits.shape, args.result_dtype)
+        grad = out if out is not None else pooled_empty(args.logits.shape, args.result_dtype)
         d2 = _rows_view(grad, args.rows_shape, x2, (p2, t, weight))
         if d2 is None:  # out overlaps an input in some other way: compute into fresh memory
-            d2 = np.empty(args.rows_shape, args.result_dtype)
+            d2 = pooled_empty(args.rows_shape, args.result_dtype)
 
     inputs_ready = _is_kernel_ready(x2, comp) and _is_kernel_ready(p2, comp)
     if inputs_ready and (d2 is None or _is_kernel_ready(d2, comp)):

@@ -1,0 +1,100 @@
+# cython: language_level=3
+"""Large results reuse the memory of large results already freed.
+
+Design note
+-----------
+Without this, a result of more than 32 MiB gets freshly mapped pages on every call
+(glibc maps such blocks anew and unmaps them on free) and the operating system zeroes
+each page when the kernel first writes it: a third of a 51 MB softmax on the project's
+machine.  ``empty`` creates such results with a NumPy memory handler (NEP 49) that keeps
+a few freed blocks (``_src/fs_result_pool.h``), so a training loop that computes a large
+softmax or cross-entropy gradient every step writes into memory already mapped.  The
+arrays are ordinary NumPy arrays owning their data.  Smaller results, and every array
+made by other code, use NumPy's default allocator.
+
+``FASTSOFTMAX_RESULT_CACHE_MB`` (default 512, read at import) caps the bytes kept;
+0 turns the pool off.  :func:`release` hands the kept memory back to the system.
+"""
+cimport numpy as cnp
+
+import os
+import warnings
+
+import numpy as np
+
+cnp.import_array()
+
+cdef extern from "_src/fs_result_pool.h":
+    object fs_pool_init(size_t cap)
+    void fs_pool_set_cap(size_t cap) nogil
+    void fs_pool_release() nogil
+    size_t fs_pool_cached_bytes() nogil
+
+cdef extern from "numpy/arrayobject.h":
+    object PyDataMem_SetHandler(object handler)
+
+#: Results of at least this many bytes come from the pool; glibc keeps smaller freed
+#: blocks mapped itself.
+MIN_POOLED_BYTES = 32 << 20
+
+#: Most megabytes of freed results kept when FASTSOFTMAX_RESULT_CACHE_MB is not set.
+DEFAULT_CACHE_MB = 512
+
+
+def _cap_from_environment():
+    text = os.environ.get("FASTSOFTMAX_RESULT_CACHE_MB")
+    if text is None:
+        return DEFAULT_CACHE_MB << 20
+    try:
+        mb = int(text)
+    except ValueError:
+        mb = -1
+    if mb < 0:
+        warnings.warn(
+            f"FASTSOFTMAX_RESULT_CACHE_MB={text!r} is not a whole number of megabytes >= 0; "
+            f"using {DEFAULT_CACHE_MB}",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        mb = DEFAULT_CACHE_MB
+    return mb << 20
+
+
+cdef size_t _cap = _cap_from_environment()
+cdef object _handler = fs_pool_init(_cap)
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)``; from the pool when it holds ``MIN_POOLED_BYTES`` or more."""
+    cdef object nbytes = np.dtype(dtype).itemsize
+    for n in shape:
+        nbytes *= n
+    if _cap == 0 or nbytes < MIN_POOLED_BYTES:
+        return np.empty(shape, dtype)
+    previous = PyDataMem_SetHandler(_handler)
+    try:
+        return np.empty(shape, dtype)
+    finally:
+        PyDataMem_SetHandler(previous)
+
+
+def set_limit(size_t nbytes):
+    """Keep at most `nbytes` of freed results (0: keep none, the pool is off)."""
+    global _cap
+    _cap = nbytes
+    fs_pool_set_cap(nbytes)
+
+
+def get_limit():
+    """Most bytes of freed results kept."""
+    return _cap
+
+
+def release():
+    """Hand every kept block back to the operating system."""
+    fs_pool_release()
+
+
+def cached_bytes():
+    """Bytes of freed results kept now."""
+    return fs_pool_cached_bytes()
