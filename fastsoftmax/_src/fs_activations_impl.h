@@ -7,7 +7,8 @@
  * `ncols` elements.  Sums run in blocks of FS_BLOCK elements: inside a block in FS_T
  * with one accumulator per SIMD lane (a loop the compiler vectorises), across blocks in
  * double, so the float32 error does not grow with the row length.  Passes over a row: max (read), exp + store + sum (read, write),
- * scale (in cache).  A row whose max is not finite is all NaN (SPEC section 2).
+ * scale (in cache); for results too large for the caches, max, sums, then one streaming
+ * write (softmax_like_row_stream).  A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
 #define FS_EXP FS_CAT(fs_exp, FS_SUF)
@@ -176,6 +177,47 @@ static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T
 #endif
 }
 
+#ifdef FS_USE_AVX512
+/* softmax (log_out = 0) or log_softmax of a row of a result too large for the caches
+   (FS_STREAM_MIN_BYTES): the max (and float32's min), then the sums without storing
+   anything (x from cache, the next row prefetched meanwhile), then one pass that computes y
+   from x again and writes it with streaming stores (fs512_stream_row_*).  softmax computes
+   its exps twice, but y's lines are never read from memory before being written, nor passed
+   over again in cache.  The same values as the one-row kernels, bit for bit. */
+static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, int log_out)
+{
+    int kind = log_out ? FS512_SUB_SUB : FS512_EXP_SCALE;
+    FS_T m;
+#if FS_IS_F32
+    if (!log_out) {
+        float lowest;
+        m = fs512_row_minmax_f32(x, n, &lowest);
+        if (!(m - lowest <= FS_EXACT_SPREAD)) kind = FS512_EXP_SCALE_TWOSUM;
+    } else
+#endif
+        m = FS_ROW_MAX(x, n);
+    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
+    double s = 0.0, at_max = 0.0;
+    for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
+        ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
+        double k;
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
+        if (log_out) {
+            s += FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k);
+            at_max += k;
+        } else {
+#if FS_IS_F32
+            s += fs512_exp_sum_f32(x + c, m, len, kind == FS512_EXP_SCALE_TWOSUM);
+#else
+            s += fs512_exp_sum_f64(x + c, m, len);
+#endif
+        }
+    }
+    FS_T a = log_out ? (FS_T)log1p((at_max - 1.0) + s) : (FS_T)(1.0 / s);
+    FS_CAT(fs512_stream_row, FS_SUF)(x, m, a, y, n, kind);
+}
+#endif
+
 static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
     FS_T m = FS_ROW_MAX(x, n);
@@ -306,6 +348,13 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
                     ptrdiff_t r0 = b * FS_LSM_BATCH;
                     ptrdiff_t len = nrows - r0 < FS_LSM_BATCH ? nrows - r0 : FS_LSM_BATCH;
                     FS_FN(log_softmax_row_batch)(x + r0 * ncols, y + r0 * ncols, len, ncols, r0 + len < nrows));
+        return;
+    }
+    if (ncols >= FS_STREAM_MIN_COLS && nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES) {
+        FS_ROWS_FOR(r, nrows,
+                    FS_FN(softmax_like_row_stream)(x + r * ncols, y + r * ncols, ncols,
+                                                   r + 1 < nrows ? x + (r + 1) * ncols : NULL, log_out));
+        _mm_sfence();
         return;
     }
 #endif

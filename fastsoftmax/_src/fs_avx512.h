@@ -16,8 +16,11 @@
  *   fs512_exp_sum_split_store_T(x, m, t, n, &count)  sum of exp(x - m) over x != m, and
  *                                             count(x == m); stores t = x - m
  *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  y = exp(x - m), with the split sums
+ *   fs512_exp_sum_T / fs512_exp_sum_split_T   the same sums, nothing stored
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
+ *   fs512_stream_row_T(x, m, a, y, n, kind)   y = exp(x - m) * a or (x - m) - a, written
+ *                                             with streaming stores (large results)
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
@@ -183,9 +186,10 @@ FS512_INLINE __m512 fs512_exp_x_minus_m_ps(__m512 x, __m512 negm, __mmask16 keep
     return twosum ? fs512_exp_minus_keep_ps(x, negm, keep) : fs512_exp_nonpos_keep_ps(_mm512_add_ps(x, negm), keep);
 }
 
-/* y = exp(x - m), returns sum(y); lanes sum 16 values in float (a block of 256 elements),
-   then widen to double. */
-FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum)
+/* y = exp(x - m) (when `store`), returns sum(exp(x - m)); lanes sum 16 values in float (a
+   block of 256 elements), then widen to double. */
+FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
+                                                 int store)
 {
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
     const __mmask16 all = (__mmask16)0xFFFF;
@@ -199,10 +203,12 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
             __m512 e1 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 16), negm, all, twosum);
             __m512 e2 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 32), negm, all, twosum);
             __m512 e3 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 48), negm, all, twosum);
-            _mm512_storeu_ps(y + i, e0);
-            _mm512_storeu_ps(y + i + 16, e1);
-            _mm512_storeu_ps(y + i + 32, e2);
-            _mm512_storeu_ps(y + i + 48, e3);
+            if (store) {
+                _mm512_storeu_ps(y + i, e0);
+                _mm512_storeu_ps(y + i + 16, e1);
+                _mm512_storeu_ps(y + i + 32, e2);
+                _mm512_storeu_ps(y + i + 48, e3);
+            }
             b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
             b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
         }
@@ -212,7 +218,7 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
         __m512 e = fs512_exp_x_minus_m_ps(_mm512_maskz_loadu_ps(k, x + i), negm, k, twosum);
-        _mm512_mask_storeu_ps(y + i, k, e);
+        if (store) _mm512_mask_storeu_ps(y + i, k, e);
         s0 = fs512_widen_add(s0, e);
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
@@ -221,20 +227,28 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
 /* With the TwoSum correction: as accurate as exp of the exact difference. */
 static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, 1);
 }
 
 /* Without it, for rows where every |x - m| <= FS_EXACT_SPREAD, whose rounding error is then
    at most 2^-20 relative. */
 static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, 1);
+}
+
+/* sum(exp(x - m)) alone, with or without the TwoSum correction. */
+static inline double fs512_exp_sum_f32(const float *x, float m, ptrdiff_t n, int twosum)
+{
+    return twosum ? fs512_exp_store_sum_impl_f32(x, m, NULL, n, 1, 0) : fs512_exp_store_sum_impl_f32(x, m, NULL, n, 0, 0);
 }
 
 /* Sum of exp(x - m) over the elements that are not equal to m (*at_max counts the others),
-   storing t = x - m into t_out: log_softmax then only subtracts a constant from t_out, and
-   its output lines are fetched during this exp-heavy pass rather than the light last one. */
-static inline double fs512_exp_sum_split_store_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max)
+   storing t = x - m into t_out when `store`: log_softmax then only subtracts a constant from
+   t_out, and its output lines are fetched during this exp-heavy pass rather than the light
+   last one. */
+FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max,
+                                                 int store)
 {
     /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
        a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
@@ -249,8 +263,10 @@ static inline double fs512_exp_sum_split_store_f32(const float *x, float m, floa
             __m512 x0 = _mm512_loadu_ps(x + i), x1 = _mm512_loadu_ps(x + i + 16);
             __m512 t0 = _mm512_add_ps(x0, negm), t1 = _mm512_add_ps(x1, negm);
             __mmask16 q0 = _mm512_cmp_ps_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_ps_mask(x1, vm, _CMP_EQ_OQ);
-            _mm512_storeu_ps(t_out + i, t0);
-            _mm512_storeu_ps(t_out + i + 16, t1);
+            if (store) {
+                _mm512_storeu_ps(t_out + i, t0);
+                _mm512_storeu_ps(t_out + i + 16, t1);
+            }
             b0 = _mm512_add_ps(b0, fs512_exp_nonpos_keep_ps(t0, (__mmask16)~q0));
             b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(t1, (__mmask16)~q1));
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
@@ -264,12 +280,22 @@ static inline double fs512_exp_sum_split_store_f32(const float *x, float m, floa
         __m512 x0 = _mm512_maskz_loadu_ps(k, x + i);
         __m512 t0 = _mm512_add_ps(x0, negm);
         __mmask16 q0 = _mm512_mask_cmp_ps_mask(k, x0, vm, _CMP_EQ_OQ);
-        _mm512_mask_storeu_ps(t_out + i, k, t0);
+        if (store) _mm512_mask_storeu_ps(t_out + i, k, t0);
         s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(t0, k & (__mmask16)~q0));
         cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
     }
     *at_max = (double)_mm512_reduce_add_ps(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+static inline double fs512_exp_sum_split_store_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max)
+{
+    return fs512_exp_sum_split_impl_f32(x, m, t_out, n, at_max, 1);
+}
+
+static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
+{
+    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0);
 }
 
 /* y = src - c */
@@ -320,7 +346,7 @@ static inline double fs512_row_max_f64(const double *x, ptrdiff_t n)
     return _mm512_reduce_max_pd(_mm512_max_pd(_mm512_max_pd(a0, a1), _mm512_max_pd(a2, a3)));
 }
 
-static inline double fs512_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, double *y, ptrdiff_t n, int store)
 {
     const __m512d vm = _mm512_set1_pd(m);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -328,21 +354,34 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
     for (; i + 16 <= n; i += 16) {
         __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), 0xFF);
         __m512d e1 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm), 0xFF);
-        _mm512_storeu_pd(y + i, e0);
-        _mm512_storeu_pd(y + i + 8, e1);
+        if (store) {
+            _mm512_storeu_pd(y + i, e0);
+            _mm512_storeu_pd(y + i + 8, e1);
+        }
         s0 = _mm512_add_pd(s0, e0);
         s1 = _mm512_add_pd(s1, e1);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         __m512d e = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm), k);
-        _mm512_mask_storeu_pd(y + i, k, e);
+        if (store) _mm512_mask_storeu_pd(y + i, k, e);
         s0 = _mm512_add_pd(s0, e);
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
-static inline double fs512_exp_sum_split_store_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max)
+static inline double fs512_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+{
+    return fs512_exp_store_sum_impl_f64(x, m, y, n, 1);
+}
+
+static inline double fs512_exp_sum_f64(const double *x, double m, ptrdiff_t n)
+{
+    return fs512_exp_store_sum_impl_f64(x, m, NULL, n, 0);
+}
+
+FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max,
+                                                 int store)
 {
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
@@ -351,8 +390,10 @@ static inline double fs512_exp_sum_split_store_f64(const double *x, double m, do
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
         __m512d t0 = _mm512_sub_pd(x0, vm), t1 = _mm512_sub_pd(x1, vm);
         __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
-        _mm512_storeu_pd(t_out + i, t0);
-        _mm512_storeu_pd(t_out + i + 8, t1);
+        if (store) {
+            _mm512_storeu_pd(t_out + i, t0);
+            _mm512_storeu_pd(t_out + i + 8, t1);
+        }
         s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(t0, (__mmask8)~q0));
         s1 = _mm512_add_pd(s1, fs512_exp_nonpos_keep_pd(t1, (__mmask8)~q1));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
@@ -363,12 +404,22 @@ static inline double fs512_exp_sum_split_store_f64(const double *x, double m, do
         __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
         __m512d t0 = _mm512_sub_pd(x0, vm);
         __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
-        _mm512_mask_storeu_pd(t_out + i, k, t0);
+        if (store) _mm512_mask_storeu_pd(t_out + i, k, t0);
         s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(t0, k & (__mmask8)~q0));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
     }
     *at_max = _mm512_reduce_add_pd(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+static inline double fs512_exp_sum_split_store_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max)
+{
+    return fs512_exp_sum_split_impl_f64(x, m, t_out, n, at_max, 1);
+}
+
+static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
+{
+    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0);
 }
 
 /* y = src - c */
@@ -471,6 +522,100 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
     }
     *at_max = _mm512_reduce_add_pd(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+}
+
+/* ---------------------------------------------------------------- streaming writers
+ *
+ * The last pass of softmax / log_softmax over a row when the whole result is too large to
+ * stay in the caches: y is computed from x (in cache) and written with streaming stores, so
+ * its lines are not read from memory before being written (a third of the traffic of a
+ * normal store pass).  Values as the in-cache passes give them, bit for bit:
+ *   FS512_EXP_SCALE[_TWOSUM]  y = exp(x - m) * a   (a = 1 / sum; TwoSum as in exp_store_sum)
+ *   FS512_SUB_SUB             y = (x - m) - a      (a = log of the sum)
+ * Lines of y before the first 64-byte boundary and after the last whole vector are written
+ * with ordinary masked stores.  The caller issues _mm_sfence() when its rows are done.
+ */
+enum { FS512_EXP_SCALE = 0, FS512_EXP_SCALE_TWOSUM = 1, FS512_SUB_SUB = 2 };
+
+FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, __mmask16 k, int kind)
+{
+    if (kind == FS512_SUB_SUB) return _mm512_sub_ps(_mm512_add_ps(x, negm), a);
+    return _mm512_mul_ps(fs512_exp_x_minus_m_ps(x, negm, k, kind == FS512_EXP_SCALE_TWOSUM), a);
+}
+
+/* Elements before y's first 64-byte boundary (all of them if y is not even element-aligned). */
+FS512_INLINE ptrdiff_t fs512_stream_head(const void *y, size_t elsize, ptrdiff_t n)
+{
+    uintptr_t addr = (uintptr_t)y;
+    ptrdiff_t head = (ptrdiff_t)(((64 - (addr & 63)) & 63) / elsize);
+    return (addr % elsize != 0 || head > n) ? n : head;
+}
+
+FS512_INLINE void fs512_stream_row_impl_f32(const float *x, float m, float a, float *y, ptrdiff_t n, int kind)
+{
+    const __m512 negm = _mm512_set1_ps(-m), va = _mm512_set1_ps(a);
+    const __mmask16 all = (__mmask16)0xFFFF;
+    ptrdiff_t head = fs512_stream_head(y, sizeof(float), n), i = 0;
+    for (; i < head; i += 16) {
+        __mmask16 k = head - i >= 16 ? all : fs512_mask16(head - i);
+        _mm512_mask_storeu_ps(y + i, k, fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, k, kind));
+    }
+    i = head;
+    for (; i + 32 <= n; i += 32) {
+        __m512 v0 = fs512_stream_value_ps(_mm512_loadu_ps(x + i), negm, va, all, kind);
+        __m512 v1 = fs512_stream_value_ps(_mm512_loadu_ps(x + i + 16), negm, va, all, kind);
+        _mm512_stream_ps(y + i, v0);
+        _mm512_stream_ps(y + i + 16, v1);
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
+        __m512 v = fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, k, kind);
+        if (k == all) _mm512_stream_ps(y + i, v);
+        else _mm512_mask_storeu_ps(y + i, k, v);
+    }
+}
+
+static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, int kind)
+{
+    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_SUB_SUB);
+    else if (kind == FS512_EXP_SCALE_TWOSUM) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_EXP_SCALE_TWOSUM);
+    else fs512_stream_row_impl_f32(x, m, a, y, n, FS512_EXP_SCALE);
+}
+
+FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, __mmask8 k, int kind)
+{
+    if (kind == FS512_SUB_SUB) return _mm512_sub_pd(_mm512_sub_pd(x, vm), a);
+    return _mm512_mul_pd(fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x, vm), k), a);
+}
+
+FS512_INLINE void fs512_stream_row_impl_f64(const double *x, double m, double a, double *y, ptrdiff_t n, int kind)
+{
+    const __m512d vm = _mm512_set1_pd(m), va = _mm512_set1_pd(a);
+    const __mmask8 all = (__mmask8)0xFF;
+    ptrdiff_t head = fs512_stream_head(y, sizeof(double), n), i = 0;
+    for (; i < head; i += 8) {
+        __mmask8 k = head - i >= 8 ? all : fs512_mask8(head - i);
+        _mm512_mask_storeu_pd(y + i, k, fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, k, kind));
+    }
+    i = head;
+    for (; i + 16 <= n; i += 16) {
+        __m512d v0 = fs512_stream_value_pd(_mm512_loadu_pd(x + i), vm, va, all, kind);
+        __m512d v1 = fs512_stream_value_pd(_mm512_loadu_pd(x + i + 8), vm, va, all, kind);
+        _mm512_stream_pd(y + i, v0);
+        _mm512_stream_pd(y + i + 8, v1);
+    }
+    for (; i < n; i += 8) {
+        __mmask8 k = n - i >= 8 ? all : fs512_mask8(n - i);
+        __m512d v = fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, k, kind);
+        if (k == all) _mm512_stream_pd(y + i, v);
+        else _mm512_mask_storeu_pd(y + i, k, v);
+    }
+}
+
+static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, int kind)
+{
+    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f64(x, m, a, y, n, FS512_SUB_SUB);
+    else fs512_stream_row_impl_f64(x, m, a, y, n, FS512_EXP_SCALE);
 }
 
 /* ---------------------------------------------------------------- short rows
