@@ -182,13 +182,13 @@ def test_float64_long_rows(name, n):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
 def test_streamed_results_equal_the_in_cache_path(name, dtype, offset):
-    # Results of 8 MiB or more in rows of 768 or more are written with streaming stores
+    # Results of 24 MiB or more in rows of 768 or more are written with streaming stores
     # after computing the sums (AVX-512; FS_STREAM_MIN_BYTES in fs_common.h): the values
     # must be those of the in-cache path bit for bit (the same rows in a small call), with
     # special rows, float32 rows wide enough for the TwoSum correction, rows whose length
     # is not a multiple of the vector, and outputs starting anywhere in a cache line.
     ncols = 1003
-    nrows = (8 << 20) // (ncols * np.dtype(dtype).itemsize) + 5
+    nrows = (24 << 20) // (ncols * np.dtype(dtype).itemsize) + 5
     x = _data((nrows, ncols), dtype, seed=offset)
     x[1, 5] = np.nan
     x[2, :] = -np.inf
@@ -338,7 +338,7 @@ def test_logsumexp_is_log_sum_exp_in_float64():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("ncols", [700, 1100], ids=["in_cache", "streamed"])
 def test_same_result_on_one_and_two_threads(dtype, ncols):
-    x = _data(((9 << 20) // (ncols * np.dtype(dtype).itemsize), ncols), dtype)
+    x = _data(((25 << 20) // (ncols * np.dtype(dtype).itemsize), ncols), dtype)
     saved = fs.get_num_threads()
     try:
         fs.set_num_threads(1)
