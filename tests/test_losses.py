@@ -431,6 +431,39 @@ def test_out_is_logits_overwrites_them_in_place(dtype, kind):
     np.testing.assert_array_equal(x, want_grad)
 
 
+@pytest.mark.parametrize("where", ["fresh", "out_offset3", "out_is_logits"])
+@pytest.mark.parametrize("weighted", [False, True], ids=["nw", "w"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_streamed_gradient_equals_the_in_cache_path(dtype, weighted, where):
+    # Gradients of 24 MiB or more in rows of 768 or more are written with streaming stores
+    # after the sums (AVX-512, class indices without smoothing; FS_STREAM_MIN_BYTES): the
+    # same bits as the in-cache path (the same rows in a small call), ignored and special
+    # rows included, wherever the output starts.
+    n_classes = 1003
+    n_rows = (24 << 20) // (n_classes * np.dtype(dtype).itemsize) + 3
+    x, t, w, ignore_index = _make((n_rows, n_classes), dtype, "index", "ignored", weighted, seed=5)
+    x[1, 10] = np.nan
+    x[2, :] = -np.inf
+    x[3, 20] = np.inf
+    x[4] *= 1e3
+    t[5] = n_classes - 1
+    small_rows = np.r_[0:8, n_rows - 8 : n_rows]
+    want_loss, want_grad = fs.cross_entropy_with_grad(
+        x[small_rows], t[small_rows], weight=w, ignore_index=ignore_index, reduction="none"
+    )
+    want_all = fs.cross_entropy(x, t, weight=w, ignore_index=ignore_index, reduction="none")
+    out = None
+    if where == "out_offset3":
+        out = np.empty(x.size + 3, dtype)[3:].reshape(x.shape)
+    elif where == "out_is_logits":
+        out = x
+    loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, ignore_index=ignore_index, reduction="none", out=out)
+    assert out is None or grad is out
+    np.testing.assert_array_equal(loss, want_all)
+    np.testing.assert_array_equal(loss[small_rows], want_loss)
+    np.testing.assert_array_equal(grad[small_rows], want_grad)
+
+
 def _peak_bytes(fn):
     tracemalloc.start()
     try:

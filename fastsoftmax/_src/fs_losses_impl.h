@@ -20,6 +20,9 @@
  * very same loss) with, in the same loop, the sums the loss needs; (3) the gradient,
  * g_i = e_i * k1 - k2 * a_i (in cache, read + write).  The gradient may be x itself: pass 2
  * reads x_i before it writes g_i, x_t is read before pass 2, and pass 3 no longer reads x.
+ * On AVX-512 the common case (class index, no smoothing) stores nothing in pass 2 when there
+ * is no gradient or the gradient is too large for the caches; then pass 3 recomputes e from
+ * x and streams the gradient out (ce_index_row_plain).
  *
  * Sums run in blocks of FS_BLOCK elements: inside a block in FS_T with one accumulator per
  * SIMD lane, across blocks in double, so the float32 error does not grow with the row length.
@@ -146,9 +149,14 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
 #endif
 /* The common case (class index, no label smoothing; weights only scale the row) on the
    hand-vectorised primitives: max; e = exp(x - m) into g with the split sum; g *= k1; then
-   the target column.  The same maths as ce_index_row below. */
+   the target column.  The same maths as ce_index_row below.
+   On AVX-512, without a gradient, or with `stream` (a gradient too large for the caches,
+   see FS_STREAM_MIN_BYTES), the sums are taken without storing anything (the same sums, bit
+   for bit), and the gradient is written in one pass from x with streaming stores,
+   g = exp(x - m) * k1 as the in-cache passes compute it; then the target column.  x may
+   be g: each element is read before it is written. */
 static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w, FS_T *g,
-                                        int want_grad, double gs, const FS_T *next)
+                                        int want_grad, double gs, const FS_T *next, int stream)
 {
     const FS_T m = FS_LOSS_ROW_MAX(x, n);
     const FS_T xt = x[t];
@@ -158,12 +166,21 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     }
     /* exps in chunks, each followed by a prefetch of the same span of the next row, so that
        the next row's max pass finds it in cache */
+#ifdef FS_USE_AVX512
+    const int store = want_grad && !stream;
+#else
+    (void)stream;
+#endif
     double rest = 0.0, cnt = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-        rest += FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, g + c, len, &k);
+#ifdef FS_USE_AVX512
+        if (!store) rest += FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k);
+        else
+#endif
+            rest += FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, g + c, len, &k);
         cnt += k;
     }
     rest += cnt - 1.0;
@@ -172,7 +189,14 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     const double nll = lse + ((double)m - (double)xt);
     if (!want_grad) return wt * nll;
     const double wt_gs = wt * gs;
-    FS_LOSS_SCALE(g, (FS_T)(wt_gs / (1.0 + rest)), g, n);
+    const FS_T k1 = (FS_T)(wt_gs / (1.0 + rest));
+#ifdef FS_USE_AVX512
+    if (!store) {
+        FS_CAT(fs512_stream_row, FS_SUF)(x, m, k1, g, n, FS512_EXP_SCALE);
+        _mm_sfence(); /* the streamed row is complete before the target column is stored */
+    } else
+#endif
+        FS_LOSS_SCALE(g, k1, g, n);
     g[t] = (FS_T)(wt_gs * expm1(-nll));
     return wt * nll;
 }
@@ -183,12 +207,13 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
 
 static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
                                   double wsum, double eps, FS_T *g, int want_grad, double gs,
-                                  const FS_T *next)
+                                  const FS_T *next, int stream)
 {
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
-    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next);
+    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next, stream);
 #endif
     (void)next;
+    (void)stream;
     ptrdiff_t kb;
     const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
     const FS_T xt = x[t];
@@ -350,13 +375,13 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
    zeroed), exp(x - m) going to gr (the gradient row, or a scratch row without a gradient). */
 static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, ptrdiff_t ncols, const FS_T *w,
                                                     double wsum, double eps, FS_T *gr, int want_grad, double gs,
-                                                    const FS_T *next)
+                                                    const FS_T *next, int stream)
 {
     if (t < 0 || t >= (int64_t)ncols) {
         if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
         return 0.0;
     }
-    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next);
+    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next, stream);
 }
 
 /* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row: the same code, so the
@@ -367,6 +392,8 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
                                double eps, double gs, FS_T *grad, double *row_loss)
 {
     const int want_grad = grad != NULL;
+    const int stream = want_grad && ncols >= FS_STREAM_MIN_COLS &&
+                       nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
     FS_T *scratch = NULL;
     if (!want_grad && r0 < r1) {
         scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
@@ -379,7 +406,7 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
             row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
         else
             row_loss[r] = FS_FN(ce_index_row_or_ignored)(xr, target[r], ncols, w, wsum, eps, gr, want_grad, gs,
-                                                         r + 1 < nrows ? xr + ncols : NULL);
+                                                         r + 1 < nrows ? xr + ncols : NULL, stream);
     }
     free(scratch);
     return 0;
@@ -395,7 +422,7 @@ static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, con
     for (ptrdiff_t r = done; r < len; r++) {
         FS_T tmp[FS512_SHORT_MAX];
         row_loss[r] = FS_FN(ce_index_row_or_ignored)(x + r * ncols, target[r], ncols, w, wsum, 0.0,
-                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL);
+                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, 0);
     }
 }
 #endif
