@@ -179,20 +179,22 @@ static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T
 
 #ifdef FS_USE_AVX512
 /* softmax (log_out = 0) or log_softmax of a row of a result too large for the caches
-   (FS_STREAM_MIN_BYTES): the max (and float32's min), then the sums without storing
-   anything (x from cache, the next row prefetched meanwhile), then one pass that computes y
-   from x again and writes it with streaming stores (fs512_stream_row_*).  softmax computes
-   its exps twice, but y's lines are never read from memory before being written, nor passed
-   over again in cache.  The same values as the one-row kernels, bit for bit. */
-static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, int log_out)
+   (FS_STREAM_MIN_BYTES): the max (and float32's min), then the sums (x from cache, the next
+   row prefetched meanwhile), softmax storing its exps into `scratch` (a per-thread row that
+   stays in L1/L2), then one pass that writes y with streaming stores (fs512_stream_row_*):
+   scratch * (1 / sum), or (x - m) - log(sum).  y's lines are never read from memory before
+   being written, nor passed over again in cache.  The same values as the one-row kernels,
+   bit for bit. */
+static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, int log_out,
+                                           FS_T *scratch)
 {
-    int kind = log_out ? FS512_SUB_SUB : FS512_EXP_SCALE;
     FS_T m;
 #if FS_IS_F32
+    int exact = 0;
     if (!log_out) {
         float lowest;
         m = fs512_row_minmax_f32(x, n, &lowest);
-        if (!(m - lowest <= FS_EXACT_SPREAD)) kind = FS512_EXP_SCALE_TWOSUM;
+        exact = !(m - lowest <= FS_EXACT_SPREAD);
     } else
 #endif
         m = FS_ROW_MAX(x, n);
@@ -207,14 +209,31 @@ static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, 
             at_max += k;
         } else {
 #if FS_IS_F32
-            s += fs512_exp_sum_f32(x + c, m, len, kind == FS512_EXP_SCALE_TWOSUM);
+            s += exact ? fs512_exp_store_sum_f32(x + c, m, scratch + c, len)
+                       : fs512_exp_store_sum_fast_f32(x + c, m, scratch + c, len);
 #else
-            s += fs512_exp_sum_f64(x + c, m, len);
+            s += fs512_exp_store_sum_f64(x + c, m, scratch + c, len);
 #endif
         }
     }
-    FS_T a = log_out ? (FS_T)log1p((at_max - 1.0) + s) : (FS_T)(1.0 / s);
-    FS_CAT(fs512_stream_row, FS_SUF)(x, m, a, y, n, kind);
+    if (log_out) FS_CAT(fs512_stream_row, FS_SUF)(x, m, (FS_T)log1p((at_max - 1.0) + s), y, n, FS512_SUB_SUB);
+    else FS_CAT(fs512_stream_row, FS_SUF)(scratch, m, (FS_T)(1.0 / s), y, n, FS512_SCALE);
+}
+
+/* Rows [r0, r1) on the streaming path, with one scratch row for softmax's exps (if it cannot
+   be allocated, the rows take the in-cache path). */
+static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,
+                                            ptrdiff_t ncols, int log_out)
+{
+    FS_T *scratch = log_out || r0 >= r1 ? NULL : (FS_T *)malloc(sizeof(FS_T) * (size_t)ncols);
+    for (ptrdiff_t r = r0; r < r1; r++) {
+        const FS_T *next = r + 1 < nrows ? x + (r + 1) * ncols : NULL;
+        if (log_out || scratch != NULL)
+            FS_FN(softmax_like_row_stream)(x + r * ncols, y + r * ncols, ncols, next, log_out, scratch);
+        else
+            FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
+    }
+    free(scratch);
 }
 #endif
 
@@ -351,9 +370,8 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
     if (ncols >= FS_STREAM_MIN_COLS && nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES) {
-        FS_ROWS_FOR(r, nrows,
-                    FS_FN(softmax_like_row_stream)(x + r * ncols, y + r * ncols, ncols,
-                                                   r + 1 < nrows ? x + (r + 1) * ncols : NULL, log_out));
+        FS_ROWS_FOR(k, nt,
+                    FS_FN(softmax_like_stream_span)(x, y, nrows * k / nt, nrows * (k + 1) / nt, nrows, ncols, log_out));
         _mm_sfence();
         return;
     }

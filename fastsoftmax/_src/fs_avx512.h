@@ -16,11 +16,11 @@
  *   fs512_exp_sum_split_store_T(x, m, t, n, &count)  sum of exp(x - m) over x != m, and
  *                                             count(x == m); stores t = x - m
  *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  y = exp(x - m), with the split sums
- *   fs512_exp_sum_T / fs512_exp_sum_split_T   the same sums, nothing stored
+ *   fs512_exp_sum_split_T(x, m, n, &count)   the split sums, nothing stored
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
- *   fs512_stream_row_T(x, m, a, y, n, kind)   y = exp(x - m) * a or (x - m) - a, written
- *                                             with streaming stores (large results)
+ *   fs512_stream_row_T(x, m, a, y, n, kind)   y = exp(x - m) * a, x * a or (x - m) - a,
+ *                                             written with streaming stores (large results)
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
@@ -186,10 +186,9 @@ FS512_INLINE __m512 fs512_exp_x_minus_m_ps(__m512 x, __m512 negm, __mmask16 keep
     return twosum ? fs512_exp_minus_keep_ps(x, negm, keep) : fs512_exp_nonpos_keep_ps(_mm512_add_ps(x, negm), keep);
 }
 
-/* y = exp(x - m) (when `store`), returns sum(exp(x - m)); lanes sum 16 values in float (a
-   block of 256 elements), then widen to double. */
-FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
-                                                 int store)
+/* y = exp(x - m), returns sum(y); lanes sum 16 values in float (a block of 256 elements),
+   then widen to double. */
+FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum)
 {
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
     const __mmask16 all = (__mmask16)0xFFFF;
@@ -203,12 +202,10 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
             __m512 e1 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 16), negm, all, twosum);
             __m512 e2 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 32), negm, all, twosum);
             __m512 e3 = fs512_exp_x_minus_m_ps(_mm512_loadu_ps(x + i + 48), negm, all, twosum);
-            if (store) {
-                _mm512_storeu_ps(y + i, e0);
-                _mm512_storeu_ps(y + i + 16, e1);
-                _mm512_storeu_ps(y + i + 32, e2);
-                _mm512_storeu_ps(y + i + 48, e3);
-            }
+            _mm512_storeu_ps(y + i, e0);
+            _mm512_storeu_ps(y + i + 16, e1);
+            _mm512_storeu_ps(y + i + 32, e2);
+            _mm512_storeu_ps(y + i + 48, e3);
             b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
             b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
         }
@@ -218,7 +215,7 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
         __m512 e = fs512_exp_x_minus_m_ps(_mm512_maskz_loadu_ps(k, x + i), negm, k, twosum);
-        if (store) _mm512_mask_storeu_ps(y + i, k, e);
+        _mm512_mask_storeu_ps(y + i, k, e);
         s0 = fs512_widen_add(s0, e);
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
@@ -227,20 +224,14 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
 /* With the TwoSum correction: as accurate as exp of the exact difference. */
 static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, 1);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1);
 }
 
 /* Without it, for rows where every |x - m| <= FS_EXACT_SPREAD, whose rounding error is then
    at most 2^-20 relative. */
 static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, 1);
-}
-
-/* sum(exp(x - m)) alone, with or without the TwoSum correction. */
-static inline double fs512_exp_sum_f32(const float *x, float m, ptrdiff_t n, int twosum)
-{
-    return twosum ? fs512_exp_store_sum_impl_f32(x, m, NULL, n, 1, 0) : fs512_exp_store_sum_impl_f32(x, m, NULL, n, 0, 0);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0);
 }
 
 /* Sum of exp(x - m) over the elements that are not equal to m (*at_max counts the others),
@@ -346,7 +337,7 @@ static inline double fs512_row_max_f64(const double *x, ptrdiff_t n)
     return _mm512_reduce_max_pd(_mm512_max_pd(_mm512_max_pd(a0, a1), _mm512_max_pd(a2, a3)));
 }
 
-FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, double *y, ptrdiff_t n, int store)
+static inline double fs512_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
 {
     const __m512d vm = _mm512_set1_pd(m);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -354,30 +345,18 @@ FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, doub
     for (; i + 16 <= n; i += 16) {
         __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), 0xFF);
         __m512d e1 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm), 0xFF);
-        if (store) {
-            _mm512_storeu_pd(y + i, e0);
-            _mm512_storeu_pd(y + i + 8, e1);
-        }
+        _mm512_storeu_pd(y + i, e0);
+        _mm512_storeu_pd(y + i + 8, e1);
         s0 = _mm512_add_pd(s0, e0);
         s1 = _mm512_add_pd(s1, e1);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         __m512d e = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_maskz_loadu_pd(k, x + i), vm), k);
-        if (store) _mm512_mask_storeu_pd(y + i, k, e);
+        _mm512_mask_storeu_pd(y + i, k, e);
         s0 = _mm512_add_pd(s0, e);
     }
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
-}
-
-static inline double fs512_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
-{
-    return fs512_exp_store_sum_impl_f64(x, m, y, n, 1);
-}
-
-static inline double fs512_exp_sum_f64(const double *x, double m, ptrdiff_t n)
-{
-    return fs512_exp_store_sum_impl_f64(x, m, NULL, n, 0);
 }
 
 FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max,
@@ -530,17 +509,19 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
  * stay in the caches: y is computed from x (in cache) and written with streaming stores, so
  * its lines are not read from memory before being written (a third of the traffic of a
  * normal store pass).  Values as the in-cache passes give them, bit for bit:
- *   FS512_EXP_SCALE[_TWOSUM]  y = exp(x - m) * a   (a = 1 / sum; TwoSum as in exp_store_sum)
+ *   FS512_EXP_SCALE           y = exp(x - m) * a   (a = 1 / sum; cross-entropy's gradient)
+ *   FS512_SCALE               y = x * a            (x: softmax's exps, stored in cache)
  *   FS512_SUB_SUB             y = (x - m) - a      (a = log of the sum)
  * Lines of y before the first 64-byte boundary and after the last whole vector are written
  * with ordinary masked stores.  The caller issues _mm_sfence() when its rows are done.
  */
-enum { FS512_EXP_SCALE = 0, FS512_EXP_SCALE_TWOSUM = 1, FS512_SUB_SUB = 2 };
+enum { FS512_EXP_SCALE = 0, FS512_SCALE = 1, FS512_SUB_SUB = 2 };
 
 FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, __mmask16 k, int kind)
 {
     if (kind == FS512_SUB_SUB) return _mm512_sub_ps(_mm512_add_ps(x, negm), a);
-    return _mm512_mul_ps(fs512_exp_x_minus_m_ps(x, negm, k, kind == FS512_EXP_SCALE_TWOSUM), a);
+    if (kind == FS512_SCALE) return _mm512_mul_ps(x, a);
+    return _mm512_mul_ps(fs512_exp_nonpos_keep_ps(_mm512_add_ps(x, negm), k), a);
 }
 
 /* Elements before y's first 64-byte boundary (all of them if y is not even element-aligned). */
@@ -578,13 +559,14 @@ FS512_INLINE void fs512_stream_row_impl_f32(const float *x, float m, float a, fl
 static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, int kind)
 {
     if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_SUB_SUB);
-    else if (kind == FS512_EXP_SCALE_TWOSUM) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_EXP_SCALE_TWOSUM);
+    else if (kind == FS512_SCALE) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_SCALE);
     else fs512_stream_row_impl_f32(x, m, a, y, n, FS512_EXP_SCALE);
 }
 
 FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, __mmask8 k, int kind)
 {
     if (kind == FS512_SUB_SUB) return _mm512_sub_pd(_mm512_sub_pd(x, vm), a);
+    if (kind == FS512_SCALE) return _mm512_mul_pd(x, a);
     return _mm512_mul_pd(fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x, vm), k), a);
 }
 
@@ -615,6 +597,7 @@ FS512_INLINE void fs512_stream_row_impl_f64(const double *x, double m, double a,
 static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, int kind)
 {
     if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f64(x, m, a, y, n, FS512_SUB_SUB);
+    else if (kind == FS512_SCALE) fs512_stream_row_impl_f64(x, m, a, y, n, FS512_SCALE);
     else fs512_stream_row_impl_f64(x, m, a, y, n, FS512_EXP_SCALE);
 }
 
