@@ -216,8 +216,8 @@ static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, 
 #endif
         }
     }
-    if (log_out) FS_CAT(fs512_stream_row, FS_SUF)(x, m, (FS_T)log1p((at_max - 1.0) + s), y, n, FS512_SUB_SUB);
-    else FS_CAT(fs512_stream_row, FS_SUF)(scratch, m, (FS_T)(1.0 / s), y, n, FS512_SCALE);
+    if (log_out) FS_CAT(fs512_stream_row, FS_SUF)(x, m, (FS_T)log1p((at_max - 1.0) + s), y, n, -1, 0, FS512_SUB_SUB);
+    else FS_CAT(fs512_stream_row, FS_SUF)(scratch, m, (FS_T)(1.0 / s), y, n, -1, 0, FS512_SCALE);
 }
 
 /* Rows [r0, r1) on the streaming path, with one scratch row for softmax's exps (if it cannot
@@ -234,6 +234,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
             FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
     }
     free(scratch);
+    _mm_sfence(); /* this thread's streamed rows are complete */
 }
 #endif
 
@@ -372,7 +373,6 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
     if (ncols >= FS_STREAM_MIN_COLS && nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES) {
         FS_ROWS_FOR(k, nt,
                     FS_FN(softmax_like_stream_span)(x, y, nrows * k / nt, nrows * (k + 1) / nt, nrows, ncols, log_out));
-        _mm_sfence();
         return;
     }
 #endif

@@ -19,7 +19,7 @@
  *   fs512_exp_sum_split_T(x, m, n, &count)   the split sums, nothing stored
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
- *   fs512_stream_row_T(x, m, a, y, n, kind)   y = exp(x - m) * a, x * a or (x - m) - a,
+ *   fs512_stream_row_T(x, m, a, y, n, p, v, kind)  y = x * a or (x - m) - a (y[p] = v),
  *                                             written with streaming stores (large results)
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
@@ -505,23 +505,25 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
 
 /* ---------------------------------------------------------------- streaming writers
  *
- * The last pass of softmax / log_softmax over a row when the whole result is too large to
- * stay in the caches: y is computed from x (in cache) and written with streaming stores, so
- * its lines are not read from memory before being written (a third of the traffic of a
- * normal store pass).  Values as the in-cache passes give them, bit for bit:
- *   FS512_EXP_SCALE           y = exp(x - m) * a   (a = 1 / sum; cross-entropy's gradient)
- *   FS512_SCALE               y = x * a            (x: softmax's exps, stored in cache)
+ * The last pass of softmax / log_softmax / cross-entropy's gradient over a row when the whole
+ * result is too large to stay in the caches: y is computed from x (in cache) and written with
+ * streaming stores, so its lines are not read from memory before being written (a third of
+ * the traffic of a normal store pass).  Values as the in-cache passes give them, bit for bit:
+ *   FS512_SCALE               y = x * a            (x: the exps, stored in a scratch row in
+ *                             cache; a = 1 / sum, or cross-entropy's scale)
  *   FS512_SUB_SUB             y = (x - m) - a      (a = log of the sum)
- * Lines of y before the first 64-byte boundary and after the last whole vector are written
- * with ordinary masked stores.  The caller issues _mm_sfence() when its rows are done.
+ * Element `patch` (if 0 <= patch < n) is written as `patch_value` instead (cross-entropy's
+ * target column): a later ordinary store to a line still in a write-combining buffer would
+ * need a fence per row.  Lines of y before the first 64-byte boundary and after the last
+ * whole vector are written with ordinary masked stores.  Each thread issues _mm_sfence()
+ * when its rows are done.
  */
-enum { FS512_EXP_SCALE = 0, FS512_SCALE = 1, FS512_SUB_SUB = 2 };
+enum { FS512_SCALE = 0, FS512_SUB_SUB = 1 };
 
-FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, __mmask16 k, int kind)
+FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, int kind)
 {
     if (kind == FS512_SUB_SUB) return _mm512_sub_ps(_mm512_add_ps(x, negm), a);
-    if (kind == FS512_SCALE) return _mm512_mul_ps(x, a);
-    return _mm512_mul_ps(fs512_exp_nonpos_keep_ps(_mm512_add_ps(x, negm), k), a);
+    return _mm512_mul_ps(x, a);
 }
 
 /* Elements before y's first 64-byte boundary (all of them if y is not even element-aligned). */
@@ -532,73 +534,91 @@ FS512_INLINE ptrdiff_t fs512_stream_head(const void *y, size_t elsize, ptrdiff_t
     return (addr % elsize != 0 || head > n) ? n : head;
 }
 
-FS512_INLINE void fs512_stream_row_impl_f32(const float *x, float m, float a, float *y, ptrdiff_t n, int kind)
+/* v with lane (patch - i) set to `value` when element i + lane is the patch. */
+FS512_INLINE __m512 fs512_patch_ps(__m512 v, ptrdiff_t i, ptrdiff_t patch, float value)
+{
+    if ((size_t)(patch - i) >= 16) return v;
+    return _mm512_mask_mov_ps(v, (__mmask16)(1u << (patch - i)), _mm512_set1_ps(value));
+}
+
+FS512_INLINE void fs512_stream_row_impl_f32(const float *x, float m, float a, float *y, ptrdiff_t n,
+                                            ptrdiff_t patch, float patch_value, int kind)
 {
     const __m512 negm = _mm512_set1_ps(-m), va = _mm512_set1_ps(a);
     const __mmask16 all = (__mmask16)0xFFFF;
     ptrdiff_t head = fs512_stream_head(y, sizeof(float), n), i = 0;
     for (; i < head; i += 16) {
         __mmask16 k = head - i >= 16 ? all : fs512_mask16(head - i);
-        _mm512_mask_storeu_ps(y + i, k, fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, k, kind));
+        __m512 v = fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, kind);
+        _mm512_mask_storeu_ps(y + i, k, fs512_patch_ps(v, i, patch, patch_value));
     }
     i = head;
     for (; i + 32 <= n; i += 32) {
-        __m512 v0 = fs512_stream_value_ps(_mm512_loadu_ps(x + i), negm, va, all, kind);
-        __m512 v1 = fs512_stream_value_ps(_mm512_loadu_ps(x + i + 16), negm, va, all, kind);
-        _mm512_stream_ps(y + i, v0);
-        _mm512_stream_ps(y + i + 16, v1);
+        __m512 v0 = fs512_stream_value_ps(_mm512_loadu_ps(x + i), negm, va, kind);
+        __m512 v1 = fs512_stream_value_ps(_mm512_loadu_ps(x + i + 16), negm, va, kind);
+        _mm512_stream_ps(y + i, fs512_patch_ps(v0, i, patch, patch_value));
+        _mm512_stream_ps(y + i + 16, fs512_patch_ps(v1, i + 16, patch, patch_value));
     }
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
-        __m512 v = fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, k, kind);
+        __m512 v = fs512_patch_ps(fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, kind), i, patch,
+                                  patch_value);
         if (k == all) _mm512_stream_ps(y + i, v);
         else _mm512_mask_storeu_ps(y + i, k, v);
     }
 }
 
-static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, int kind)
+static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, ptrdiff_t patch,
+                                        float patch_value, int kind)
 {
-    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_SUB_SUB);
-    else if (kind == FS512_SCALE) fs512_stream_row_impl_f32(x, m, a, y, n, FS512_SCALE);
-    else fs512_stream_row_impl_f32(x, m, a, y, n, FS512_EXP_SCALE);
+    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f32(x, m, a, y, n, patch, patch_value, FS512_SUB_SUB);
+    else fs512_stream_row_impl_f32(x, m, a, y, n, patch, patch_value, FS512_SCALE);
 }
 
-FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, __mmask8 k, int kind)
+FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, int kind)
 {
     if (kind == FS512_SUB_SUB) return _mm512_sub_pd(_mm512_sub_pd(x, vm), a);
-    if (kind == FS512_SCALE) return _mm512_mul_pd(x, a);
-    return _mm512_mul_pd(fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x, vm), k), a);
+    return _mm512_mul_pd(x, a);
 }
 
-FS512_INLINE void fs512_stream_row_impl_f64(const double *x, double m, double a, double *y, ptrdiff_t n, int kind)
+FS512_INLINE __m512d fs512_patch_pd(__m512d v, ptrdiff_t i, ptrdiff_t patch, double value)
+{
+    if ((size_t)(patch - i) >= 8) return v;
+    return _mm512_mask_mov_pd(v, (__mmask8)(1u << (patch - i)), _mm512_set1_pd(value));
+}
+
+FS512_INLINE void fs512_stream_row_impl_f64(const double *x, double m, double a, double *y, ptrdiff_t n,
+                                            ptrdiff_t patch, double patch_value, int kind)
 {
     const __m512d vm = _mm512_set1_pd(m), va = _mm512_set1_pd(a);
     const __mmask8 all = (__mmask8)0xFF;
     ptrdiff_t head = fs512_stream_head(y, sizeof(double), n), i = 0;
     for (; i < head; i += 8) {
         __mmask8 k = head - i >= 8 ? all : fs512_mask8(head - i);
-        _mm512_mask_storeu_pd(y + i, k, fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, k, kind));
+        __m512d v = fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, kind);
+        _mm512_mask_storeu_pd(y + i, k, fs512_patch_pd(v, i, patch, patch_value));
     }
     i = head;
     for (; i + 16 <= n; i += 16) {
-        __m512d v0 = fs512_stream_value_pd(_mm512_loadu_pd(x + i), vm, va, all, kind);
-        __m512d v1 = fs512_stream_value_pd(_mm512_loadu_pd(x + i + 8), vm, va, all, kind);
-        _mm512_stream_pd(y + i, v0);
-        _mm512_stream_pd(y + i + 8, v1);
+        __m512d v0 = fs512_stream_value_pd(_mm512_loadu_pd(x + i), vm, va, kind);
+        __m512d v1 = fs512_stream_value_pd(_mm512_loadu_pd(x + i + 8), vm, va, kind);
+        _mm512_stream_pd(y + i, fs512_patch_pd(v0, i, patch, patch_value));
+        _mm512_stream_pd(y + i + 8, fs512_patch_pd(v1, i + 8, patch, patch_value));
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? all : fs512_mask8(n - i);
-        __m512d v = fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, k, kind);
+        __m512d v = fs512_patch_pd(fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, kind), i, patch,
+                                   patch_value);
         if (k == all) _mm512_stream_pd(y + i, v);
         else _mm512_mask_storeu_pd(y + i, k, v);
     }
 }
 
-static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, int kind)
+static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, ptrdiff_t patch,
+                                        double patch_value, int kind)
 {
-    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f64(x, m, a, y, n, FS512_SUB_SUB);
-    else if (kind == FS512_SCALE) fs512_stream_row_impl_f64(x, m, a, y, n, FS512_SCALE);
-    else fs512_stream_row_impl_f64(x, m, a, y, n, FS512_EXP_SCALE);
+    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f64(x, m, a, y, n, patch, patch_value, FS512_SUB_SUB);
+    else fs512_stream_row_impl_f64(x, m, a, y, n, patch, patch_value, FS512_SCALE);
 }
 
 /* ---------------------------------------------------------------- short rows

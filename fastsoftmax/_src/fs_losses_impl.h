@@ -21,8 +21,8 @@
  * g_i = e_i * k1 - k2 * a_i (in cache, read + write).  The gradient may be x itself: pass 2
  * reads x_i before it writes g_i, x_t is read before pass 2, and pass 3 no longer reads x.
  * On AVX-512 the common case (class index, no smoothing) stores nothing in pass 2 when there
- * is no gradient or the gradient is too large for the caches; then pass 3 recomputes e from
- * x and streams the gradient out (ce_index_row_plain).
+ * is no gradient; when the gradient is too large for the caches, e goes to a per-thread
+ * scratch row and pass 3 streams the gradient out (ce_index_row_plain).
  *
  * Sums run in blocks of FS_BLOCK elements: inside a block in FS_T with one accumulator per
  * SIMD lane, across blocks in double, so the float32 error does not grow with the row length.
@@ -150,13 +150,13 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
 /* The common case (class index, no label smoothing; weights only scale the row) on the
    hand-vectorised primitives: max; e = exp(x - m) into g with the split sum; g *= k1; then
    the target column.  The same maths as ce_index_row below.
-   On AVX-512, without a gradient, or with `stream` (a gradient too large for the caches,
-   see FS_STREAM_MIN_BYTES), the sums are taken without storing anything (the same sums, bit
-   for bit), and the gradient is written in one pass from x with streaming stores,
-   g = exp(x - m) * k1 as the in-cache passes compute it; then the target column.  x may
-   be g: each element is read before it is written. */
+   On AVX-512, without a gradient the sums are taken without storing anything (the same
+   sums, bit for bit); with `stream` (a per-thread scratch row, given when the gradient is too
+   large for the caches, see FS_STREAM_MIN_BYTES) the exps go to the scratch row, which stays
+   in L1/L2, and the gradient scratch * k1 is written with streaming stores; then the target
+   column.  x may be g. */
 static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w, FS_T *g,
-                                        int want_grad, double gs, const FS_T *next, int stream)
+                                        int want_grad, double gs, const FS_T *next, FS_T *stream)
 {
     const FS_T m = FS_LOSS_ROW_MAX(x, n);
     const FS_T xt = x[t];
@@ -167,8 +167,9 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     /* exps in chunks, each followed by a prefetch of the same span of the next row, so that
        the next row's max pass finds it in cache */
 #ifdef FS_USE_AVX512
-    const int store = want_grad && !stream;
+    FS_T *e = want_grad && stream != NULL ? stream : g; /* where the exps go, if anywhere */
 #else
+    FS_T *e = g;
     (void)stream;
 #endif
     double rest = 0.0, cnt = 0.0;
@@ -177,10 +178,10 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         double k;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #ifdef FS_USE_AVX512
-        if (!store) rest += FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k);
+        if (!want_grad) rest += FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k);
         else
 #endif
-            rest += FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, g + c, len, &k);
+            rest += FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, e + c, len, &k);
         cnt += k;
     }
     rest += cnt - 1.0;
@@ -190,14 +191,15 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     if (!want_grad) return wt * nll;
     const double wt_gs = wt * gs;
     const FS_T k1 = (FS_T)(wt_gs / (1.0 + rest));
+    const FS_T gt = (FS_T)(wt_gs * expm1(-nll));
 #ifdef FS_USE_AVX512
-    if (!store) {
-        FS_CAT(fs512_stream_row, FS_SUF)(x, m, k1, g, n, FS512_EXP_SCALE);
-        _mm_sfence(); /* the streamed row is complete before the target column is stored */
-    } else
+    if (e != g) { /* the target column goes out with the streamed row */
+        FS_CAT(fs512_stream_row, FS_SUF)(e, m, k1, g, n, t, gt, FS512_SCALE);
+        return wt * nll;
+    }
 #endif
-        FS_LOSS_SCALE(g, k1, g, n);
-    g[t] = (FS_T)(wt_gs * expm1(-nll));
+    FS_LOSS_SCALE(g, k1, g, n);
+    g[t] = gt;
     return wt * nll;
 }
 #undef FS_LOSS_ROW_MAX
@@ -207,7 +209,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
 
 static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
                                   double wsum, double eps, FS_T *g, int want_grad, double gs,
-                                  const FS_T *next, int stream)
+                                  const FS_T *next, FS_T *stream)
 {
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next, stream);
@@ -375,7 +377,7 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
    zeroed), exp(x - m) going to gr (the gradient row, or a scratch row without a gradient). */
 static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, ptrdiff_t ncols, const FS_T *w,
                                                     double wsum, double eps, FS_T *gr, int want_grad, double gs,
-                                                    const FS_T *next, int stream)
+                                                    const FS_T *next, FS_T *stream)
 {
     if (t < 0 || t >= (int64_t)ncols) {
         if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
@@ -385,8 +387,10 @@ static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, p
 }
 
 /* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row: the same code, so the
-   same rounding, as with a gradient (cross_entropy == cross_entropy_with_grad).  Returns 0,
-   or -1 when that scratch row could not be allocated. */
+   same rounding, as with a gradient (cross_entropy == cross_entropy_with_grad).  With a
+   gradient too large for the caches, the scratch row holds the exps of the streamed path
+   (ce_index_row_plain).  Returns 0, or -1 when a loss-only call's scratch row could not be
+   allocated. */
 static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T *prob, const FS_T *w,
                                ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows, ptrdiff_t ncols, double wsum,
                                double eps, double gs, FS_T *grad, double *row_loss)
@@ -395,9 +399,9 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
     const int stream = want_grad && ncols >= FS_STREAM_MIN_COLS &&
                        nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
     FS_T *scratch = NULL;
-    if (!want_grad && r0 < r1) {
+    if ((!want_grad || stream) && r0 < r1) {
         scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
-        if (scratch == NULL) return -1;
+        if (scratch == NULL && !want_grad) return -1; /* a gradient can go without streaming */
     }
     for (ptrdiff_t r = r0; r < r1; r++) {
         const FS_T *xr = x + r * ncols;
@@ -406,9 +410,12 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
             row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
         else
             row_loss[r] = FS_FN(ce_index_row_or_ignored)(xr, target[r], ncols, w, wsum, eps, gr, want_grad, gs,
-                                                         r + 1 < nrows ? xr + ncols : NULL, stream);
+                                                         r + 1 < nrows ? xr + ncols : NULL, want_grad ? scratch : NULL);
     }
     free(scratch);
+#ifdef FS_USE_AVX512
+    if (stream) _mm_sfence(); /* this thread's streamed rows are complete */
+#endif
     return 0;
 }
 
@@ -422,7 +429,7 @@ static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, con
     for (ptrdiff_t r = done; r < len; r++) {
         FS_T tmp[FS512_SHORT_MAX];
         row_loss[r] = FS_FN(ce_index_row_or_ignored)(x + r * ncols, target[r], ncols, w, wsum, 0.0,
-                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, 0);
+                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, NULL);
     }
 }
 #endif
