@@ -29,6 +29,8 @@ cdef extern from "_src/fs_result_pool.h":
     void fs_pool_set_cap(size_t cap) nogil
     void fs_pool_release() nogil
     size_t fs_pool_cached_bytes() nogil
+    int fs_pool_after_fork()
+    void fs_pool_hold_lock(int hold) nogil
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
@@ -62,6 +64,20 @@ def _cap_from_environment():
 
 cdef size_t _cap = _cap_from_environment()
 cdef object _handler = fs_pool_init(_cap)
+
+
+def _after_fork_in_child():
+    if fs_pool_after_fork() != 0:
+        raise MemoryError("fastsoftmax: no memory for the result pool's lock after fork")
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _hold_lock(bint hold):
+    """Take (True) or release (False) the pool's lock; only for the fork test."""
+    fs_pool_hold_lock(hold)
 
 
 def empty(shape, dtype):

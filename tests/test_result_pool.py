@@ -10,6 +10,7 @@ resize keeps the data, and the environment variable sets the limit.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -209,3 +210,27 @@ def test_a_bad_environment_value_warns_and_keeps_the_default(value):
     limit, stderr = _limit_in_subprocess(value)
     assert limit == pool.DEFAULT_CACHE_MB << 20
     assert "FASTSOFTMAX_RESULT_CACHE_MB" in stderr and "RuntimeWarning" in stderr
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_can_use_the_pool_even_if_its_lock_was_held(fresh_pool):
+    # Another thread may hold the pool's lock at the moment of a fork; the child gets a new
+    # lock (os.register_at_fork), or its first large result would wait forever.
+    pool._hold_lock(True)
+    try:
+        pid = os.fork()
+        if pid == 0:  # child: exit 0 only if the pool works; a deadlock is killed by the alarm
+            code = 1
+            try:
+                signal.alarm(20)
+                fs.set_num_threads(1)  # GNU OpenMP's thread pool does not survive a fork
+                b = pool.empty((BIG_ROWS, BIG_COLS), np.float32)
+                b[0, 0] = 1.0
+                del b
+                code = 0 if _handler(fs.softmax(_big())) == POOL and pool.cached_bytes() > 0 else 2
+            finally:
+                os._exit(code)
+    finally:
+        pool._hold_lock(False)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -221,6 +221,23 @@ static size_t fs_pool_cached_bytes(void)
     return bytes;
 }
 
+/* In a child process after fork(): a new lock, in case another thread of the parent held
+   the old one at the moment of the fork (the kept blocks were copied with the process). */
+static int fs_pool_after_fork(void)
+{
+    PyThread_type_lock lock = PyThread_allocate_lock();
+    if (lock == NULL) return -1;
+    fs_pool.lock = lock; /* the old lock is left as it was: it may be held forever */
+    return 0;
+}
+
+/* Takes (hold = 1) or releases the pool's lock: for the test that forks while it is held. */
+static void fs_pool_hold_lock(int hold)
+{
+    if (hold) PyThread_acquire_lock(fs_pool.lock, WAIT_LOCK);
+    else PyThread_release_lock(fs_pool.lock);
+}
+
 /* The handler as the capsule NumPy expects (name "mem_handler"); NULL if the lock fails. */
 static PyObject *fs_pool_init(size_t cap)
 {
