@@ -5,7 +5,7 @@ Design note
 -----------
 Without this, a result of more than 32 MiB gets freshly mapped pages on every call
 (glibc maps such blocks anew and unmaps them on free) and the operating system zeroes
-each page when the kernel first writes it: a third of a 51 MB softmax on the project's
+each page when it is first written: a third of a 51 MB softmax on the project's
 machine.  ``empty`` creates such results with a NumPy memory handler (NEP 49) that keeps
 a few freed blocks (``_src/fs_result_pool.h``), so a training loop that computes a large
 softmax or cross-entropy gradient every step writes into memory already mapped.  The
@@ -16,6 +16,7 @@ made by other code, use NumPy's default allocator.
 0 turns the pool off.  :func:`release` hands the kept memory back to the system.
 """
 cimport numpy as cnp
+from libc.stdint cimport SIZE_MAX
 
 import os
 import warnings
@@ -34,6 +35,7 @@ cdef extern from "_src/fs_result_pool.h":
 
 cdef extern from "numpy/arrayobject.h":
     object PyDataMem_SetHandler(object handler)
+    object PyDataMem_GetHandler()
 
 #: Results of at least this many bytes come from the pool; glibc keeps smaller freed
 #: blocks mapped itself.
@@ -51,10 +53,10 @@ def _cap_from_environment():
         mb = int(text)
     except ValueError:
         mb = -1
-    if mb < 0:
+    if mb < 0 or mb > (SIZE_MAX >> 20):
         warnings.warn(
-            f"FASTSOFTMAX_RESULT_CACHE_MB={text!r} is not a whole number of megabytes >= 0; "
-            f"using {DEFAULT_CACHE_MB}",
+            f"FASTSOFTMAX_RESULT_CACHE_MB={text!r} is not a whole number of megabytes "
+            f"from 0 to {SIZE_MAX >> 20}; using {DEFAULT_CACHE_MB}",
             RuntimeWarning,
             stacklevel=2,
         )
@@ -64,6 +66,8 @@ def _cap_from_environment():
 
 cdef size_t _cap = _cap_from_environment()
 cdef object _handler = fs_pool_init(_cap)
+# NumPy's default handler: a handler the user set (NEP 49) is left in charge of every array.
+cdef object _numpy_default = PyDataMem_GetHandler()
 
 
 def _after_fork_in_child():
@@ -81,11 +85,12 @@ def _hold_lock(bint hold):
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)``; from the pool when it holds ``MIN_POOLED_BYTES`` or more."""
+    """``np.empty(shape, dtype)``; from the pool when it holds ``MIN_POOLED_BYTES`` or more
+    (unless the pool is off, or another memory handler than NumPy's default is in use)."""
     cdef object nbytes = np.dtype(dtype).itemsize
     for n in shape:
         nbytes *= n
-    if _cap == 0 or nbytes < MIN_POOLED_BYTES:
+    if _cap == 0 or nbytes < MIN_POOLED_BYTES or PyDataMem_GetHandler() is not _numpy_default:
         return np.empty(shape, dtype)
     previous = PyDataMem_SetHandler(_handler)
     try:

@@ -106,6 +106,9 @@ fi
 # runtime writes to file descriptor 2 reaches the log even when it aborts the process.
 # (UBSan's reports, when it runs inside the ASan runtime, go to stderr, not to log_path.)
 status=0
+# Large results come from the result pool's mmapped blocks, which ASan does not watch: the
+# pool is off here (tests/test_result_pool.py turns it on for its own tests).
+FASTSOFTMAX_RESULT_CACHE_MB=0 \
 run_sanitized "$VPY" -m pytest -q -p no:cacheprovider --capture=sys --ignore=tests/test_leaks.py "$@" \
     2>&1 | tee "$WORK/pytest.log" || status=${PIPESTATUS[0]}
 

@@ -18,8 +18,9 @@
  * 2 MiB mapped with MADV_HUGEPAGE, like NumPy's own large arrays; a 64-byte header
  * before the data records the block's length, so free and realloc need nothing else.
  *
- * Every function may run without the GIL: the pool is guarded by a Python thread
- * lock (fs_pool_init creates it) held only to pick or store a block.
+ * The handler's functions may run without the GIL: the pool is guarded by a Python
+ * thread lock (fs_pool_init, which needs the GIL, creates it) held only to pick or store
+ * a block.
  */
 #ifndef FS_RESULT_POOL_H
 #define FS_RESULT_POOL_H
@@ -68,8 +69,11 @@ static char *fs_pool_map(size_t length)
     (void)madvise(p, length, MADV_HUGEPAGE);
 #endif
     return (char *)p;
+#elif defined(_WIN32)
+    return (char *)_aligned_malloc(length, 64);
 #else
-    return (char *)malloc(length);
+    void *p = NULL;
+    return posix_memalign(&p, 64, length) == 0 ? (char *)p : NULL;
 #endif
 }
 
@@ -77,15 +81,21 @@ static void fs_pool_unmap(char *block, size_t length)
 {
 #if FS_POOL_MMAP
     (void)munmap(block, length);
+#elif defined(_WIN32)
+    (void)length;
+    _aligned_free(block);
 #else
     (void)length;
     free(block);
 #endif
 }
 
+/* The header of a block this handler made; anything else is memory corruption. */
 static fs_pool_header *fs_pool_header_of(void *data)
 {
-    return (fs_pool_header *)((char *)data - FS_POOL_HEADER);
+    fs_pool_header *h = (fs_pool_header *)((char *)data - FS_POOL_HEADER);
+    if (h->magic != FS_POOL_MAGIC) Py_FatalError("fastsoftmax result pool: freeing a block it did not make");
+    return h;
 }
 
 /* Removes kept block i (lock held). */
