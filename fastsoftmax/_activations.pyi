@@ -3,6 +3,8 @@ import enum
 import numpy as np
 
 ISA: str
+STREAM_MIN_BYTES: int
+STREAM_MIN_COLS: int
 
 class Op(enum.IntEnum):
     SOFTMAX = 0

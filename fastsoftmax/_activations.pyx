@@ -15,9 +15,13 @@ Arguments: ``x`` / ``grad_output`` / ``output`` are inputs (IN), ``out`` is writ
 cimport numpy as cnp
 from libc.stddef cimport ptrdiff_t
 
-from ._result_pool import MIN_POOLED_BYTES, empty as _pooled_empty
+from ._result_pool import MIN_POOLED_BYTES as _MIN_POOLED_BYTES, empty as _pooled_empty
 
 cnp.import_array()
+
+# Results of at least this many bytes are allocated by _result_pool (a C constant: the test
+# runs on every fast-path call).
+cdef Py_ssize_t MIN_POOLED_BYTES = _MIN_POOLED_BYTES
 
 cdef extern from "_src/fs_activations.h" nogil:
     ctypedef struct fs_act_table_f32:
@@ -36,11 +40,18 @@ cdef extern from "_src/fs_activations.h" nogil:
     fs_act_table_f64 fs_act_f64
     int fs_activations_init()
     const char *fs_activations_isa()
+    ptrdiff_t FS_STREAM_MIN_BYTES
+    ptrdiff_t FS_STREAM_MIN_COLS
 
 fs_activations_init()
 
 #: Instruction set the kernels were dispatched to ("avx512", "avx2" or "baseline").
 ISA = fs_activations_isa().decode()
+
+#: Results of at least STREAM_MIN_BYTES in rows of at least STREAM_MIN_COLS are written with
+#: streaming stores on AVX-512 (softmax, log_softmax, the cross-entropy gradient).
+STREAM_MIN_BYTES = FS_STREAM_MIN_BYTES
+STREAM_MIN_COLS = FS_STREAM_MIN_COLS
 
 # Operation codes of the row-wise kernels.
 cpdef enum Op:

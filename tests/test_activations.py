@@ -9,6 +9,7 @@ import pytest
 from numpy.exceptions import AxisError
 
 import fastsoftmax as fs
+from fastsoftmax import _activations as _k
 from fastsoftmax import reference as ref
 
 FORWARD = ["softmax", "log_softmax", "logsumexp"]
@@ -178,33 +179,44 @@ def test_float64_long_rows(name, n):
     _assert_close(got, want, 1e-13 * (1 if name != "softmax" else 50), TINY[np.float64])
 
 
-@pytest.mark.parametrize("offset", [0, 1, 7], ids=lambda k: f"out_offset{k}")
+def _streamed_rows(ncols, dtype):
+    """Rows of `ncols` enough for a result on the streaming path (AVX-512; fs_common.h)."""
+    assert ncols >= _k.STREAM_MIN_COLS
+    return _k.STREAM_MIN_BYTES // (ncols * np.dtype(dtype).itemsize) + 5
+
+
+@pytest.mark.parametrize("where", ["out_offset0", "out_offset1", "out_offset7", "out_is_x"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-def test_streamed_results_equal_the_in_cache_path(name, dtype, offset):
-    # Results of 24 MiB or more in rows of 768 or more are written with streaming stores
-    # after computing the sums (AVX-512; FS_STREAM_MIN_BYTES in fs_common.h): the values
-    # must be those of the in-cache path bit for bit (the same rows in a small call), with
-    # special rows, float32 rows wide enough for the TwoSum correction, rows whose length
-    # is not a multiple of the vector, and outputs starting anywhere in a cache line.
+def test_streamed_results_equal_the_in_cache_path(name, dtype, where):
+    # Large results in long rows are written with streaming stores after computing the sums
+    # (AVX-512; STREAM_MIN_BYTES / STREAM_MIN_COLS): the values must be those of the
+    # in-cache path bit for bit (the same rows in a small call), with special rows, float32
+    # rows wide enough for the TwoSum correction, rows whose length is not a multiple of the
+    # vector, outputs starting anywhere in a cache line, and in place.
     ncols = 1003
-    nrows = (24 << 20) // (ncols * np.dtype(dtype).itemsize) + 5
-    x = _data((nrows, ncols), dtype, seed=offset)
+    nrows = _streamed_rows(ncols, dtype)
+    x = _data((nrows, ncols), dtype, seed=len(where))
     x[1, 5] = np.nan
     x[2, :] = -np.inf
     x[3, 500] = np.inf
     x[4, 0] = -np.inf
     x[6] *= 30.0  # spans more than 32: the TwoSum path of float32 softmax
     x[-1, -1] = np.nan
-    buf = np.empty(x.size + offset, dtype)
-    out = buf[offset:].reshape(x.shape)
+    small = np.concatenate([getattr(fs, name)(x[:8]), getattr(fs, name)(x[-8:])])
+    fresh = getattr(fs, name)(x)
+    finite = np.isfinite(x).all(axis=1)
+    want = _oracle(name, x[finite])
+    if where == "out_is_x":
+        out = x
+    else:
+        offset = int(where[len("out_offset") :])
+        out = np.empty(x.size + offset, dtype)[offset:].reshape(x.shape)
     got = getattr(fs, name)(x, out=out)
     assert got is out
-    small = np.concatenate([getattr(fs, name)(x[:8]), getattr(fs, name)(x[-8:])])
     np.testing.assert_array_equal(np.concatenate([got[:8], got[-8:]]), small)
-    np.testing.assert_array_equal(getattr(fs, name)(x), got)
-    finite = np.isfinite(x).all(axis=1)
-    _assert_close(got[finite], _oracle(name, x[finite]), ORACLE_RTOL[dtype], TINY[dtype])
+    np.testing.assert_array_equal(fresh, got)
+    _assert_close(got[finite], want, ORACLE_RTOL[dtype], TINY[dtype])
 
 
 # ------------------------------------------------------------------------ special values
@@ -338,7 +350,7 @@ def test_logsumexp_is_log_sum_exp_in_float64():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("ncols", [700, 1100], ids=["in_cache", "streamed"])
 def test_same_result_on_one_and_two_threads(dtype, ncols):
-    x = _data(((25 << 20) // (ncols * np.dtype(dtype).itemsize), ncols), dtype)
+    x = _data((_streamed_rows(1100, dtype), ncols), dtype)
     saved = fs.get_num_threads()
     try:
         fs.set_num_threads(1)

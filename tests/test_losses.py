@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import fastsoftmax as fs
+from fastsoftmax import _activations as _k
 from fastsoftmax import reference as ref
 
 FUNCS = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
@@ -435,18 +436,20 @@ def test_out_is_logits_overwrites_them_in_place(dtype, kind):
 @pytest.mark.parametrize("weighted", [False, True], ids=["nw", "w"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_streamed_gradient_equals_the_in_cache_path(dtype, weighted, where):
-    # Gradients of 24 MiB or more in rows of 768 or more are written with streaming stores
-    # after the sums (AVX-512, class indices without smoothing; FS_STREAM_MIN_BYTES): the
+    # Large gradients in long rows are written with streaming stores after the sums
+    # (AVX-512, class indices without smoothing; STREAM_MIN_BYTES / STREAM_MIN_COLS): the
     # same bits as the in-cache path (the same rows in a small call), ignored and special
     # rows included, wherever the output starts.
     n_classes = 1003
-    n_rows = (24 << 20) // (n_classes * np.dtype(dtype).itemsize) + 3
+    assert n_classes >= _k.STREAM_MIN_COLS
+    n_rows = _k.STREAM_MIN_BYTES // (n_classes * np.dtype(dtype).itemsize) + 3
     x, t, w, ignore_index = _make((n_rows, n_classes), dtype, "index", "ignored", weighted, seed=5)
     x[1, 10] = np.nan
     x[2, :] = -np.inf
     x[3, 20] = np.inf
     x[4] *= 1e3
-    t[5] = n_classes - 1
+    t[5] = n_classes - 1  # the target column in a row's tail, head and first lines
+    t[6], t[7], t[-2] = 0, 1, 15
     small_rows = np.r_[0:8, n_rows - 8 : n_rows]
     want_loss, want_grad = fs.cross_entropy_with_grad(
         x[small_rows], t[small_rows], weight=w, ignore_index=ignore_index, reduction="none"

@@ -187,13 +187,14 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
    test_float32_softmax_error_where_x_minus_max_rounds_most). */
 #define FS_EXACT_SPREAD 32.0f
 
-/* softmax / log_softmax results of at least FS_STREAM_MIN_BYTES, in rows of at least
-   FS_STREAM_MIN_COLS, are written with streaming stores (AVX-512), which bypass the caches.
-   Measured in Python on the project's machine (one thread, calls repeated as in a loop):
-   a 16 MB result (4096x1000 float32) stays in L3 from call to call and ordinary stores are
-   faster (1.9 vs 2.6 ms); from 32 MB on streaming is faster: 8192x1000 float32 and
-   4096x1000 float64 by 10-30%, 256x50257 float32 by 30%.  Rows of 512 or fewer gain
-   nothing (the exps computed twice cost what the memory saves). */
+/* softmax / log_softmax results and cross-entropy gradients of at least FS_STREAM_MIN_BYTES,
+   in rows of at least FS_STREAM_MIN_COLS, are written with streaming stores (AVX-512), which
+   bypass the caches.  Measured in Python on the project's machine (one thread, calls
+   repeated as in a loop): a 16 MB result (4096x1000 float32) stays in L3 from call to call
+   and ordinary stores are faster (1.9 vs 2.6 ms); from 32 MB on streaming is faster:
+   8192x1000 float32 and 4096x1000 float64 by 10-30%, 256x50257 float32 by 30%.  Rows of
+   512 or fewer gained nothing and rows of 256 lost 13-20% (measured when the last pass
+   computed the exps again; short rows pay the per-row setup of the extra pass). */
 #ifndef FS_STREAM_MIN_BYTES
 #define FS_STREAM_MIN_BYTES ((ptrdiff_t)24 << 20)
 #endif

@@ -17,7 +17,8 @@
  *
  * Passes over a row: (1) max (read); (2) e_i = exp(x_i - m) (read x, store e into the
  * gradient, or into a per-thread scratch row for a loss-only call, so that both compute the
- * very same loss) with, in the same loop, the sums the loss needs; (3) the gradient,
+ * very same loss; the AVX-512 common case stores nothing without a gradient, its sums being
+ * the same) with, in the same loop, the sums the loss needs; (3) the gradient,
  * g_i = e_i * k1 - k2 * a_i (in cache, read + write).  The gradient may be x itself: pass 2
  * reads x_i before it writes g_i, x_t is read before pass 2, and pass 3 no longer reads x.
  * On AVX-512 the common case (class index, no smoothing) stores nothing in pass 2 when there
@@ -134,7 +135,8 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
  * One row, class index t in [0, n): returns the row's loss
  *   eps = 0:  w_t (-log p_t)
  *   eps > 0:  (1-eps) w_t (-log p_t) + (eps/n) sum_i w_i (-log p_i)      (torch's definition)
- * g receives exp(x - m) (it is scratch space when !want_grad) and then, when want_grad,
+ * g receives exp(x - m) (it is scratch space when !want_grad; the AVX-512 common case may
+ * leave it untouched then) and then, when want_grad,
  * gs * d(loss)/dx.  g may be x itself.
  */
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
@@ -386,8 +388,9 @@ static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, p
     return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next, stream);
 }
 
-/* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row: the same code, so the
-   same rounding, as with a gradient (cross_entropy == cross_entropy_with_grad).  With a
+/* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row (or, in the AVX-512
+   common case, nowhere): the same sums, so the same rounding, as with a gradient
+   (cross_entropy == cross_entropy_with_grad).  With a
    gradient too large for the caches, the scratch row holds the exps of the streamed path
    (ce_index_row_plain).  Returns 0, or -1 when a loss-only call's scratch row could not be
    allocated. */
@@ -396,8 +399,12 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
                                double eps, double gs, FS_T *grad, double *row_loss)
 {
     const int want_grad = grad != NULL;
-    const int stream = want_grad && ncols >= FS_STREAM_MIN_COLS &&
+#ifdef FS_USE_AVX512 /* the common case only: class indices, no smoothing (ce_index_row_plain) */
+    const int stream = want_grad && prob == NULL && !(eps > 0.0) && ncols >= FS_STREAM_MIN_COLS &&
                        nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
+#else
+    const int stream = 0;
+#endif
     FS_T *scratch = NULL;
     if ((!want_grad || stream) && r0 < r1) {
         scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
