@@ -11,6 +11,13 @@
  * write (softmax_like_row_stream).  A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
+#ifndef FS_ACT_INLINE
+#if defined(__GNUC__)
+#define FS_ACT_INLINE static inline __attribute__((always_inline))
+#else
+#define FS_ACT_INLINE static inline
+#endif
+#endif
 #define FS_EXP FS_CAT(fs_exp, FS_SUF)
 #define FS_TWO_SUM_ERR FS_CAT(fs_two_sum_err, FS_SUF)
 
@@ -121,10 +128,11 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 
 /* ---- row kernels ---- */
 
-/* Passes over one row: max (from memory), y = exp(x - m) with its sum (x from cache),
-   y /= sum (in cache).  `next` (or NULL) is the following row: it is prefetched while this
-   one is computed, so that the memory traffic of the max pass overlaps the exps. */
-static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
+/* softmax's first two passes over one row: max (from memory), e = exp(x - m) with its sum
+   (x from cache); returns the sum, with the max in *m_out (not finite: nothing computed).
+   `next` (or NULL) is the following row: it is prefetched while this one is computed, so
+   that the memory traffic of the max pass overlaps the exps. */
+FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *m_out)
 {
 #if defined(FS_USE_AVX512) && FS_IS_F32
     /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
@@ -136,28 +144,40 @@ static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *
     FS_T m = FS_ROW_MAX(x, n);
     const int exact = 1;
 #endif
-    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
+    *m_out = m;
+    if (!isfinite(m)) return NAN;
     double s = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #if defined(FS_USE_AVX512) && FS_IS_F32
-        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, y + c, len); continue; }
+        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, e + c, len); continue; }
 #endif
-        s += FS_EXP_STORE_SUM(x + c, m, y + c, len);
+        s += FS_EXP_STORE_SUM(x + c, m, e + c, len);
     }
     (void)exact;
-    FS_SCALE(y, (FS_T)(1.0 / s), y, n);
+    return s;
+}
+
+/* softmax of one row: the sums into y, then y /= sum (in cache). */
+static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
+{
+    FS_T m;
+    double s = FS_FN(softmax_row_sums)(x, y, n, next, &m);
+    if (!isfinite(m)) FS_FN(fill_nan)(y, n);
+    else FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
 
 /* log_softmax's exp pass over a piece of a row: the sum of exp(x - m) over x != m (*at_max
-   counts x == m).  On AVX-512 it also stores x - m into y, so that the last pass only
-   subtracts a constant from y in cache, and the output's lines are fetched during this
-   exp-heavy pass (measured 10-20% faster on rows that come from memory); the other paths
-   compute (x - m) - c again at the end.  Both round the same way: (x - m), then - c. */
+   counts x == m).  On AVX-512 it also stores x - m into y (unless y is NULL), so that the
+   last pass only subtracts a constant from y in cache, and the output's lines are fetched
+   during this exp-heavy pass (measured 10-20% faster on rows that come from memory); the
+   other paths compute (x - m) - c again at the end.  Both round the same way: (x - m),
+   then - c. */
 static inline double FS_FN(log_softmax_sums)(const FS_T *x, FS_T m, FS_T *y, ptrdiff_t n, double *at_max)
 {
 #ifdef FS_USE_AVX512
+    if (y == NULL) return FS_CAT(fs512_exp_sum_split, FS_SUF)(x, m, n, at_max);
     return FS_CAT(fs512_exp_sum_split_store, FS_SUF)(x, m, y, n, at_max);
 #else
     (void)y;
@@ -177,47 +197,49 @@ static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T
 #endif
 }
 
-#ifdef FS_USE_AVX512
-/* softmax (log_out = 0) or log_softmax of a row of a result too large for the caches
-   (FS_STREAM_MIN_BYTES): the max (and float32's min), then the sums (x from cache, the next
-   row prefetched meanwhile), softmax storing its exps into `scratch` (a per-thread row that
-   stays in L1/L2), then one pass that writes y with streaming stores (fs512_stream_row_*):
-   scratch * (1 / sum), or (x - m) - log(sum).  y's lines are never read from memory before
-   being written, nor passed over again in cache.  The same values as the one-row kernels,
-   bit for bit. */
-static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, int log_out,
-                                           FS_T *scratch)
+/* log_softmax's first two passes over one row: max, then the sums (log_softmax_sums, into y
+   unless it is NULL); returns ln(sum exp(x - m)), with the max in *m_out (not finite:
+   nothing computed). */
+FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *m_out)
 {
-    FS_T m;
-#if FS_IS_F32
-    int exact = 0;
-    if (!log_out) {
-        float lowest;
-        m = fs512_row_minmax_f32(x, n, &lowest);
-        exact = !(m - lowest <= FS_EXACT_SPREAD);
-    } else
-#endif
-        m = FS_ROW_MAX(x, n);
-    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
-    double s = 0.0, at_max = 0.0;
+    FS_T m = FS_ROW_MAX(x, n);
+    *m_out = m;
+    if (!isfinite(m)) return NAN;
+    double rest = 0.0, at_max = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-        if (log_out) {
-            s += FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k);
-            at_max += k;
-        } else {
-#if FS_IS_F32
-            s += exact ? fs512_exp_store_sum_f32(x + c, m, scratch + c, len)
-                       : fs512_exp_store_sum_fast_f32(x + c, m, scratch + c, len);
-#else
-            s += fs512_exp_store_sum_f64(x + c, m, scratch + c, len);
-#endif
-        }
+        rest += FS_FN(log_softmax_sums)(x + c, m, y != NULL ? y + c : NULL, len, &k);
+        at_max += k;
     }
-    if (log_out) FS_CAT(fs512_stream_row, FS_SUF)(x, m, (FS_T)log1p((at_max - 1.0) + s), y, n, -1, 0, FS512_SUB_SUB);
-    else FS_CAT(fs512_stream_row, FS_SUF)(scratch, m, (FS_T)(1.0 / s), y, n, -1, 0, FS512_SCALE);
+    return log1p((at_max - 1.0) + rest);
+}
+
+static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
+{
+    FS_T m;
+    double lse = FS_FN(log_softmax_row_lse)(x, y, n, next, &m);
+    if (!isfinite(m)) FS_FN(fill_nan)(y, n);
+    else FS_FN(log_softmax_finish)(x, m, (FS_T)lse, y, n);
+}
+
+#ifdef FS_USE_AVX512
+/* softmax (log_out = 0) or log_softmax of a row of a result too large for the caches
+   (FS_STREAM_MIN_BYTES): the first two passes of the one-row kernels (softmax storing its
+   exps into `scratch`, a per-thread row that stays in L1/L2; log_softmax storing nothing),
+   then one pass that writes y with streaming stores (fs512_stream_row_*): scratch * (1 / sum),
+   or (x - m) - log(sum).  y's lines are never read from memory before being written, nor
+   passed over again in cache.  The same values as the one-row kernels, bit for bit. */
+static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, int log_out,
+                                           FS_T *scratch)
+{
+    FS_T m;
+    double a = log_out ? FS_FN(log_softmax_row_lse)(x, NULL, n, next, &m)
+                       : 1.0 / FS_FN(softmax_row_sums)(x, scratch, n, next, &m);
+    if (!isfinite(m)) FS_FN(fill_nan)(y, n);
+    else if (log_out) FS_CAT(fs512_stream_row, FS_SUF)(x, m, (FS_T)a, y, n, -1, 0, FS512_SUB_SUB);
+    else FS_CAT(fs512_stream_row, FS_SUF)(scratch, m, (FS_T)a, y, n, -1, 0, FS512_SCALE);
 }
 
 /* Rows [r0, r1) on the streaming path, with one scratch row for softmax's exps (if it cannot
@@ -237,21 +259,6 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
     _mm_sfence(); /* this thread's streamed rows are complete */
 }
 #endif
-
-static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
-{
-    FS_T m = FS_ROW_MAX(x, n);
-    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
-    double rest = 0.0, at_max = 0.0;
-    for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
-        ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
-        double k;
-        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-        rest += FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k);
-        at_max += k;
-    }
-    FS_FN(log_softmax_finish)(x, m, (FS_T)log1p((at_max - 1.0) + rest), y, n);
-}
 
 #ifdef FS_USE_AVX512
 /* log_softmax of FS_LSM_BATCH consecutive rows (at most; `count`) of a medium length: the
