@@ -128,11 +128,22 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 
 /* ---- row kernels ---- */
 
+/* A row being written with streaming stores while the next one is computed (AVX-512, see
+   fs512_pending_f32); elsewhere a placeholder, always NULL. */
+#ifdef FS_USE_AVX512
+#define FS_PENDING FS_CAT(fs512_pending, FS_SUF)
+#else
+#define FS_PENDING void
+#endif
+
 /* softmax's first two passes over one row: max (from memory), e = exp(x - m) with its sum
    (x from cache); returns the sum, with the max in *m_out (not finite: nothing computed).
    `next` (or NULL) is the following row: it is prefetched while this one is computed, so
-   that the memory traffic of the max pass overlaps the exps. */
-FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *m_out)
+   that the memory traffic of the max pass overlaps the exps.  With `pend` (streamed
+   results, AVX-512; NULL or a constant after inlining) the exp pass also writes the pending
+   row, a few vectors at a time, and spreads the prefetches over the pass. */
+FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *m_out,
+                                             FS_PENDING *pend)
 {
 #if defined(FS_USE_AVX512) && FS_IS_F32
     /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
@@ -147,6 +158,12 @@ FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n
     *m_out = m;
     if (!isfinite(m)) return NAN;
     double s = 0.0;
+#ifdef FS_USE_AVX512
+    if (pend != NULL)
+        return FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(x, m, e, n, exact, pend, next);
+#else
+    (void)pend;
+#endif
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
@@ -163,7 +180,7 @@ FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n
 static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
     FS_T m;
-    double s = FS_FN(softmax_row_sums)(x, y, n, next, &m);
+    double s = FS_FN(softmax_row_sums)(x, y, n, next, &m, NULL);
     if (!isfinite(m)) FS_FN(fill_nan)(y, n);
     else FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
@@ -199,13 +216,22 @@ static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T
 
 /* log_softmax's first two passes over one row: max, then the sums (log_softmax_sums, into y
    unless it is NULL); returns ln(sum exp(x - m)), with the max in *m_out (not finite:
-   nothing computed). */
-FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *m_out)
+   nothing computed).  `pend` as in softmax_row_sums (then y must be NULL). */
+FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *m_out,
+                                                FS_PENDING *pend)
 {
     FS_T m = FS_ROW_MAX(x, n);
     *m_out = m;
     if (!isfinite(m)) return NAN;
     double rest = 0.0, at_max = 0.0;
+#ifdef FS_USE_AVX512
+    if (pend != NULL) {
+        rest = FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(x, m, n, &at_max, pend, next);
+        return log1p((at_max - 1.0) + rest);
+    }
+#else
+    (void)pend;
+#endif
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
@@ -219,42 +245,43 @@ FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_
 static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
     FS_T m;
-    double lse = FS_FN(log_softmax_row_lse)(x, y, n, next, &m);
+    double lse = FS_FN(log_softmax_row_lse)(x, y, n, next, &m, NULL);
     if (!isfinite(m)) FS_FN(fill_nan)(y, n);
     else FS_FN(log_softmax_finish)(x, m, (FS_T)lse, y, n);
 }
 
 #ifdef FS_USE_AVX512
-/* softmax (log_out = 0) or log_softmax of a row of a result too large for the caches
-   (FS_STREAM_MIN_BYTES): the first two passes of the one-row kernels (softmax storing its
-   exps into `scratch`, a per-thread row that stays in L1/L2; log_softmax storing nothing),
-   then one pass that writes y with streaming stores (fs512_stream_row_*): scratch * (1 / sum),
-   or (x - m) - log(sum).  y's lines are never read from memory before being written, nor
-   passed over again in cache.  The same values as the one-row kernels, bit for bit. */
-static void FS_FN(softmax_like_row_stream)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, int log_out,
-                                           FS_T *scratch)
-{
-    FS_T m;
-    double a = log_out ? FS_FN(log_softmax_row_lse)(x, NULL, n, next, &m)
-                       : 1.0 / FS_FN(softmax_row_sums)(x, scratch, n, next, &m);
-    if (!isfinite(m)) FS_FN(fill_nan)(y, n);
-    else if (log_out) FS_CAT(fs512_stream_row, FS_SUF)(x, m, (FS_T)a, y, n, -1, 0, FS512_SUB_SUB);
-    else FS_CAT(fs512_stream_row, FS_SUF)(scratch, m, (FS_T)a, y, n, -1, 0, FS512_SCALE);
-}
-
-/* Rows [r0, r1) on the streaming path, with one scratch row for softmax's exps (if it cannot
-   be allocated, the rows take the in-cache path). */
+/* softmax (log_out = 0) or log_softmax of rows [r0, r1) of a result too large for the caches
+   (FS_STREAM_MIN_BYTES), software-pipelined: the first two passes of the one-row kernels
+   over row r (softmax storing its exps into a scratch row that stays in L1/L2, two of them
+   in turn; log_softmax storing nothing), during whose exp pass row r - 1 is written with
+   streaming stores (fs512_pending_*): scratch * (1 / sum), or (x - m) - log(sum).  y's lines
+   are never read from memory before being written, nor passed over again in cache, and the
+   stores drain while the exps are computed.  The same values as the one-row kernels, bit
+   for bit.  If softmax's scratch rows cannot be allocated, the rows take the in-cache
+   path. */
 static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,
                                             ptrdiff_t ncols, int log_out)
 {
-    FS_T *scratch = log_out || r0 >= r1 ? NULL : (FS_T *)malloc(sizeof(FS_T) * (size_t)ncols);
-    for (ptrdiff_t r = r0; r < r1; r++) {
-        const FS_T *next = r + 1 < nrows ? x + (r + 1) * ncols : NULL;
-        if (log_out || scratch != NULL)
-            FS_FN(softmax_like_row_stream)(x + r * ncols, y + r * ncols, ncols, next, log_out, scratch);
-        else
-            FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, next);
+    const ptrdiff_t stride = (ncols + 15) & ~(ptrdiff_t)15; /* scratch rows a whole number of lines apart */
+    FS_T *scratch = log_out || r0 >= r1 ? NULL : (FS_T *)malloc(sizeof(FS_T) * (size_t)(2 * stride));
+    if (!log_out && scratch == NULL) {
+        for (ptrdiff_t r = r0; r < r1; r++)
+            FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
+        return;
     }
+    FS_PENDING pend = {0}; /* nothing pending */
+    for (ptrdiff_t r = r0; r < r1; r++) {
+        const FS_T *xr = x + r * ncols, *next = r + 1 < nrows ? xr + ncols : NULL;
+        FS_T *yr = y + r * ncols, *e = log_out ? NULL : scratch + (r & 1) * stride, m;
+        double a = log_out ? FS_FN(log_softmax_row_lse)(xr, NULL, ncols, next, &m, &pend)
+                           : 1.0 / FS_FN(softmax_row_sums)(xr, e, ncols, next, &m, &pend);
+        FS_CAT(fs512_pending_finish, FS_SUF)(&pend); /* the rest of row r - 1 */
+        if (!isfinite(m)) FS_FN(fill_nan)(yr, ncols);
+        else FS_CAT(fs512_pending_begin, FS_SUF)(&pend, log_out ? xr : e, m, (FS_T)a, yr, ncols, -1, 0,
+                                                 log_out ? FS512_SUB_SUB : FS512_SCALE);
+    }
+    FS_CAT(fs512_pending_finish, FS_SUF)(&pend);
     free(scratch);
     _mm_sfence(); /* this thread's streamed rows are complete */
 }
@@ -419,6 +446,7 @@ static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T 
 }
 
 #undef FS_FN
+#undef FS_PENDING
 #undef FS_EXP
 #undef FS_TWO_SUM_ERR
 #undef FS_ROW_MAX

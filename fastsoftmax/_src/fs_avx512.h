@@ -139,6 +139,224 @@ FS512_INLINE __m512d fs512_widen_add(__m512d acc, __m512 v)
     return _mm512_add_pd(acc, _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1))));
 }
 
+/* ---------------------------------------------------------------- streaming writers
+ *
+ * The last pass of softmax / log_softmax / cross-entropy's gradient over a row when the whole
+ * result is too large to stay in the caches: y is computed from x (in cache) and written with
+ * streaming stores, so its lines are not read from memory before being written (a third of
+ * the traffic of a normal store pass).  Values as the in-cache passes give them, bit for bit:
+ *   FS512_SCALE               y = x * a            (x: the exps, stored in a scratch row in
+ *                             cache; a = 1 / sum, or cross-entropy's scale)
+ *   FS512_SUB_SUB             y = (x - m) - a      (a = log of the sum)
+ * Element `patch` (if 0 <= patch < n) is written as `patch_value` instead (cross-entropy's
+ * target column): a later ordinary store to a line still in a write-combining buffer would
+ * need a fence per row.  Lines of y before the first 64-byte boundary and after the last
+ * whole vector are written with ordinary masked stores.  Each thread issues _mm_sfence()
+ * when its rows are done.
+ *
+ * A row goes out through a pending record (fs512_pending_T): fs512_pending_begin_T writes its
+ * head, fs512_pending_finish_T whatever is left.  In between, the exp pass of the next row
+ * (the *_piped primitives) streams a few vectors of it per step (fs512_pending_advance_T),
+ * so that the stores drain to memory while the exps are computed instead of in a pass of
+ * their own, in which the core waits on the write bandwidth (software pipelining; a
+ * pending record with n == 0 writes nothing).  fs512_stream_row_T is begin + finish.
+ */
+enum { FS512_SCALE = 0, FS512_SUB_SUB = 1 };
+
+typedef struct {
+    const float *src; /* the exps (FS512_SCALE) or x (FS512_SUB_SUB), in cache */
+    float *y;
+    ptrdiff_t j, n; /* elements [j, n) of y are still to be written */
+    ptrdiff_t patch;
+    float m, a, patch_value;
+    int kind;
+} fs512_pending_f32;
+
+typedef struct {
+    const double *src;
+    double *y;
+    ptrdiff_t j, n;
+    ptrdiff_t patch;
+    double m, a, patch_value;
+    int kind;
+} fs512_pending_f64;
+
+/* Ask for the `lines` 64-byte lines from p to be brought into L2 (the next row's, during
+   this row's exp pass: spread over the pass rather than in bursts). */
+FS512_INLINE void fs512_prefetch_lines(const void *p, int lines)
+{
+    for (int k = 0; k < lines; k++) _mm_prefetch((const char *)p + 64 * k, _MM_HINT_T1);
+}
+
+FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, int kind)
+{
+    if (kind == FS512_SUB_SUB) return _mm512_sub_ps(_mm512_add_ps(x, negm), a);
+    return _mm512_mul_ps(x, a);
+}
+
+/* Elements before y's first 64-byte boundary (all of them if y is not even element-aligned). */
+FS512_INLINE ptrdiff_t fs512_stream_head(const void *y, size_t elsize, ptrdiff_t n)
+{
+    uintptr_t addr = (uintptr_t)y;
+    ptrdiff_t head = (ptrdiff_t)(((64 - (addr & 63)) & 63) / elsize);
+    return (addr % elsize != 0 || head > n) ? n : head;
+}
+
+/* v with lane (patch - i) set to `value` when element i + lane is the patch. */
+FS512_INLINE __m512 fs512_patch_ps(__m512 v, ptrdiff_t i, ptrdiff_t patch, float value)
+{
+    if ((size_t)(patch - i) >= 16) return v;
+    return _mm512_mask_mov_ps(v, (__mmask16)(1u << (patch - i)), _mm512_set1_ps(value));
+}
+
+/* Start writing y = f(src) (see above): its head now, the rest by advance / finish. */
+static inline void fs512_pending_begin_f32(fs512_pending_f32 *p, const float *src, float m, float a, float *y,
+                                           ptrdiff_t n, ptrdiff_t patch, float patch_value, int kind)
+{
+    const __m512 negm = _mm512_set1_ps(-m), va = _mm512_set1_ps(a);
+    const ptrdiff_t head = fs512_stream_head(y, sizeof(float), n);
+    for (ptrdiff_t i = 0; i < head; i += 16) {
+        __mmask16 k = head - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(head - i);
+        __m512 v = fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, src + i), negm, va, kind);
+        _mm512_mask_storeu_ps(y + i, k, fs512_patch_ps(v, i, patch, patch_value));
+    }
+    p->src = src;
+    p->y = y;
+    p->j = head;
+    p->n = n;
+    p->patch = patch;
+    p->m = m;
+    p->a = a;
+    p->patch_value = patch_value;
+    p->kind = kind;
+}
+
+/* Up to `count` whole vectors of a pending row (a copy of the record, kept in registers),
+   from element j; returns the new j. */
+FS512_INLINE ptrdiff_t fs512_pending_advance_f32(fs512_pending_f32 p, __m512 negm, __m512 va, ptrdiff_t j, int count)
+{
+    for (int v = 0; v < count && j + 16 <= p.n; v++, j += 16) {
+        __m512 val = fs512_stream_value_ps(_mm512_loadu_ps(p.src + j), negm, va, p.kind);
+        _mm512_stream_ps(p.y + j, fs512_patch_ps(val, j, p.patch, p.patch_value));
+    }
+    return j;
+}
+
+FS512_INLINE void fs512_pending_finish_impl_f32(fs512_pending_f32 *p, int kind)
+{
+    const __m512 negm = _mm512_set1_ps(-p->m), va = _mm512_set1_ps(p->a);
+    const float *x = p->src, pv = p->patch_value;
+    float *y = p->y;
+    const ptrdiff_t n = p->n, patch = p->patch;
+    ptrdiff_t i = p->j;
+    for (; i + 32 <= n; i += 32) {
+        __m512 v0 = fs512_stream_value_ps(_mm512_loadu_ps(x + i), negm, va, kind);
+        __m512 v1 = fs512_stream_value_ps(_mm512_loadu_ps(x + i + 16), negm, va, kind);
+        _mm512_stream_ps(y + i, fs512_patch_ps(v0, i, patch, pv));
+        _mm512_stream_ps(y + i + 16, fs512_patch_ps(v1, i + 16, patch, pv));
+    }
+    for (; i < n; i += 16) {
+        __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
+        __m512 v = fs512_patch_ps(fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, kind), i, patch, pv);
+        if (k == (__mmask16)0xFFFF) _mm512_stream_ps(y + i, v);
+        else _mm512_mask_storeu_ps(y + i, k, v);
+    }
+    p->j = p->n = 0;
+}
+
+/* The rest of a pending row; then nothing is pending. */
+static inline void fs512_pending_finish_f32(fs512_pending_f32 *p)
+{
+    if (p->kind == FS512_SUB_SUB) fs512_pending_finish_impl_f32(p, FS512_SUB_SUB);
+    else fs512_pending_finish_impl_f32(p, FS512_SCALE);
+}
+
+static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, ptrdiff_t patch,
+                                        float patch_value, int kind)
+{
+    fs512_pending_f32 p;
+    fs512_pending_begin_f32(&p, x, m, a, y, n, patch, patch_value, kind);
+    fs512_pending_finish_f32(&p);
+}
+
+FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, int kind)
+{
+    if (kind == FS512_SUB_SUB) return _mm512_sub_pd(_mm512_sub_pd(x, vm), a);
+    return _mm512_mul_pd(x, a);
+}
+
+FS512_INLINE __m512d fs512_patch_pd(__m512d v, ptrdiff_t i, ptrdiff_t patch, double value)
+{
+    if ((size_t)(patch - i) >= 8) return v;
+    return _mm512_mask_mov_pd(v, (__mmask8)(1u << (patch - i)), _mm512_set1_pd(value));
+}
+
+static inline void fs512_pending_begin_f64(fs512_pending_f64 *p, const double *src, double m, double a, double *y,
+                                           ptrdiff_t n, ptrdiff_t patch, double patch_value, int kind)
+{
+    const __m512d vm = _mm512_set1_pd(m), va = _mm512_set1_pd(a);
+    const ptrdiff_t head = fs512_stream_head(y, sizeof(double), n);
+    for (ptrdiff_t i = 0; i < head; i += 8) {
+        __mmask8 k = head - i >= 8 ? (__mmask8)0xFF : fs512_mask8(head - i);
+        __m512d v = fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, src + i), vm, va, kind);
+        _mm512_mask_storeu_pd(y + i, k, fs512_patch_pd(v, i, patch, patch_value));
+    }
+    p->src = src;
+    p->y = y;
+    p->j = head;
+    p->n = n;
+    p->patch = patch;
+    p->m = m;
+    p->a = a;
+    p->patch_value = patch_value;
+    p->kind = kind;
+}
+
+FS512_INLINE ptrdiff_t fs512_pending_advance_f64(fs512_pending_f64 p, __m512d vm, __m512d va, ptrdiff_t j, int count)
+{
+    for (int v = 0; v < count && j + 8 <= p.n; v++, j += 8) {
+        __m512d val = fs512_stream_value_pd(_mm512_loadu_pd(p.src + j), vm, va, p.kind);
+        _mm512_stream_pd(p.y + j, fs512_patch_pd(val, j, p.patch, p.patch_value));
+    }
+    return j;
+}
+
+FS512_INLINE void fs512_pending_finish_impl_f64(fs512_pending_f64 *p, int kind)
+{
+    const __m512d vm = _mm512_set1_pd(p->m), va = _mm512_set1_pd(p->a);
+    const double *x = p->src, pv = p->patch_value;
+    double *y = p->y;
+    const ptrdiff_t n = p->n, patch = p->patch;
+    ptrdiff_t i = p->j;
+    for (; i + 16 <= n; i += 16) {
+        __m512d v0 = fs512_stream_value_pd(_mm512_loadu_pd(x + i), vm, va, kind);
+        __m512d v1 = fs512_stream_value_pd(_mm512_loadu_pd(x + i + 8), vm, va, kind);
+        _mm512_stream_pd(y + i, fs512_patch_pd(v0, i, patch, pv));
+        _mm512_stream_pd(y + i + 8, fs512_patch_pd(v1, i + 8, patch, pv));
+    }
+    for (; i < n; i += 8) {
+        __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
+        __m512d v = fs512_patch_pd(fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, kind), i, patch, pv);
+        if (k == (__mmask8)0xFF) _mm512_stream_pd(y + i, v);
+        else _mm512_mask_storeu_pd(y + i, k, v);
+    }
+    p->j = p->n = 0;
+}
+
+static inline void fs512_pending_finish_f64(fs512_pending_f64 *p)
+{
+    if (p->kind == FS512_SUB_SUB) fs512_pending_finish_impl_f64(p, FS512_SUB_SUB);
+    else fs512_pending_finish_impl_f64(p, FS512_SCALE);
+}
+
+static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, ptrdiff_t patch,
+                                        double patch_value, int kind)
+{
+    fs512_pending_f64 p;
+    fs512_pending_begin_f64(&p, x, m, a, y, n, patch, patch_value, kind);
+    fs512_pending_finish_f64(&p);
+}
+
 /* ---------------------------------------------------------------- float32 rows */
 
 static inline float fs512_row_max_f32(const float *x, ptrdiff_t n)
@@ -187,13 +405,24 @@ FS512_INLINE __m512 fs512_exp_x_minus_m_ps(__m512 x, __m512 negm, __mmask16 keep
 }
 
 /* y = exp(x - m), returns sum(y); lanes sum 16 values in float (a block of 256 elements),
-   then widen to double. */
-FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum)
+   then widen to double.  With `pend` (NULL or a constant after inlining), every 64 elements
+   also stream 64 of the pending row and prefetch 256 bytes of the next row from pf (the
+   same offsets; NULL: none). */
+FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
+                                                 fs512_pending_f32 *pend, const float *pf)
 {
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
     const __mmask16 all = (__mmask16)0xFFFF;
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    ptrdiff_t i = 0;
+    fs512_pending_f32 q = {0};
+    __m512 qnegm = zero, qa = zero;
+    ptrdiff_t i = 0, j = 0;
+    if (pend != NULL) {
+        q = *pend;
+        j = q.j;
+        qnegm = _mm512_set1_ps(-q.m);
+        qa = _mm512_set1_ps(q.a);
+    }
     while (i + 64 <= n) {
         __m512 b0 = zero, b1 = zero;
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 64;
@@ -208,6 +437,8 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
             _mm512_storeu_ps(y + i + 48, e3);
             b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
             b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
+            if (pf != NULL) fs512_prefetch_lines(pf + i, 4);
+            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 4);
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
@@ -218,20 +449,29 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
         _mm512_mask_storeu_ps(y + i, k, e);
         s0 = fs512_widen_add(s0, e);
     }
+    if (pend != NULL) pend->j = j;
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
 /* With the TwoSum correction: as accurate as exp of the exact difference. */
 static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, NULL, NULL);
 }
 
 /* Without it, for rows where every |x - m| <= FS_EXACT_SPREAD, whose rounding error is then
    at most 2^-20 relative. */
 static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, NULL, NULL);
+}
+
+/* The same sums, advancing a pending row and prefetching the next one (streamed results). */
+static inline double fs512_exp_store_sum_piped_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
+                                                   fs512_pending_f32 *pend, const float *pf)
+{
+    if (twosum) return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, pend, pf);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, pend, pf);
 }
 
 /* Sum of exp(x - m) over the elements that are not equal to m (*at_max counts the others),
@@ -239,14 +479,22 @@ static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float
    t_out, and its output lines are fetched during this exp-heavy pass rather than the light
    last one. */
 FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max,
-                                                 int store)
+                                                 int store, fs512_pending_f32 *pend, const float *pf)
 {
     /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
        a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
     const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     __m512 cnt = _mm512_setzero_ps();
-    ptrdiff_t i = 0;
+    fs512_pending_f32 q = {0};
+    __m512 qnegm = cnt, qa = cnt;
+    ptrdiff_t i = 0, j = 0;
+    if (pend != NULL) { /* as in fs512_exp_store_sum_impl_f32 */
+        q = *pend;
+        j = q.j;
+        qnegm = _mm512_set1_ps(-q.m);
+        qa = _mm512_set1_ps(q.a);
+    }
     while (i + 32 <= n) {
         __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 32;
@@ -262,6 +510,8 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
             b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(t1, (__mmask16)~q1));
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
+            if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2);
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
@@ -275,18 +525,26 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
         s0 = fs512_widen_add(s0, fs512_exp_nonpos_keep_ps(t0, k & (__mmask16)~q0));
         cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
     }
+    if (pend != NULL) pend->j = j;
     *at_max = (double)_mm512_reduce_add_ps(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
 static inline double fs512_exp_sum_split_store_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f32(x, m, t_out, n, at_max, 1);
+    return fs512_exp_sum_split_impl_f32(x, m, t_out, n, at_max, 1, NULL, NULL);
 }
 
 static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0);
+    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0, NULL, NULL);
+}
+
+/* The split sums (nothing stored), advancing a pending row and prefetching the next one. */
+static inline double fs512_exp_sum_split_piped_f32(const float *x, float m, ptrdiff_t n, double *at_max,
+                                                   fs512_pending_f32 *pend, const float *pf)
+{
+    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0, pend, pf);
 }
 
 /* y = src - c */
@@ -337,11 +595,21 @@ static inline double fs512_row_max_f64(const double *x, ptrdiff_t n)
     return _mm512_reduce_max_pd(_mm512_max_pd(_mm512_max_pd(a0, a1), _mm512_max_pd(a2, a3)));
 }
 
-static inline double fs512_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+/* y = exp(x - m), returns sum(y); `pend` and `pf` as in fs512_exp_store_sum_impl_f32. */
+FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, double *y, ptrdiff_t n,
+                                                 fs512_pending_f64 *pend, const double *pf)
 {
     const __m512d vm = _mm512_set1_pd(m);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-    ptrdiff_t i = 0;
+    fs512_pending_f64 q = {0};
+    __m512d qm = s0, qa = s0;
+    ptrdiff_t i = 0, j = 0;
+    if (pend != NULL) {
+        q = *pend;
+        j = q.j;
+        qm = _mm512_set1_pd(q.m);
+        qa = _mm512_set1_pd(q.a);
+    }
     for (; i + 16 <= n; i += 16) {
         __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i), vm), 0xFF);
         __m512d e1 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm), 0xFF);
@@ -349,6 +617,8 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
         _mm512_storeu_pd(y + i + 8, e1);
         s0 = _mm512_add_pd(s0, e0);
         s1 = _mm512_add_pd(s1, e1);
+        if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
@@ -356,15 +626,36 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
         _mm512_mask_storeu_pd(y + i, k, e);
         s0 = _mm512_add_pd(s0, e);
     }
+    if (pend != NULL) pend->j = j;
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
+static inline double fs512_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+{
+    return fs512_exp_store_sum_impl_f64(x, m, y, n, NULL, NULL);
+}
+
+static inline double fs512_exp_store_sum_piped_f64(const double *x, double m, double *y, ptrdiff_t n, int twosum,
+                                                   fs512_pending_f64 *pend, const double *pf)
+{
+    (void)twosum; /* float64 needs no TwoSum */
+    return fs512_exp_store_sum_impl_f64(x, m, y, n, pend, pf);
+}
+
 FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max,
-                                                 int store)
+                                                 int store, fs512_pending_f64 *pend, const double *pf)
 {
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
-    ptrdiff_t i = 0;
+    fs512_pending_f64 q = {0};
+    __m512d qm = s0, qa = s0;
+    ptrdiff_t i = 0, j = 0;
+    if (pend != NULL) {
+        q = *pend;
+        j = q.j;
+        qm = _mm512_set1_pd(q.m);
+        qa = _mm512_set1_pd(q.a);
+    }
     for (; i + 16 <= n; i += 16) {
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
         __m512d t0 = _mm512_sub_pd(x0, vm), t1 = _mm512_sub_pd(x1, vm);
@@ -377,6 +668,8 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
         s1 = _mm512_add_pd(s1, fs512_exp_nonpos_keep_pd(t1, (__mmask8)~q1));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
+        if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
@@ -387,18 +680,25 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
         s0 = _mm512_add_pd(s0, fs512_exp_nonpos_keep_pd(t0, k & (__mmask8)~q0));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
     }
+    if (pend != NULL) pend->j = j;
     *at_max = _mm512_reduce_add_pd(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
 static inline double fs512_exp_sum_split_store_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f64(x, m, t_out, n, at_max, 1);
+    return fs512_exp_sum_split_impl_f64(x, m, t_out, n, at_max, 1, NULL, NULL);
 }
 
 static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0);
+    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, NULL, NULL);
+}
+
+static inline double fs512_exp_sum_split_piped_f64(const double *x, double m, ptrdiff_t n, double *at_max,
+                                                   fs512_pending_f64 *pend, const double *pf)
+{
+    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, pend, pf);
 }
 
 /* y = src - c */
@@ -435,14 +735,24 @@ static inline void fs512_scale_f64(const double *src, double s, double *y, ptrdi
 
 /* y = exp(x - m) for a row whose max is m (no TwoSum: as torch's exp(x - max)); returns the sum
    of y over the elements not equal to m (*at_max counts those, whose y is exactly 1), so that
-   log1p(rest + count - 1) keeps the precision of a confident prediction's tiny loss. */
-static inline double fs512_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+   log1p(rest + count - 1) keeps the precision of a confident prediction's tiny loss.  `pend`
+   and `pf` as in fs512_exp_store_sum_impl_f32. */
+FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max,
+                                                       fs512_pending_f32 *pend, const float *pf)
 {
     const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
     const __m512 zero = _mm512_setzero_ps();
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     __m512 cnt = zero;
-    ptrdiff_t i = 0;
+    fs512_pending_f32 q = {0};
+    __m512 qnegm = zero, qa = zero;
+    ptrdiff_t i = 0, j = 0;
+    if (pend != NULL) {
+        q = *pend;
+        j = q.j;
+        qnegm = _mm512_set1_ps(-q.m);
+        qa = _mm512_set1_ps(q.a);
+    }
     while (i + 32 <= n) {
         __m512 b0 = zero, b1 = zero;
         ptrdiff_t end = i + 256 <= n ? i + 256 : n - n % 32;
@@ -457,6 +767,8 @@ static inline double fs512_exp_store_sum_split_f32(const float *x, float m, floa
             b1 = _mm512_mask_add_ps(b1, (__mmask16)~q1, b1, e1);
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
+            if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2);
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
@@ -470,15 +782,36 @@ static inline double fs512_exp_store_sum_split_f32(const float *x, float m, floa
         s0 = fs512_widen_add(s0, _mm512_maskz_mov_ps((__mmask16)(k & ~q0), e0));
         cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
     }
+    if (pend != NULL) pend->j = j;
     *at_max = (double)_mm512_reduce_add_ps(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
-static inline double fs512_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+static inline double fs512_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+{
+    return fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, NULL, NULL);
+}
+
+static inline double fs512_exp_store_sum_split_piped_f32(const float *x, float m, float *y, ptrdiff_t n,
+                                                         double *at_max, fs512_pending_f32 *pend, const float *pf)
+{
+    return fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, pend, pf);
+}
+
+FS512_INLINE double fs512_exp_store_sum_split_impl_f64(const double *x, double m, double *y, ptrdiff_t n,
+                                                       double *at_max, fs512_pending_f64 *pend, const double *pf)
 {
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
-    ptrdiff_t i = 0;
+    fs512_pending_f64 q = {0};
+    __m512d qm = s0, qa = s0;
+    ptrdiff_t i = 0, j = 0;
+    if (pend != NULL) {
+        q = *pend;
+        j = q.j;
+        qm = _mm512_set1_pd(q.m);
+        qa = _mm512_set1_pd(q.a);
+    }
     for (; i + 16 <= n; i += 16) {
         __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
         __m512d e0 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x0, vm), 0xFF), e1 = fs512_exp_nonpos_keep_pd(_mm512_sub_pd(x1, vm), 0xFF);
@@ -489,6 +822,8 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
         s1 = _mm512_mask_add_pd(s1, (__mmask8)~q1, s1, e1);
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
+        if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
@@ -499,126 +834,20 @@ static inline double fs512_exp_store_sum_split_f64(const double *x, double m, do
         s0 = _mm512_mask_add_pd(s0, (__mmask8)(k & ~q0), s0, e0);
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
     }
+    if (pend != NULL) pend->j = j;
     *at_max = _mm512_reduce_add_pd(cnt);
     return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
 }
 
-/* ---------------------------------------------------------------- streaming writers
- *
- * The last pass of softmax / log_softmax / cross-entropy's gradient over a row when the whole
- * result is too large to stay in the caches: y is computed from x (in cache) and written with
- * streaming stores, so its lines are not read from memory before being written (a third of
- * the traffic of a normal store pass).  Values as the in-cache passes give them, bit for bit:
- *   FS512_SCALE               y = x * a            (x: the exps, stored in a scratch row in
- *                             cache; a = 1 / sum, or cross-entropy's scale)
- *   FS512_SUB_SUB             y = (x - m) - a      (a = log of the sum)
- * Element `patch` (if 0 <= patch < n) is written as `patch_value` instead (cross-entropy's
- * target column): a later ordinary store to a line still in a write-combining buffer would
- * need a fence per row.  Lines of y before the first 64-byte boundary and after the last
- * whole vector are written with ordinary masked stores.  Each thread issues _mm_sfence()
- * when its rows are done.
- */
-enum { FS512_SCALE = 0, FS512_SUB_SUB = 1 };
-
-FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, int kind)
+static inline double fs512_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
 {
-    if (kind == FS512_SUB_SUB) return _mm512_sub_ps(_mm512_add_ps(x, negm), a);
-    return _mm512_mul_ps(x, a);
+    return fs512_exp_store_sum_split_impl_f64(x, m, y, n, at_max, NULL, NULL);
 }
 
-/* Elements before y's first 64-byte boundary (all of them if y is not even element-aligned). */
-FS512_INLINE ptrdiff_t fs512_stream_head(const void *y, size_t elsize, ptrdiff_t n)
+static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double m, double *y, ptrdiff_t n,
+                                                         double *at_max, fs512_pending_f64 *pend, const double *pf)
 {
-    uintptr_t addr = (uintptr_t)y;
-    ptrdiff_t head = (ptrdiff_t)(((64 - (addr & 63)) & 63) / elsize);
-    return (addr % elsize != 0 || head > n) ? n : head;
-}
-
-/* v with lane (patch - i) set to `value` when element i + lane is the patch. */
-FS512_INLINE __m512 fs512_patch_ps(__m512 v, ptrdiff_t i, ptrdiff_t patch, float value)
-{
-    if ((size_t)(patch - i) >= 16) return v;
-    return _mm512_mask_mov_ps(v, (__mmask16)(1u << (patch - i)), _mm512_set1_ps(value));
-}
-
-FS512_INLINE void fs512_stream_row_impl_f32(const float *x, float m, float a, float *y, ptrdiff_t n,
-                                            ptrdiff_t patch, float patch_value, int kind)
-{
-    const __m512 negm = _mm512_set1_ps(-m), va = _mm512_set1_ps(a);
-    const __mmask16 all = (__mmask16)0xFFFF;
-    ptrdiff_t head = fs512_stream_head(y, sizeof(float), n), i = 0;
-    for (; i < head; i += 16) {
-        __mmask16 k = head - i >= 16 ? all : fs512_mask16(head - i);
-        __m512 v = fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, kind);
-        _mm512_mask_storeu_ps(y + i, k, fs512_patch_ps(v, i, patch, patch_value));
-    }
-    i = head;
-    for (; i + 32 <= n; i += 32) {
-        __m512 v0 = fs512_stream_value_ps(_mm512_loadu_ps(x + i), negm, va, kind);
-        __m512 v1 = fs512_stream_value_ps(_mm512_loadu_ps(x + i + 16), negm, va, kind);
-        _mm512_stream_ps(y + i, fs512_patch_ps(v0, i, patch, patch_value));
-        _mm512_stream_ps(y + i + 16, fs512_patch_ps(v1, i + 16, patch, patch_value));
-    }
-    for (; i < n; i += 16) {
-        __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
-        __m512 v = fs512_patch_ps(fs512_stream_value_ps(_mm512_maskz_loadu_ps(k, x + i), negm, va, kind), i, patch,
-                                  patch_value);
-        if (k == all) _mm512_stream_ps(y + i, v);
-        else _mm512_mask_storeu_ps(y + i, k, v);
-    }
-}
-
-static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, ptrdiff_t patch,
-                                        float patch_value, int kind)
-{
-    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f32(x, m, a, y, n, patch, patch_value, FS512_SUB_SUB);
-    else fs512_stream_row_impl_f32(x, m, a, y, n, patch, patch_value, FS512_SCALE);
-}
-
-FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, int kind)
-{
-    if (kind == FS512_SUB_SUB) return _mm512_sub_pd(_mm512_sub_pd(x, vm), a);
-    return _mm512_mul_pd(x, a);
-}
-
-FS512_INLINE __m512d fs512_patch_pd(__m512d v, ptrdiff_t i, ptrdiff_t patch, double value)
-{
-    if ((size_t)(patch - i) >= 8) return v;
-    return _mm512_mask_mov_pd(v, (__mmask8)(1u << (patch - i)), _mm512_set1_pd(value));
-}
-
-FS512_INLINE void fs512_stream_row_impl_f64(const double *x, double m, double a, double *y, ptrdiff_t n,
-                                            ptrdiff_t patch, double patch_value, int kind)
-{
-    const __m512d vm = _mm512_set1_pd(m), va = _mm512_set1_pd(a);
-    const __mmask8 all = (__mmask8)0xFF;
-    ptrdiff_t head = fs512_stream_head(y, sizeof(double), n), i = 0;
-    for (; i < head; i += 8) {
-        __mmask8 k = head - i >= 8 ? all : fs512_mask8(head - i);
-        __m512d v = fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, kind);
-        _mm512_mask_storeu_pd(y + i, k, fs512_patch_pd(v, i, patch, patch_value));
-    }
-    i = head;
-    for (; i + 16 <= n; i += 16) {
-        __m512d v0 = fs512_stream_value_pd(_mm512_loadu_pd(x + i), vm, va, kind);
-        __m512d v1 = fs512_stream_value_pd(_mm512_loadu_pd(x + i + 8), vm, va, kind);
-        _mm512_stream_pd(y + i, fs512_patch_pd(v0, i, patch, patch_value));
-        _mm512_stream_pd(y + i + 8, fs512_patch_pd(v1, i + 8, patch, patch_value));
-    }
-    for (; i < n; i += 8) {
-        __mmask8 k = n - i >= 8 ? all : fs512_mask8(n - i);
-        __m512d v = fs512_patch_pd(fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, x + i), vm, va, kind), i, patch,
-                                   patch_value);
-        if (k == all) _mm512_stream_pd(y + i, v);
-        else _mm512_mask_storeu_pd(y + i, k, v);
-    }
-}
-
-static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, ptrdiff_t patch,
-                                        double patch_value, int kind)
-{
-    if (kind == FS512_SUB_SUB) fs512_stream_row_impl_f64(x, m, a, y, n, patch, patch_value, FS512_SUB_SUB);
-    else fs512_stream_row_impl_f64(x, m, a, y, n, patch, patch_value, FS512_SCALE);
+    return fs512_exp_store_sum_split_impl_f64(x, m, y, n, at_max, pend, pf);
 }
 
 /* ---------------------------------------------------------------- short rows

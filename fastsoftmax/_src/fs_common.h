@@ -189,14 +189,18 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
 
 /* softmax / log_softmax results and cross-entropy gradients of at least FS_STREAM_MIN_BYTES,
    in rows of at least FS_STREAM_MIN_COLS, are written with streaming stores (AVX-512), which
-   bypass the caches.  Measured in Python on the project's machine (one thread, calls
-   repeated as in a loop): a 16 MB result (4096x1000 float32) stays in L3 from call to call
-   and ordinary stores are faster (1.9 vs 2.6 ms); from 32 MB on streaming is faster:
-   8192x1000 float32 and 4096x1000 float64 by 10-30%, 256x50257 float32 by 30%.  Rows of
-   512 or fewer gained nothing and rows of 256 lost 13-20% (measured when the last pass
-   computed the exps again; short rows pay the per-row setup of the extra pass). */
+   bypass the caches, each row during the next row's exp pass (software pipelining, see
+   fs512_pending_f32).  Measured in Python on the project's machine (one thread, calls
+   repeated as in a loop, time over np.copyto of the same array in the same process; two
+   builds in alternating processes): streamed, 2048x1000 float64 (16 MB) 1.0-1.2 vs 1.3-1.7,
+   6144x1000 float32 (24 MB) 1.2-1.4 vs 1.4-1.9, 4096x1000 float32 (16 MB) 1.2-1.4 vs 1.2-1.7,
+   2048x1000 and 1024x1000 float32 (8 and 4 MB) equal within the noise; without the
+   pipelining a 16 MB result was slower streamed (it stays in L3 from call to call with
+   ordinary stores), hence the earlier 24 MiB.  Results smaller than 8 MiB are left in the
+   caches for whatever reads them next.  Rows of 128 were 30-60% slower streamed even
+   pipelined (per-row setup), rows of 256 equal. */
 #ifndef FS_STREAM_MIN_BYTES
-#define FS_STREAM_MIN_BYTES ((ptrdiff_t)24 << 20)
+#define FS_STREAM_MIN_BYTES ((ptrdiff_t)8 << 20)
 #endif
 #ifndef FS_STREAM_MIN_COLS
 #define FS_STREAM_MIN_COLS 768

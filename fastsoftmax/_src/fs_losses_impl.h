@@ -38,6 +38,12 @@
  * gradient 0 whatever their values.
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
+/* A streamed gradient row still being written (AVX-512, fs512_pending_*); elsewhere unused. */
+#ifdef FS_USE_AVX512
+#define FS_PENDING FS_CAT(fs512_pending, FS_SUF)
+#else
+#define FS_PENDING void
+#endif
 #define FS_EXP FS_CAT(fs_exp, FS_SUF)
 
 /* Max of a row, and the start of the first block of FS_BLOCK elements that holds it. */
@@ -155,10 +161,14 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
    On AVX-512, without a gradient the sums are taken without storing anything (the same
    sums, bit for bit); with `stream` (a per-thread scratch row, given when the gradient is too
    large for the caches, see FS_STREAM_MIN_BYTES) the exps go to the scratch row, which stays
-   in L1/L2, and the gradient scratch * k1 is written with streaming stores; then the target
-   column.  x may be g. */
+   in L1/L2, and the gradient scratch * k1, with the target column, is written with streaming
+   stores, software-pipelined as softmax's (softmax_like_stream_span): `pend` is the previous
+   row's gradient, streamed during this row's exp pass; this row's gradient is left pending
+   in its place (the caller alternates two scratch rows and finishes the last one).  x may
+   be g. */
 static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w, FS_T *g,
-                                        int want_grad, double gs, const FS_T *next, FS_T *stream)
+                                        int want_grad, double gs, const FS_T *next, FS_T *stream,
+                                        FS_PENDING *pend)
 {
     const FS_T m = FS_LOSS_ROW_MAX(x, n);
     const FS_T xt = x[t];
@@ -173,8 +183,14 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
 #else
     FS_T *e = g;
     (void)stream;
+    (void)pend;
 #endif
     double rest = 0.0, cnt = 0.0;
+#ifdef FS_USE_AVX512
+    if (e != g) /* the whole row at once, prefetching the next one along */
+        rest = FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x, m, e, n, &cnt, pend, next);
+    else
+#endif
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
@@ -196,7 +212,8 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     const FS_T gt = (FS_T)(wt_gs * expm1(-nll));
 #ifdef FS_USE_AVX512
     if (e != g) { /* the target column goes out with the streamed row */
-        FS_CAT(fs512_stream_row, FS_SUF)(e, m, k1, g, n, t, gt, FS512_SCALE);
+        FS_CAT(fs512_pending_finish, FS_SUF)(pend); /* the rest of the previous row */
+        FS_CAT(fs512_pending_begin, FS_SUF)(pend, e, m, k1, g, n, t, gt, FS512_SCALE);
         return wt * nll;
     }
 #endif
@@ -211,13 +228,14 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
 
 static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
                                   double wsum, double eps, FS_T *g, int want_grad, double gs,
-                                  const FS_T *next, FS_T *stream)
+                                  const FS_T *next, FS_T *stream, FS_PENDING *pend)
 {
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
-    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next, stream);
+    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next, stream, pend);
 #endif
     (void)next;
     (void)stream;
+    (void)pend;
     ptrdiff_t kb;
     const FS_T m = FS_FN(loss_row_max)(x, n, &kb);
     const FS_T xt = x[t];
@@ -379,13 +397,13 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
    zeroed), exp(x - m) going to gr (the gradient row, or a scratch row without a gradient). */
 static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, ptrdiff_t ncols, const FS_T *w,
                                                     double wsum, double eps, FS_T *gr, int want_grad, double gs,
-                                                    const FS_T *next, FS_T *stream)
+                                                    const FS_T *next, FS_T *stream, FS_PENDING *pend)
 {
     if (t < 0 || t >= (int64_t)ncols) {
         if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
         return 0.0;
     }
-    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next, stream);
+    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next, stream, pend);
 }
 
 /* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row (or, in the AVX-512
@@ -405,20 +423,37 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
 #else
     const int stream = 0;
 #endif
+    /* streaming: two scratch rows in turn, a whole number of cache lines apart */
+    const ptrdiff_t stride = (ncols + 15) & ~(ptrdiff_t)15;
     FS_T *scratch = NULL;
     if ((!want_grad || stream) && r0 < r1) {
-        scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(ncols > 0 ? ncols : 1));
+        scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(stream ? 2 * stride : ncols > 0 ? ncols : 1));
         if (scratch == NULL && !want_grad) return -1; /* a gradient can go without streaming */
     }
+#ifdef FS_USE_AVX512
+    FS_PENDING pend = {0}; /* nothing pending */
+    FS_PENDING *pending = &pend;
+#else
+    FS_PENDING *pending = NULL;
+#endif
     for (ptrdiff_t r = r0; r < r1; r++) {
         const FS_T *xr = x + r * ncols;
         FS_T *gr = want_grad ? grad + r * ncols : scratch;
+        FS_T *row_scratch = NULL;
+#ifdef FS_USE_AVX512
+        /* not the scratch row of the pending gradient: ignored rows and rows whose max is not
+           finite leave it pending */
+        if (want_grad && scratch != NULL) row_scratch = pend.src == scratch ? scratch + stride : scratch;
+#endif
         if (prob != NULL)
             row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
         else
             row_loss[r] = FS_FN(ce_index_row_or_ignored)(xr, target[r], ncols, w, wsum, eps, gr, want_grad, gs,
-                                                         r + 1 < nrows ? xr + ncols : NULL, want_grad ? scratch : NULL);
+                                                         r + 1 < nrows ? xr + ncols : NULL, row_scratch, pending);
     }
+#ifdef FS_USE_AVX512
+    FS_CAT(fs512_pending_finish, FS_SUF)(pending); /* the last streamed row's rest */
+#endif
     free(scratch);
 #ifdef FS_USE_AVX512
     if (stream) _mm_sfence(); /* this thread's streamed rows are complete */
@@ -436,7 +471,8 @@ static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, con
     for (ptrdiff_t r = done; r < len; r++) {
         FS_T tmp[FS512_SHORT_MAX];
         row_loss[r] = FS_FN(ce_index_row_or_ignored)(x + r * ncols, target[r], ncols, w, wsum, 0.0,
-                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, NULL);
+                                                     grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, NULL,
+                                                     NULL);
     }
 }
 #endif
@@ -503,4 +539,5 @@ static double FS_FN(total_weight)(const int64_t *target, const FS_T *w, ptrdiff_
 }
 
 #undef FS_FN
+#undef FS_PENDING
 #undef FS_EXP
