@@ -219,6 +219,46 @@ def test_streamed_results_equal_the_in_cache_path(name, dtype, where):
     _assert_close(got[finite], want, ORACLE_RTOL[dtype], TINY[dtype])
 
 
+def _medium_data(nrows, ncols, seed):
+    """float32 rows for the 16-row blocks of medium rows (AVX-512 softmax, 33..128 columns):
+    fast blocks, then a block turned down by special rows, one turned down by a row wider
+    than 32, and fast blocks again, with a row count that leaves rows after the last block."""
+    x = _data((nrows, ncols), np.float32, seed=seed)
+    x[17, 3] = np.nan
+    x[18, :] = -np.inf
+    x[19, -1] = np.inf
+    x[20, 0] = -np.inf
+    x[40] *= 30.0  # spans more than 32: the TwoSum path of the one-row kernel
+    x[-1, 1] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("where", ["out_offset0", "out_offset1", "out_is_x"])
+@pytest.mark.parametrize("size", ["small", "large"])
+@pytest.mark.parametrize("ncols", [33, 100, 128])
+def test_medium_rows_in_blocks_equal_the_same_blocks_alone(ncols, size, where):
+    # float32 softmax of rows of 33..128 goes 16 rows a block (AVX-512; blocks with special
+    # or wide rows are turned down to the one-row kernel).  Every block must give the bits it
+    # gives in a call of its own (the first and last blocks, and the rows after them), in
+    # place too, and be within float32 accuracy of the float64 oracle.
+    nrows = 80 + 7 if size == "small" else _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
+    x = _medium_data(nrows, ncols, seed=ncols)
+    tail = nrows % 16
+    small = np.concatenate([fs.softmax(x[:48]), fs.softmax(x[nrows - tail - 32 :])])
+    fresh = fs.softmax(x)
+    want = _oracle("softmax", x)  # special rows as SPEC section 2 has them
+    if where == "out_is_x":
+        out = x
+    else:
+        offset = int(where[len("out_offset") :])
+        out = np.empty(x.size + offset, np.float32)[offset:].reshape(x.shape)
+    got = fs.softmax(x, out=out)
+    assert got is out
+    np.testing.assert_array_equal(np.concatenate([got[:48], got[nrows - tail - 32 :]]), small)
+    np.testing.assert_array_equal(fresh, got)
+    _assert_close(got, want, ORACLE_RTOL[np.float32], TINY[np.float32])
+
+
 # ------------------------------------------------------------------------ special values
 
 SPECIAL_ROWS = {
@@ -348,7 +388,7 @@ def test_logsumexp_is_log_sum_exp_in_float64():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("ncols", [700, 1100], ids=["in_cache", "streamed"])
+@pytest.mark.parametrize("ncols", [128, 700, 1100], ids=["medium", "in_cache", "streamed"])
 def test_same_result_on_one_and_two_threads(dtype, ncols):
     x = _data((_streamed_rows(1100, dtype), ncols), dtype)
     saved = fs.get_num_threads()

@@ -384,10 +384,43 @@ static void FS_FN(short_rows_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdi
 }
 #endif
 
+#if defined(FS_USE_AVX512) && FS_IS_F32
+/* float32 softmax of `len` rows of FS512_SHORT_MAX < n <= FS512_MEDIUM_MAX, 16 rows a block
+   (fs512_medium_block_f32: the exps into y, then scaled in place); blocks it turns down, and
+   the last len % 16 rows, take the one-row kernel. */
+static void FS_FN(softmax_medium_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n)
+{
+    float inv[16];
+    ptrdiff_t b = 0;
+    for (; b + 16 <= len; b += 16) {
+        const float *xb = x + b * n;
+        float *yb = y + b * n;
+        if (fs512_medium_block_f32(xb, yb, n, inv, b + 32 <= len ? xb + 16 * n : NULL)) {
+            fs512_medium_scale_f32(yb, inv, yb, n);
+            continue;
+        }
+        for (int k = 0; k < 16; k++) FS_FN(softmax_row)(xb + k * n, yb + k * n, n, NULL);
+    }
+    for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
+}
+#endif
+
 static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads,
                                      int log_out)
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#if defined(FS_USE_AVX512) && FS_IS_F32
+    if (!log_out && ncols > FS512_SHORT_MAX && ncols <= FS512_MEDIUM_MAX && nrows >= 16) {
+        /* each thread a span of whole blocks (the last one also takes the rows after them):
+           the same blocks, hence the same bits, whatever the number of threads */
+        const ptrdiff_t nblocks = nrows / 16;
+        FS_ROWS_FOR(k, nt,
+                    ptrdiff_t r0 = nblocks * k / nt * 16;
+                    ptrdiff_t r1 = k + 1 == nt ? nrows : nblocks * (k + 1) / nt * 16;
+                    FS_FN(softmax_medium_span)(x + r0 * ncols, y + r0 * ncols, r1 - r0, ncols));
+        return;
+    }
+#endif
 #ifdef FS_USE_AVX512
     if (ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
         const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
