@@ -83,8 +83,9 @@ FS512_INLINE __m512d fs512_exp_nonpos_keep_pd(__m512d t, __mmask8 keep)
    -inf, huge negative) is set to 0, and NaN propagates through the polynomial.  n is
    rounded with the magic-bias trick (one FMA and a subtraction, on any FP port).  With
    use_lo == 0 (a constant after inlining) lo is ignored: adding a zero is an instruction
-   the compiler may not drop (-0 + 0 is +0). */
-FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep, int use_lo)
+   the compiler may not drop (-0 + 0 is +0).  With check == 0 (a constant) there is no range
+   check and no `keep`: for t in [-32, 0] or NaN only (fs512_exp_small_ps). */
+FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep, int use_lo, int check)
 {
     const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
     const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(1.44269504088896341f), magic), magic);
@@ -97,6 +98,7 @@ FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C2_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C1_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    if (!check) return _mm512_scalef_ps(p, n);
     /* "not less than -104", true for NaN lanes too: they stay NaN */
     __mmask16 ok = _mm512_mask_cmp_ps_mask(keep, t, _mm512_set1_ps(-104.0f), _CMP_NLT_UQ);
     return _mm512_maskz_scalef_ps(ok, p, n);
@@ -104,18 +106,18 @@ FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep
 
 FS512_INLINE __m512 fs512_exp_nonpos_lo_keep_ps(__m512 t, __m512 lo, __mmask16 keep)
 {
-    return fs512_exp_nonpos_impl_ps(t, lo, keep, 1);
+    return fs512_exp_nonpos_impl_ps(t, lo, keep, 1, 1);
 }
 
 /* exp(t) for t <= 0 in the lanes of `keep` (others 0). */
 FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __mmask16 keep)
 {
-    return fs512_exp_nonpos_impl_ps(t, t, keep, 0);
+    return fs512_exp_nonpos_impl_ps(t, t, keep, 0, 1);
 }
 
 FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t)
 {
-    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0);
+    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0, 1);
 }
 
 /* exp(x - m) for float32 and m >= x, with the subtraction's rounding error fed back (TwoSum). */
@@ -879,17 +881,7 @@ static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double
 /* exp(t) for t in [-32, 0] or NaN (which propagates): no range check. */
 FS512_INLINE __m512 fs512_exp_small_ps(__m512 t)
 {
-    const __m512 magic = _mm512_set1_ps(12582912.0f); /* as fs512_exp_nonpos_impl_ps */
-    const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(1.44269504088896341f), magic), magic);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FS_LN2_HI_F32), t);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(FS_LN2_LO_F32), r);
-    __m512 p = _mm512_set1_ps(FS_EXP_C5_F32);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C4_F32));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C3_F32));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C2_F32));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C1_F32));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0, 0);
 }
 
 /* Lane k = max (is_max) or min of the 16 lanes of v[k]: pairs of rows share a vector, then
