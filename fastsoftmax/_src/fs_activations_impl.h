@@ -139,11 +139,8 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 /* softmax's first two passes over one row: max (from memory), e = exp(x - m) with its sum
    (x from cache); returns the sum, with the max in *m_out (not finite: nothing computed).
    `next` (or NULL) is the following row: it is prefetched while this one is computed, so
-   that the memory traffic of the max pass overlaps the exps.  With `pend` (streamed
-   results, AVX-512; NULL or a constant after inlining) the exp pass also writes the pending
-   row, a few vectors at a time, and spreads the prefetches over the pass. */
-FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *m_out,
-                                             FS_PENDING *pend)
+   that the memory traffic of the max pass overlaps the exps. */
+FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *m_out)
 {
 #if defined(FS_USE_AVX512) && FS_IS_F32
     /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
@@ -158,12 +155,6 @@ FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n
     *m_out = m;
     if (!isfinite(m)) return NAN;
     double s = 0.0;
-#ifdef FS_USE_AVX512
-    if (pend != NULL)
-        return FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(x, m, e, n, exact, pend, next);
-#else
-    (void)pend;
-#endif
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
@@ -180,7 +171,7 @@ FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n
 static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
     FS_T m;
-    double s = FS_FN(softmax_row_sums)(x, y, n, next, &m, NULL);
+    double s = FS_FN(softmax_row_sums)(x, y, n, next, &m);
     if (!isfinite(m)) FS_FN(fill_nan)(y, n);
     else FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
@@ -216,22 +207,13 @@ static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T
 
 /* log_softmax's first two passes over one row: max, then the sums (log_softmax_sums, into y
    unless it is NULL); returns ln(sum exp(x - m)), with the max in *m_out (not finite:
-   nothing computed).  `pend` as in softmax_row_sums (then y must be NULL). */
-FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *m_out,
-                                                FS_PENDING *pend)
+   nothing computed). */
+FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *m_out)
 {
     FS_T m = FS_ROW_MAX(x, n);
     *m_out = m;
     if (!isfinite(m)) return NAN;
     double rest = 0.0, at_max = 0.0;
-#ifdef FS_USE_AVX512
-    if (pend != NULL) {
-        rest = FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(x, m, n, &at_max, pend, next);
-        return log1p((at_max - 1.0) + rest);
-    }
-#else
-    (void)pend;
-#endif
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
@@ -245,21 +227,24 @@ FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_
 static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
     FS_T m;
-    double lse = FS_FN(log_softmax_row_lse)(x, y, n, next, &m, NULL);
+    double lse = FS_FN(log_softmax_row_lse)(x, y, n, next, &m);
     if (!isfinite(m)) FS_FN(fill_nan)(y, n);
     else FS_FN(log_softmax_finish)(x, m, (FS_T)lse, y, n);
 }
 
 #ifdef FS_USE_AVX512
 /* softmax (log_out = 0) or log_softmax of rows [r0, r1) of a result too large for the caches
-   (FS_STREAM_MIN_BYTES), software-pipelined: the first two passes of the one-row kernels
-   over row r (softmax storing its exps into a scratch row that stays in L1/L2, two of them
-   in turn; log_softmax storing nothing), during whose exp pass row r - 1 is written with
-   streaming stores (fs512_pending_*): scratch * (1 / sum), or (x - m) - log(sum).  y's lines
-   are never read from memory before being written, nor passed over again in cache, and the
-   stores drain while the exps are computed.  The same values as the one-row kernels, bit
-   for bit.  If softmax's scratch rows cannot be allocated, the rows take the in-cache
-   path. */
+   (FS_STREAM_MIN_BYTES), software-pipelined.  Row r takes the sums of the one-row kernels
+   (softmax storing its exps into a scratch row that stays in L1/L2, two of them in turn;
+   log_softmax storing nothing), and during that exp pass
+   - row r - 1 is written with streaming stores (fs512_pending_*): scratch * (1 / sum), or
+     (x - m) - log(sum): y's lines are never read from memory before being written, nor passed
+     over again in cache, and the stores drain while the exps are computed;
+   - float32: the max (and for softmax the min) of row r + 1 is taken, so that row's own max
+     pass is saved (it was 8-17% of the time), and row r + 2 is prefetched; float64 (rows
+     twice as large in L2) prefetches row r + 1 and keeps its max pass.
+   The same values as the one-row kernels, bit for bit (the max and min are exact in any
+   order).  If softmax's scratch rows cannot be allocated, the rows take the in-cache path. */
 static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,
                                             ptrdiff_t ncols, int log_out)
 {
@@ -270,12 +255,43 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
             FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
         return;
     }
+    const int scan_ahead = FS_IS_F32;
     FS_PENDING pend = {0}; /* nothing pending */
+    int known = 0;         /* the max (and min) of row r were taken during row r - 1 */
+    FS_T next_max = 0, next_min = 0;
     for (ptrdiff_t r = r0; r < r1; r++) {
-        const FS_T *xr = x + r * ncols, *next = r + 1 < nrows ? xr + ncols : NULL;
-        FS_T *yr = y + r * ncols, *e = log_out ? NULL : scratch + (r & 1) * stride, m;
-        double a = log_out ? FS_FN(log_softmax_row_lse)(xr, NULL, ncols, next, &m, &pend)
-                           : 1.0 / FS_FN(softmax_row_sums)(xr, e, ncols, next, &m, &pend);
+        const FS_T *xr = x + r * ncols;
+        const FS_T *ahead = scan_ahead && r + 1 < r1 ? xr + ncols : NULL;
+        const ptrdiff_t pf_row = scan_ahead ? r + 2 : r + 1;
+        const FS_T *pf = pf_row < nrows ? x + pf_row * ncols : NULL;
+        FS_T *yr = y + r * ncols, *e = log_out ? NULL : scratch + (r & 1) * stride;
+        FS_T m, lowest = 0;
+        if (known) {
+            m = next_max;
+            lowest = next_min;
+        } else if (log_out || !FS_IS_F32) {
+            m = FS_ROW_MAX(xr, ncols);
+        } else {
+#if FS_IS_F32
+            m = fs512_row_minmax_f32(xr, ncols, &lowest);
+#endif
+        }
+        known = 0;
+        double a = 0.0;
+        if (isfinite(m)) {
+            if (log_out) {
+                double at_max = 0.0;
+                double rest = FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr, m, ncols, &at_max, &pend, pf, ahead,
+                                                                        &next_max);
+                a = log1p((at_max - 1.0) + rest); /* as log_softmax_row_lse */
+            } else {
+                /* the TwoSum decision of softmax_row_sums */
+                const int exact = FS_IS_F32 ? !(m - lowest <= FS_EXACT_SPREAD) : 1;
+                a = 1.0 / FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr, m, e, ncols, exact, &pend, pf, ahead,
+                                                                    &next_max, &next_min);
+            }
+            known = ahead != NULL;
+        }
         FS_CAT(fs512_pending_finish, FS_SUF)(&pend); /* the rest of row r - 1 */
         if (!isfinite(m)) FS_FN(fill_nan)(yr, ncols);
         else FS_CAT(fs512_pending_begin, FS_SUF)(&pend, log_out ? xr : e, m, (FS_T)a, yr, ncols, -1, 0,

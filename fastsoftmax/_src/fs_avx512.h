@@ -444,8 +444,11 @@ FS512_INLINE __m512 fs512_exp_x_minus_m_ps(__m512 x, __m512 negm, __mmask16 keep
    also stream 64 of the pending row and prefetch 256 bytes of the next row from pf (the
    same offsets; NULL: none). */
 FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
-                                                 fs512_pending_f32 *pend, const float *pf)
+                                                 fs512_pending_f32 *pend, const float *pf, const float *ahead,
+                                                 __m512 *amax, __m512 *amin)
 {
+    const __m512 ninf = _mm512_set1_ps(-INFINITY), pinf = _mm512_set1_ps(INFINITY);
+    __m512 am0 = ninf, am1 = ninf, an0 = pinf, an1 = pinf;
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
     const __mmask16 all = (__mmask16)0xFFFF;
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -474,9 +477,22 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
             b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
             if (pf != NULL) fs512_prefetch_lines(pf + i, 4);
             if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 4);
+            if (ahead != NULL) {
+                __m512 v0 = _mm512_loadu_ps(ahead + i), v1 = _mm512_loadu_ps(ahead + i + 16);
+                __m512 v2 = _mm512_loadu_ps(ahead + i + 32), v3 = _mm512_loadu_ps(ahead + i + 48);
+                am0 = _mm512_max_ps(_mm512_max_ps(am0, v0), v2);
+                am1 = _mm512_max_ps(_mm512_max_ps(am1, v1), v3);
+                an0 = _mm512_min_ps(_mm512_min_ps(an0, v0), v2);
+                an1 = _mm512_min_ps(_mm512_min_ps(an1, v1), v3);
+            }
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
+    }
+    if (ahead != NULL) { /* the rest of the next row */
+        fs512_row_minmax_lanes_f32(ahead + i, n - i, amax, amin);
+        *amax = _mm512_max_ps(*amax, _mm512_max_ps(am0, am1));
+        *amin = _mm512_min_ps(*amin, _mm512_min_ps(an0, an1));
     }
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? all : fs512_mask16(n - i);
@@ -491,22 +507,30 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
 /* With the TwoSum correction: as accurate as exp of the exact difference. */
 static inline double fs512_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, NULL, NULL);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, NULL, NULL, NULL, NULL, NULL);
 }
 
 /* Without it, for rows where every |x - m| <= FS_EXACT_SPREAD, whose rounding error is then
    at most 2^-20 relative. */
 static inline double fs512_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
 {
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, NULL, NULL);
+    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, NULL, NULL, NULL, NULL, NULL);
 }
 
-/* The same sums, advancing a pending row and prefetching the next one (streamed results). */
+/* The same sums for streamed results: advancing a pending row, prefetching from pf, and taking
+   the max and min of the row `ahead` (or NULL: none) into *ahead_max, *ahead_min. */
 static inline double fs512_exp_store_sum_piped_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
-                                                   fs512_pending_f32 *pend, const float *pf)
+                                                   fs512_pending_f32 *pend, const float *pf, const float *ahead,
+                                                   float *ahead_max, float *ahead_min)
 {
-    if (twosum) return fs512_exp_store_sum_impl_f32(x, m, y, n, 1, pend, pf);
-    return fs512_exp_store_sum_impl_f32(x, m, y, n, 0, pend, pf);
+    __m512 amax, amin;
+    double s = twosum ? fs512_exp_store_sum_impl_f32(x, m, y, n, 1, pend, pf, ahead, &amax, &amin)
+                      : fs512_exp_store_sum_impl_f32(x, m, y, n, 0, pend, pf, ahead, &amax, &amin);
+    if (ahead != NULL) {
+        *ahead_max = _mm512_reduce_max_ps(amax);
+        *ahead_min = _mm512_reduce_min_ps(amin);
+    }
+    return s;
 }
 
 /* Sum of exp(x - m) over the elements that are not equal to m (*at_max counts the others),
@@ -514,8 +538,10 @@ static inline double fs512_exp_store_sum_piped_f32(const float *x, float m, floa
    t_out, and its output lines are fetched during this exp-heavy pass rather than the light
    last one. */
 FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max,
-                                                 int store, fs512_pending_f32 *pend, const float *pf)
+                                                 int store, fs512_pending_f32 *pend, const float *pf,
+                                                 const float *ahead, __m512 *amax)
 {
+    __m512 am0 = _mm512_set1_ps(-INFINITY), am1 = am0;
     /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
        a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
     const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
@@ -547,9 +573,18 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
             if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
             if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2);
+            if (ahead != NULL) {
+                am0 = _mm512_max_ps(am0, _mm512_loadu_ps(ahead + i));
+                am1 = _mm512_max_ps(am1, _mm512_loadu_ps(ahead + i + 16));
+            }
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
+    }
+    if (ahead != NULL) { /* the rest of the next row */
+        __m512 unused;
+        fs512_row_minmax_lanes_f32(ahead + i, n - i, amax, &unused);
+        *amax = _mm512_max_ps(*amax, _mm512_max_ps(am0, am1));
     }
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
@@ -567,19 +602,24 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
 
 static inline double fs512_exp_sum_split_store_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f32(x, m, t_out, n, at_max, 1, NULL, NULL);
+    return fs512_exp_sum_split_impl_f32(x, m, t_out, n, at_max, 1, NULL, NULL, NULL, NULL);
 }
 
 static inline double fs512_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0, NULL, NULL);
+    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0, NULL, NULL, NULL, NULL);
 }
 
-/* The split sums (nothing stored), advancing a pending row and prefetching the next one. */
+/* The split sums (nothing stored), advancing a pending row, prefetching from pf and taking
+   the max of the row `ahead` (or NULL) into *ahead_max. */
 static inline double fs512_exp_sum_split_piped_f32(const float *x, float m, ptrdiff_t n, double *at_max,
-                                                   fs512_pending_f32 *pend, const float *pf)
+                                                   fs512_pending_f32 *pend, const float *pf, const float *ahead,
+                                                   float *ahead_max)
 {
-    return fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0, pend, pf);
+    __m512 amax;
+    double s = fs512_exp_sum_split_impl_f32(x, m, NULL, n, at_max, 0, pend, pf, ahead, &amax);
+    if (ahead != NULL) *ahead_max = _mm512_reduce_max_ps(amax);
+    return s;
 }
 
 /* y = src - c */
@@ -670,10 +710,16 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
     return fs512_exp_store_sum_impl_f64(x, m, y, n, NULL, NULL);
 }
 
+/* As fs512_exp_store_sum_piped_f32; float64 rows do not scan ahead (`ahead` must be NULL:
+   five rows of 50257 would not fit in L2) and need no TwoSum. */
 static inline double fs512_exp_store_sum_piped_f64(const double *x, double m, double *y, ptrdiff_t n, int twosum,
-                                                   fs512_pending_f64 *pend, const double *pf)
+                                                   fs512_pending_f64 *pend, const double *pf, const double *ahead,
+                                                   double *ahead_max, double *ahead_min)
 {
-    (void)twosum; /* float64 needs no TwoSum */
+    (void)twosum;
+    (void)ahead;
+    (void)ahead_max;
+    (void)ahead_min;
     return fs512_exp_store_sum_impl_f64(x, m, y, n, pend, pf);
 }
 
@@ -731,8 +777,11 @@ static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_
 }
 
 static inline double fs512_exp_sum_split_piped_f64(const double *x, double m, ptrdiff_t n, double *at_max,
-                                                   fs512_pending_f64 *pend, const double *pf)
+                                                   fs512_pending_f64 *pend, const double *pf, const double *ahead,
+                                                   double *ahead_max)
 {
+    (void)ahead; /* NULL, as in fs512_exp_store_sum_piped_f64 */
+    (void)ahead_max;
     return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, pend, pf);
 }
 
