@@ -6,9 +6,12 @@
  * FS_ISA (baseline, avx2, avx512) defined.  Every function works on C-contiguous rows of
  * `ncols` elements.  Sums run in blocks of FS_BLOCK elements: inside a block in FS_T
  * with one accumulator per SIMD lane (a loop the compiler vectorises), across blocks in
- * double, so the float32 error does not grow with the row length.  Passes over a row: max (read), exp + store + sum (read, write),
- * scale (in cache); for results too large for the caches, max, sums, then one streaming
- * write (softmax_like_row_stream).  A row whose max is not finite is all NaN (SPEC section 2).
+ * double, so the float32 error does not grow with the row length.  Passes over a row: max
+ * (read), exp + store + sum (read, write), scale (in cache).  On AVX-512: results too large
+ * for the caches are written with streaming stores during the next row's exp pass
+ * (softmax_like_stream_span); float32 softmax rows of 33..128 go 16 rows a block
+ * (softmax_medium_span); short rows and log_softmax's medium rows have block paths of their
+ * own.  A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
 #ifndef FS_ACT_INLINE

@@ -21,7 +21,10 @@
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
  *   fs512_stream_row_T(x, m, a, y, n, p, v, kind)  y = x * a or (x - m) - a (y[p] = v),
  *                                             written with streaming stores (large results)
+ *   fs512_pending_{begin,advance,finish}_T    the same, a few vectors at a time: the
+ *                                             *_piped sums of the next row advance it
  *   fs512_log1p_ps / _pd                      vector log1p
+ *   fs512_medium_block_f32, ..._scale_f32     float32 softmax rows of 33..128, 16 rows a block
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
