@@ -186,15 +186,16 @@ def _streamed_rows(ncols, dtype):
 
 
 @pytest.mark.parametrize("where", ["out_offset0", "out_offset1", "out_offset7", "out_is_x"])
+@pytest.mark.parametrize("ncols", [1003, 2100])
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
-def test_streamed_results_equal_the_in_cache_path(name, dtype, where):
-    # Large results in long rows are written with streaming stores after computing the sums
-    # (AVX-512; STREAM_MIN_BYTES / STREAM_MIN_COLS): the values must be those of the
+def test_streamed_results_equal_the_in_cache_path(name, dtype, ncols, where):
+    # Large results in long rows are written with streaming stores during the next row's
+    # sums (AVX-512; STREAM_MIN_BYTES / STREAM_MIN_COLS): the values must be those of the
     # in-cache path bit for bit (the same rows in a small call), with special rows, float32
     # rows wide enough for the TwoSum correction, rows whose length is not a multiple of the
-    # vector, outputs starting anywhere in a cache line, and in place.
-    ncols = 1003
+    # vector, rows of more than one 1024-element chunk (whose sums add in chunks), outputs
+    # starting anywhere in a cache line, and in place.
     nrows = _streamed_rows(ncols, dtype)
     x = _data((nrows, ncols), dtype, seed=len(where))
     x[1, 5] = np.nan
@@ -229,6 +230,7 @@ def _medium_data(nrows, ncols, seed):
     x[19, -1] = np.inf
     x[20, 0] = -np.inf
     x[40] *= 30.0  # spans more than 32: the TwoSum path of the one-row kernel
+    x[50, 0] = np.nan  # a NaN the block's max and min may drop: the row must still be NaN
     x[-1, 1] = np.nan
     return x
 
@@ -390,7 +392,8 @@ def test_logsumexp_is_log_sum_exp_in_float64():
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("ncols", [128, 700, 1100], ids=["medium", "in_cache", "streamed"])
 def test_same_result_on_one_and_two_threads(dtype, ncols):
-    x = _data((_streamed_rows(1100, dtype), ncols), dtype)
+    nrows = _streamed_rows(1100, dtype)
+    x = _data((nrows, ncols), dtype) if ncols != 128 else _medium_data(nrows, ncols, seed=1).astype(dtype)
     saved = fs.get_num_threads()
     try:
         fs.set_num_threads(1)

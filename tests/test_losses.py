@@ -433,14 +433,14 @@ def test_out_is_logits_overwrites_them_in_place(dtype, kind):
 
 
 @pytest.mark.parametrize("where", ["fresh", "out_offset3", "out_is_logits"])
+@pytest.mark.parametrize("n_classes", [1003, 2100])
 @pytest.mark.parametrize("weighted", [False, True], ids=["nw", "w"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_streamed_gradient_equals_the_in_cache_path(dtype, weighted, where):
-    # Large gradients in long rows are written with streaming stores after the sums
-    # (AVX-512, class indices without smoothing; STREAM_MIN_BYTES / STREAM_MIN_COLS): the
-    # same bits as the in-cache path (the same rows in a small call), ignored and special
-    # rows included, wherever the output starts.
-    n_classes = 1003
+def test_streamed_gradient_equals_the_in_cache_path(dtype, weighted, n_classes, where):
+    # Large gradients in long rows are written with streaming stores during the next row's
+    # sums (AVX-512, class indices without smoothing; STREAM_MIN_BYTES / STREAM_MIN_COLS):
+    # the same bits as the in-cache path (the same rows in a small call), ignored and special
+    # rows included, rows of more than one 1024-element chunk, wherever the output starts.
     assert n_classes >= _k.STREAM_MIN_COLS
     n_rows = _k.STREAM_MIN_BYTES // (n_classes * np.dtype(dtype).itemsize) + 3
     x, t, w, ignore_index = _make((n_rows, n_classes), dtype, "index", "ignored", weighted, seed=5)

@@ -272,27 +272,40 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
         if (known) {
             m = next_max;
             lowest = next_min;
-        } else if (log_out || !FS_IS_F32) {
-            m = FS_ROW_MAX(xr, ncols);
         } else {
 #if FS_IS_F32
-            m = fs512_row_minmax_f32(xr, ncols, &lowest);
+            m = log_out ? FS_ROW_MAX(xr, ncols) : fs512_row_minmax_f32(xr, ncols, &lowest);
+#else
+            m = FS_ROW_MAX(xr, ncols);
 #endif
         }
         known = 0;
         double a = 0.0;
         if (isfinite(m)) {
-            if (log_out) {
-                double at_max = 0.0;
-                double rest = FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr, m, ncols, &at_max, &pend, pf, ahead,
-                                                                        &next_max);
-                a = log1p((at_max - 1.0) + rest); /* as log_softmax_row_lse */
-            } else {
-                /* the TwoSum decision of softmax_row_sums */
-                const int exact = FS_IS_F32 ? !(m - lowest <= FS_EXACT_SPREAD) : 1;
-                a = 1.0 / FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr, m, e, ncols, exact, &pend, pf, ahead,
-                                                                    &next_max, &next_min);
+            /* in FS_CHUNK pieces, the sums added in the order of the one-row kernels
+               (softmax_row_sums, log_softmax_row_lse): the same bits */
+            const int exact = FS_IS_F32 ? !(m - lowest <= FS_EXACT_SPREAD) : 1; /* softmax's TwoSum decision */
+            double sum = 0.0, at_max = 0.0;
+            next_max = -(FS_T)INFINITY;
+            next_min = (FS_T)INFINITY;
+            for (ptrdiff_t c = 0; c < ncols; c += FS_CHUNK) {
+                const ptrdiff_t len = ncols - c < FS_CHUNK ? ncols - c : FS_CHUNK;
+                const FS_T *pfc = pf != NULL ? pf + c : NULL, *aheadc = ahead != NULL ? ahead + c : NULL;
+                FS_T cmax = 0, cmin = 0;
+                if (log_out) {
+                    double k = 0.0;
+                    sum += FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr + c, m, len, &k, &pend, pfc, aheadc, &cmax);
+                    at_max += k;
+                } else {
+                    sum += FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr + c, m, e + c, len, exact, &pend, pfc,
+                                                                     aheadc, &cmax, &cmin);
+                }
+                if (ahead != NULL) { /* exact in any order (a NaN may be dropped: the row is NaN anyway) */
+                    next_max = cmax > next_max ? cmax : next_max;
+                    next_min = cmin < next_min ? cmin : next_min;
+                }
             }
+            a = log_out ? log1p((at_max - 1.0) + sum) : 1.0 / sum;
             known = ahead != NULL;
         }
         FS_CAT(fs512_pending_finish, FS_SUF)(&pend); /* the rest of row r - 1 */

@@ -19,12 +19,13 @@
  *   fs512_exp_sum_split_T(x, m, n, &count)   the split sums, nothing stored
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
- *   fs512_stream_row_T(x, m, a, y, n, p, v, kind)  y = x * a or (x - m) - a (y[p] = v),
- *                                             written with streaming stores (large results)
- *   fs512_pending_{begin,advance,finish}_T    the same, a few vectors at a time: the
- *                                             *_piped sums of the next row advance it
+ *   fs512_pending_{begin,advance,finish}_T    y = x * a or (x - m) - a (y[p] = v), written
+ *                                             with streaming stores (large results) a few
+ *                                             vectors at a time: the *_piped sums of the
+ *                                             next row advance it (and scan the row after)
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_medium_block_f32, ..._scale_f32     float32 softmax rows of 33..128, 16 rows a block
+ *   fs512_exp_small_ps                        exp on [-32, 0] without a range check
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
@@ -164,7 +165,7 @@ FS512_INLINE __m512d fs512_widen_add(__m512d acc, __m512 v)
  * (the *_piped primitives) streams a few vectors of it per step (fs512_pending_advance_T),
  * so that the stores drain to memory while the exps are computed instead of in a pass of
  * their own, in which the core waits on the write bandwidth (software pipelining; a
- * pending record with n == 0 writes nothing).  fs512_stream_row_T is begin + finish.
+ * pending record with n == 0 writes nothing).
  */
 enum { FS512_SCALE = 0, FS512_SUB_SUB = 1 };
 
@@ -276,14 +277,6 @@ static inline void fs512_pending_finish_f32(fs512_pending_f32 *p)
     else fs512_pending_finish_impl_f32(p, FS512_SCALE);
 }
 
-static inline void fs512_stream_row_f32(const float *x, float m, float a, float *y, ptrdiff_t n, ptrdiff_t patch,
-                                        float patch_value, int kind)
-{
-    fs512_pending_f32 p;
-    fs512_pending_begin_f32(&p, x, m, a, y, n, patch, patch_value, kind);
-    fs512_pending_finish_f32(&p);
-}
-
 FS512_INLINE __m512d fs512_stream_value_pd(__m512d x, __m512d vm, __m512d a, int kind)
 {
     if (kind == FS512_SUB_SUB) return _mm512_sub_pd(_mm512_sub_pd(x, vm), a);
@@ -352,14 +345,6 @@ static inline void fs512_pending_finish_f64(fs512_pending_f64 *p)
 {
     if (p->kind == FS512_SUB_SUB) fs512_pending_finish_impl_f64(p, FS512_SUB_SUB);
     else fs512_pending_finish_impl_f64(p, FS512_SCALE);
-}
-
-static inline void fs512_stream_row_f64(const double *x, double m, double a, double *y, ptrdiff_t n, ptrdiff_t patch,
-                                        double patch_value, int kind)
-{
-    fs512_pending_f64 p;
-    fs512_pending_begin_f64(&p, x, m, a, y, n, patch, patch_value, kind);
-    fs512_pending_finish_f64(&p);
 }
 
 /* ---------------------------------------------------------------- float32 rows */
@@ -945,8 +930,8 @@ static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double
  * here each row only accumulates one vector per reduction, and the 16 rows' vectors are
  * reduced together by a transposition (fs512_transpose_reduce16_ps: 46 operations for the
  * block), with one vector division for the 16 scales.  A block goes this way when every row
- * is finite and lies within FS_EXACT_SPREAD of its max (no TwoSum, no range check in the exp:
- * every x - m is in [-32, 0]); otherwise nothing is written and the caller takes the one-row
+ * lies within FS_EXACT_SPREAD of its finite max (no TwoSum, no range check in the exp: every
+ * x - m is in [-32, 0], or NaN); otherwise nothing is written and the caller takes the one-row
  * kernel for its rows.  Sums: each lane adds n / 16 exps in float, the rest is in double.
  * The results are written with ordinary stores (streaming them out during the next block's
  * exp pass, as long rows do, was faster in a C loop but not in Python calls: 16384x128 1.3-1.7
@@ -997,8 +982,10 @@ FS512_INLINE __m512d fs512_transpose_sum8_pd(const __m512d *d)
 
 /* The sums of a block of 16 rows of n (FS512_SHORT_MAX < n <= FS512_MEDIUM_MAX) at x: the
    exps into e (16 rows of n), the 16 scales 1 / sum into inv.  Returns 0, with nothing
-   written, when a row is not finite or spreads wider than FS_EXACT_SPREAD.  `next` (or
-   NULL), the next block, is prefetched during the exp pass. */
+   written, when a row's max or min is infinite or NaN or its spread wider than
+   FS_EXACT_SPREAD (a NaN that vmaxps / vminps drop lets its row through: its exps, sum and
+   results are NaN, as SPEC wants).  `next` (or NULL), the next block, is prefetched during
+   the exp pass. */
 static inline int fs512_medium_block_f32(const float *x, float *e, ptrdiff_t n, float inv[16], const float *next)
 {
     const ptrdiff_t full = n & ~(ptrdiff_t)15;

@@ -176,8 +176,9 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         if (want_grad) FS_FN(loss_fill)(g, n, (FS_T)NAN);
         return NAN;
     }
-    /* exps in chunks, each followed by a prefetch of the same span of the next row, so that
-       the next row's max pass finds it in cache */
+    /* exps in chunks, each with a prefetch of the same span of the next row, so that the next
+       row's max pass finds it in cache (the streamed gradient: spread over the chunk, which
+       also advances the pending row) */
 #ifdef FS_USE_AVX512
     FS_T *e = want_grad && stream != NULL ? stream : g; /* where the exps go, if anywhere */
 #else
@@ -186,14 +187,17 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     (void)pend;
 #endif
     double rest = 0.0, cnt = 0.0;
-#ifdef FS_USE_AVX512
-    if (e != g) /* the whole row at once, prefetching the next one along */
-        rest = FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x, m, e, n, &cnt, pend, next);
-    else
-#endif
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
+#ifdef FS_USE_AVX512
+        if (e != g) {
+            rest += FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x + c, m, e + c, len, &k, pend,
+                                                                    next != NULL ? next + c : NULL);
+            cnt += k;
+            continue;
+        }
+#endif
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #ifdef FS_USE_AVX512
         if (!want_grad) rest += FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k);
