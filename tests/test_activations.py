@@ -238,16 +238,18 @@ def _medium_data(nrows, ncols, seed):
 @pytest.mark.parametrize("where", ["out_offset0", "out_offset1", "out_is_x"])
 @pytest.mark.parametrize("size", ["small", "large"])
 @pytest.mark.parametrize("ncols", [33, 100, 128])
-def test_medium_rows_in_blocks_equal_the_same_blocks_alone(ncols, size, where):
+def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     # float32 softmax of rows of 33..128 goes 16 rows a block (AVX-512; blocks with special
-    # or wide rows are turned down to the one-row kernel).  Every block must give the bits it
-    # gives in a call of its own (the first and last blocks, and the rows after them), in
-    # place too, and be within float32 accuracy of the float64 oracle.
+    # or wide rows are turned down to the one-row kernel).  Every row must get the bits it
+    # gets alone (a call of one row takes the one-row kernel) and in a call of its first or
+    # last blocks, in place too, and be within float32 accuracy of the float64 oracle.
     nrows = 80 + 7 if size == "small" else _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
     x = _medium_data(nrows, ncols, seed=ncols)
     tail = nrows % 16
     small = np.concatenate([fs.softmax(x[:48]), fs.softmax(x[nrows - tail - 32 :])])
     fresh = fs.softmax(x)
+    some = np.r_[0:64, nrows - 64 : nrows, 64 : nrows - 64 : 97]
+    alone = np.concatenate([fs.softmax(x[i : i + 1]) for i in some])  # before x is overwritten
     want = _oracle("softmax", x)  # special rows as SPEC section 2 has them
     if where == "out_is_x":
         out = x
@@ -258,6 +260,7 @@ def test_medium_rows_in_blocks_equal_the_same_blocks_alone(ncols, size, where):
     assert got is out
     np.testing.assert_array_equal(np.concatenate([got[:48], got[nrows - tail - 32 :]]), small)
     np.testing.assert_array_equal(fresh, got)
+    np.testing.assert_array_equal(got[some], alone)
     _assert_close(got, want, ORACLE_RTOL[np.float32], TINY[np.float32])
 
 

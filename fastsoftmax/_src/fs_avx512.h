@@ -25,7 +25,6 @@
  *                                             next row advance it (and scan the row after)
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_medium_block_f32, ..._scale_f32     float32 softmax rows of 33..128, 16 rows a block
- *   fs512_exp_small_ps                        exp on [-32, 0] without a range check
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
@@ -87,9 +86,8 @@ FS512_INLINE __m512d fs512_exp_nonpos_keep_pd(__m512d t, __mmask8 keep)
    -inf, huge negative) is set to 0, and NaN propagates through the polynomial.  n is
    rounded with the magic-bias trick (one FMA and a subtraction, on any FP port).  With
    use_lo == 0 (a constant after inlining) lo is ignored: adding a zero is an instruction
-   the compiler may not drop (-0 + 0 is +0).  With check == 0 (a constant) there is no range
-   check and no `keep`: for t in [-32, 0] or NaN only (fs512_exp_small_ps). */
-FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep, int use_lo, int check)
+   the compiler may not drop (-0 + 0 is +0). */
+FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep, int use_lo)
 {
     const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
     const __m512 n = _mm512_sub_ps(_mm512_fmadd_ps(t, _mm512_set1_ps(1.44269504088896341f), magic), magic);
@@ -102,7 +100,6 @@ FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C2_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(FS_EXP_C1_F32));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    if (!check) return _mm512_scalef_ps(p, n);
     /* "not less than -104", true for NaN lanes too: they stay NaN */
     __mmask16 ok = _mm512_mask_cmp_ps_mask(keep, t, _mm512_set1_ps(-104.0f), _CMP_NLT_UQ);
     return _mm512_maskz_scalef_ps(ok, p, n);
@@ -110,18 +107,18 @@ FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep
 
 FS512_INLINE __m512 fs512_exp_nonpos_lo_keep_ps(__m512 t, __m512 lo, __mmask16 keep)
 {
-    return fs512_exp_nonpos_impl_ps(t, lo, keep, 1, 1);
+    return fs512_exp_nonpos_impl_ps(t, lo, keep, 1);
 }
 
 /* exp(t) for t <= 0 in the lanes of `keep` (others 0). */
 FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __mmask16 keep)
 {
-    return fs512_exp_nonpos_impl_ps(t, t, keep, 0, 1);
+    return fs512_exp_nonpos_impl_ps(t, t, keep, 0);
 }
 
 FS512_INLINE __m512 fs512_exp_nonpos_ps(__m512 t)
 {
-    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0, 1);
+    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0);
 }
 
 /* exp(x - m) for float32 and m >= x, with the subtraction's rounding error fed back (TwoSum). */
@@ -431,9 +428,9 @@ FS512_INLINE __m512 fs512_exp_x_minus_m_ps(__m512 x, __m512 negm, __mmask16 keep
    then widen to double.  With `pend` (NULL or a constant after inlining), every 64 elements
    also stream 64 of the pending row and prefetch 256 bytes of the next row from pf (the
    same offsets; NULL: none). */
-FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
-                                                 fs512_pending_f32 *pend, const float *pf, const float *ahead,
-                                                 __m512 *amax, __m512 *amin)
+FS512_INLINE __m512d fs512_exp_store_sum_lanes_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
+                                                   fs512_pending_f32 *pend, const float *pf, const float *ahead,
+                                                   __m512 *amax, __m512 *amin)
 {
     const __m512 ninf = _mm512_set1_ps(-INFINITY), pinf = _mm512_set1_ps(INFINITY);
     __m512 am0 = ninf, am1 = ninf, an0 = pinf, an1 = pinf;
@@ -489,7 +486,14 @@ FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float 
         s0 = fs512_widen_add(s0, e);
     }
     if (pend != NULL) pend->j = j;
-    return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+    return _mm512_add_pd(s0, s1); /* the caller adds its lanes as _mm512_reduce_add_pd does */
+}
+
+FS512_INLINE double fs512_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum,
+                                                 fs512_pending_f32 *pend, const float *pf, const float *ahead,
+                                                 __m512 *amax, __m512 *amin)
+{
+    return _mm512_reduce_add_pd(fs512_exp_store_sum_lanes_f32(x, m, y, n, twosum, pend, pf, ahead, amax, amin));
 }
 
 /* With the TwoSum correction: as accurate as exp of the exact difference. */
@@ -930,20 +934,15 @@ static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double
  * here each row only accumulates one vector per reduction, and the 16 rows' vectors are
  * reduced together by a transposition (fs512_transpose_reduce16_ps: 46 operations for the
  * block), with one vector division for the 16 scales.  A block goes this way when every row
- * lies within FS_EXACT_SPREAD of its finite max (no TwoSum, no range check in the exp: every
- * x - m is in [-32, 0], or NaN); otherwise nothing is written and the caller takes the one-row
- * kernel for its rows.  Sums: each lane adds n / 16 exps in float, the rest is in double.
+ * lies within FS_EXACT_SPREAD of its finite max (no TwoSum); otherwise nothing is written and
+ * the caller takes the one-row kernel for its rows.  Each row's exps and sums are the one-row
+ * kernel's (fs512_exp_store_sum_lanes_f32) and the transposition adds the last lanes in its
+ * order, so a row gets the same bits whichever path takes it.
  * The results are written with ordinary stores (streaming them out during the next block's
  * exp pass, as long rows do, was faster in a C loop but not in Python calls: 16384x128 1.3-1.7
  * vs 1.4-1.5 times np.copyto, 65536x64 1.5-1.9 vs 1.2-1.5).
  */
 #define FS512_MEDIUM_MAX 128
-
-/* exp(t) for t in [-32, 0] or NaN (which propagates): no range check. */
-FS512_INLINE __m512 fs512_exp_small_ps(__m512 t)
-{
-    return fs512_exp_nonpos_impl_ps(t, t, (__mmask16)0xFFFF, 0, 0);
-}
 
 /* Lane k = max (is_max) or min of the 16 lanes of v[k]: pairs of rows share a vector, then
    pairs of pairs, halving the lanes each time; the last permutation puts lane k in place. */
@@ -988,45 +987,21 @@ FS512_INLINE __m512d fs512_transpose_sum8_pd(const __m512d *d)
    the exp pass. */
 static inline int fs512_medium_block_f32(const float *x, float *e, ptrdiff_t n, float inv[16], const float *next)
 {
-    const ptrdiff_t full = n & ~(ptrdiff_t)15;
-    const __mmask16 tail = fs512_mask16(n - full);
     __m512 mx[16], mn[16];
     for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(x + k * n, n, &mx[k], &mn[k]);
     const __m512 m = fs512_transpose_reduce16_ps(mx, 1), lowest = fs512_transpose_reduce16_ps(mn, 0);
     /* false for NaN (an infinite max or min makes m - lowest infinite or NaN) */
     if (_mm512_cmp_ps_mask(_mm512_sub_ps(m, lowest), _mm512_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ) != 0xFFFF)
         return 0;
-    float negm[16] __attribute__((aligned(64)));
-    _mm512_store_ps(negm, _mm512_sub_ps(_mm512_setzero_ps(), m));
+    float mk[16] __attribute__((aligned(64)));
+    _mm512_store_ps(mk, m);
     __m512d d[16];
     for (int k = 0; k < 16; k++) {
-        const float *row = x + k * n;
-        float *er = e + k * n;
-        const __m512 vnegm = _mm512_set1_ps(negm[k]);
-        __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
         if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float));
-        ptrdiff_t i = 0;
-        for (; i + 32 <= full; i += 32) {
-            __m512 e0 = fs512_exp_small_ps(_mm512_add_ps(_mm512_loadu_ps(row + i), vnegm));
-            __m512 e1 = fs512_exp_small_ps(_mm512_add_ps(_mm512_loadu_ps(row + i + 16), vnegm));
-            _mm512_storeu_ps(er + i, e0);
-            _mm512_storeu_ps(er + i + 16, e1);
-            b0 = _mm512_add_ps(b0, e0);
-            b1 = _mm512_add_ps(b1, e1);
-        }
-        if (i < full) {
-            __m512 e0 = fs512_exp_small_ps(_mm512_add_ps(_mm512_loadu_ps(row + i), vnegm));
-            _mm512_storeu_ps(er + i, e0);
-            b0 = _mm512_add_ps(b0, e0);
-        }
-        if (tail) {
-            __m512 e1 = _mm512_maskz_mov_ps(tail, fs512_exp_small_ps(_mm512_add_ps(_mm512_maskz_loadu_ps(tail, row + full), vnegm)));
-            _mm512_mask_storeu_ps(er + full, tail, e1);
-            b1 = _mm512_add_ps(b1, e1);
-        }
-        __m512 b = _mm512_add_ps(b0, b1);
-        d[k] = _mm512_add_pd(_mm512_cvtps_pd(_mm512_castps512_ps256(b)),
-                             _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1))));
+        /* the one-row kernel's exps and sums (without TwoSum), short of its last reduction:
+           the transposition adds the lanes in the order of _mm512_reduce_add_pd, so a row
+           gets the same bits on either path */
+        d[k] = fs512_exp_store_sum_lanes_f32(x + k * n, mk[k], e + k * n, n, 0, NULL, NULL, NULL, NULL, NULL);
     }
     const __m512d one = _mm512_set1_pd(1.0);
     _mm256_storeu_ps(inv, _mm512_cvtpd_ps(_mm512_div_pd(one, fs512_transpose_sum8_pd(d))));
