@@ -14,13 +14,6 @@
  * own.  A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
-#ifndef FS_ACT_INLINE
-#if defined(__GNUC__)
-#define FS_ACT_INLINE static inline __attribute__((always_inline))
-#else
-#define FS_ACT_INLINE static inline
-#endif
-#endif
 #define FS_EXP FS_CAT(fs_exp, FS_SUF)
 #define FS_TWO_SUM_ERR FS_CAT(fs_two_sum_err, FS_SUF)
 
@@ -131,19 +124,10 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 
 /* ---- row kernels ---- */
 
-/* A row being written with streaming stores while the next one is computed (AVX-512, see
-   fs512_pending_f32); elsewhere a placeholder, always NULL. */
-#ifdef FS_USE_AVX512
-#define FS_PENDING FS_CAT(fs512_pending, FS_SUF)
-#else
-#define FS_PENDING void
-#endif
-
-/* softmax's first two passes over one row: max (from memory), e = exp(x - m) with its sum
-   (x from cache); returns the sum, with the max in *m_out (not finite: nothing computed).
-   `next` (or NULL) is the following row: it is prefetched while this one is computed, so
-   that the memory traffic of the max pass overlaps the exps. */
-FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *m_out)
+/* Passes over one row: max (from memory), y = exp(x - m) with its sum (x from cache),
+   y /= sum (in cache).  `next` (or NULL) is the following row: it is prefetched while this
+   one is computed, so that the memory traffic of the max pass overlaps the exps. */
+static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
 #if defined(FS_USE_AVX512) && FS_IS_F32
     /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
@@ -155,40 +139,28 @@ FS_ACT_INLINE double FS_FN(softmax_row_sums)(const FS_T *x, FS_T *e, ptrdiff_t n
     FS_T m = FS_ROW_MAX(x, n);
     const int exact = 1;
 #endif
-    *m_out = m;
-    if (!isfinite(m)) return NAN;
+    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
     double s = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #if defined(FS_USE_AVX512) && FS_IS_F32
-        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, e + c, len); continue; }
+        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, y + c, len); continue; }
 #endif
-        s += FS_EXP_STORE_SUM(x + c, m, e + c, len);
+        s += FS_EXP_STORE_SUM(x + c, m, y + c, len);
     }
     (void)exact;
-    return s;
-}
-
-/* softmax of one row: the sums into y, then y /= sum (in cache). */
-static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
-{
-    FS_T m;
-    double s = FS_FN(softmax_row_sums)(x, y, n, next, &m);
-    if (!isfinite(m)) FS_FN(fill_nan)(y, n);
-    else FS_SCALE(y, (FS_T)(1.0 / s), y, n);
+    FS_SCALE(y, (FS_T)(1.0 / s), y, n);
 }
 
 /* log_softmax's exp pass over a piece of a row: the sum of exp(x - m) over x != m (*at_max
-   counts x == m).  On AVX-512 it also stores x - m into y (unless y is NULL), so that the
-   last pass only subtracts a constant from y in cache, and the output's lines are fetched
-   during this exp-heavy pass (measured 10-20% faster on rows that come from memory); the
-   other paths compute (x - m) - c again at the end.  Both round the same way: (x - m),
-   then - c. */
+   counts x == m).  On AVX-512 it also stores x - m into y, so that the last pass only
+   subtracts a constant from y in cache, and the output's lines are fetched during this
+   exp-heavy pass (measured 10-20% faster on rows that come from memory); the other paths
+   compute (x - m) - c again at the end.  Both round the same way: (x - m), then - c. */
 static inline double FS_FN(log_softmax_sums)(const FS_T *x, FS_T m, FS_T *y, ptrdiff_t n, double *at_max)
 {
 #ifdef FS_USE_AVX512
-    if (y == NULL) return FS_CAT(fs512_exp_sum_split, FS_SUF)(x, m, n, at_max);
     return FS_CAT(fs512_exp_sum_split_store, FS_SUF)(x, m, y, n, at_max);
 #else
     (void)y;
@@ -208,31 +180,19 @@ static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T
 #endif
 }
 
-/* log_softmax's first two passes over one row: max, then the sums (log_softmax_sums, into y
-   unless it is NULL); returns ln(sum exp(x - m)), with the max in *m_out (not finite:
-   nothing computed). */
-FS_ACT_INLINE double FS_FN(log_softmax_row_lse)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next, FS_T *m_out)
+static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
     FS_T m = FS_ROW_MAX(x, n);
-    *m_out = m;
-    if (!isfinite(m)) return NAN;
+    if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
     double rest = 0.0, at_max = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-        rest += FS_FN(log_softmax_sums)(x + c, m, y != NULL ? y + c : NULL, len, &k);
+        rest += FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k);
         at_max += k;
     }
-    return log1p((at_max - 1.0) + rest);
-}
-
-static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
-{
-    FS_T m;
-    double lse = FS_FN(log_softmax_row_lse)(x, y, n, next, &m);
-    if (!isfinite(m)) FS_FN(fill_nan)(y, n);
-    else FS_FN(log_softmax_finish)(x, m, (FS_T)lse, y, n);
+    FS_FN(log_softmax_finish)(x, m, (FS_T)log1p((at_max - 1.0) + rest), y, n);
 }
 
 #ifdef FS_USE_AVX512
@@ -259,7 +219,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
         return;
     }
     const int scan_ahead = FS_IS_F32;
-    FS_PENDING pend = {0}; /* nothing pending */
+    FS_CAT(fs512_pending, FS_SUF) pend = {0}; /* nothing pending */
     int known = 0;         /* the max (and min) of row r were taken during row r - 1 */
     FS_T next_max = 0, next_min = 0;
     for (ptrdiff_t r = r0; r < r1; r++) {
@@ -283,7 +243,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
         double a = 0.0;
         if (isfinite(m)) {
             /* in FS_CHUNK pieces, the sums added in the order of the one-row kernels
-               (softmax_row_sums, log_softmax_row_lse): the same bits */
+               (softmax_row, log_softmax_row): the same bits */
             const int exact = FS_IS_F32 ? !(m - lowest <= FS_EXACT_SPREAD) : 1; /* softmax's TwoSum decision */
             double sum = 0.0, at_max = 0.0;
             next_max = -(FS_T)INFINITY;
@@ -511,7 +471,6 @@ static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T 
 }
 
 #undef FS_FN
-#undef FS_PENDING
 #undef FS_EXP
 #undef FS_TWO_SUM_ERR
 #undef FS_ROW_MAX
