@@ -5,8 +5,9 @@ Design note
 -----------
 The Python layer (``fastsoftmax.activations``) checks every argument, moves the
 reduced axis last and hands this module C-contiguous arrays of one float dtype; the
-kernels here assume exactly that.  Results of 32 MiB or more are allocated by
-``_result_pool`` (memory of freed large results is reused instead of mapped anew).  Each call releases the GIL and runs the C row
+kernels here assume exactly that.  Results of 1 MiB or more are allocated by
+``_result_pool``: 64-byte aligned, and from 32 MiB in memory of freed large results
+instead of mapped anew.  Each call releases the GIL and runs the C row
 kernels of ``_src/fs_activations.h`` (vectorised per instruction set, picked at import),
 which split rows across OpenMP threads above a work threshold.
 
@@ -15,13 +16,13 @@ Arguments: ``x`` / ``grad_output`` / ``output`` are inputs (IN), ``out`` is writ
 cimport numpy as cnp
 from libc.stddef cimport ptrdiff_t
 
-from ._result_pool import MIN_POOLED_BYTES as _MIN_POOLED_BYTES, empty as _pooled_empty
+from ._result_pool import MIN_ALIGNED_BYTES as _MIN_ALIGNED_BYTES, empty as _pooled_empty
 
 cnp.import_array()
 
-# Results of at least this many bytes are allocated by _result_pool (a C constant: the test
-# runs on every fast-path call).
-cdef Py_ssize_t MIN_POOLED_BYTES = _MIN_POOLED_BYTES
+# Results of at least this many bytes are allocated by _result_pool (64-byte aligned, the
+# largest pooled; a C constant: the test runs on every fast-path call).
+cdef Py_ssize_t MIN_ALIGNED_BYTES = _MIN_ALIGNED_BYTES
 
 cdef extern from "_src/fs_activations.h" nogil:
     ctypedef struct fs_act_table_f32:
@@ -246,7 +247,7 @@ def try_unary(int op, object x, object axis, object out, object get_threads):
             return None  # a reduction cannot work in place
         _unary_rows(op, a, <cnp.ndarray>out, _threads_for(a, get_threads))
         return out
-    if op != LOGSUMEXP and cnp.PyArray_NBYTES(a) >= MIN_POOLED_BYTES:
+    if op != LOGSUMEXP and cnp.PyArray_NBYTES(a) >= MIN_ALIGNED_BYTES:
         res = _pooled_empty(x.shape, x.dtype)
     else:
         res = cnp.PyArray_EMPTY(res_nd, cnp.PyArray_DIMS(a), cnp.PyArray_TYPE(a), 0)
@@ -275,7 +276,7 @@ def try_binary(int op, object g, object y, object axis, object out, object get_t
         _binary_rows(op, ga, ya, <cnp.ndarray>out, _threads_for(ga, get_threads))
         return out
     cdef cnp.ndarray res
-    if cnp.PyArray_NBYTES(ga) >= MIN_POOLED_BYTES:
+    if cnp.PyArray_NBYTES(ga) >= MIN_ALIGNED_BYTES:
         res = _pooled_empty(g.shape, g.dtype)
     else:
         res = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(ga), cnp.PyArray_TYPE(ga), 0)

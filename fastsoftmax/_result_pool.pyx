@@ -27,6 +27,7 @@ cnp.import_array()
 
 cdef extern from "_src/fs_result_pool.h":
     object fs_pool_init(size_t cap)
+    object fs_aligned_init()
     void fs_pool_set_cap(size_t cap) nogil
     void fs_pool_release() nogil
     size_t fs_pool_cached_bytes() nogil
@@ -40,6 +41,11 @@ cdef extern from "numpy/arrayobject.h":
 #: Results of at least this many bytes come from the pool; glibc keeps smaller freed
 #: blocks mapped itself.
 MIN_POOLED_BYTES = 32 << 20
+
+#: Results of at least this many bytes (and less than MIN_POOLED_BYTES) are allocated
+#: 64-byte aligned (malloc gives 16): whole cache lines for the kernels' vector and
+#: streaming stores.  Below, NumPy's allocator (switching handlers costs a few hundred ns).
+MIN_ALIGNED_BYTES = 1 << 20
 
 #: Most megabytes of freed results kept when FASTSOFTMAX_RESULT_CACHE_MB is not set.
 DEFAULT_CACHE_MB = 512
@@ -66,6 +72,7 @@ def _cap_from_environment():
 
 cdef size_t _cap = _cap_from_environment()
 cdef object _handler = fs_pool_init(_cap)
+cdef object _aligned_handler = fs_aligned_init()
 # NumPy's default handler: a handler the user set (NEP 49) is left in charge of every array.
 cdef object _numpy_default = PyDataMem_GetHandler()
 
@@ -86,13 +93,16 @@ def _hold_lock(bint hold):
 
 def empty(shape, dtype):
     """``np.empty(shape, dtype)``; from the pool when it holds ``MIN_POOLED_BYTES`` or more
-    (unless the pool is off, or another memory handler than NumPy's default is in use)."""
+    (unless the pool is off), 64-byte aligned from ``MIN_ALIGNED_BYTES`` (pooled blocks are
+    too); NumPy's allocator below, or when another memory handler than NumPy's default is
+    in use."""
     cdef object nbytes = np.dtype(dtype).itemsize
     for n in shape:
         nbytes *= n
-    if _cap == 0 or nbytes < MIN_POOLED_BYTES or PyDataMem_GetHandler() is not _numpy_default:
+    if nbytes < MIN_ALIGNED_BYTES or PyDataMem_GetHandler() is not _numpy_default:
         return np.empty(shape, dtype)
-    previous = PyDataMem_SetHandler(_handler)
+    handler = _handler if _cap != 0 and nbytes >= MIN_POOLED_BYTES else _aligned_handler
+    previous = PyDataMem_SetHandler(handler)
     try:
         return np.empty(shape, dtype)
     finally:

@@ -1,8 +1,9 @@
 """Large results reuse freed memory (fastsoftmax._result_pool, _src/fs_result_pool.h).
 
 Results of MIN_POOLED_BYTES (32 MiB) or more are allocated by a NumPy memory handler that
-keeps a few freed blocks.  These tests hold it to what an array's memory must do: the
-handler is used only for large results, a kept block is handed out again (and its stale
+keeps a few freed blocks, results of MIN_ALIGNED_BYTES (1 MiB) or more by one that aligns
+them to 64 bytes.  These tests hold them to what an array's memory must do: the
+handlers are used only for large results, a kept block is handed out again (and its stale
 contents never show through a result), the limit and the number of blocks kept hold,
 resize keeps the data, and the environment variable sets the limit.
 """
@@ -25,6 +26,7 @@ from fastsoftmax import _result_pool as pool
 from fastsoftmax import reference as ref
 
 POOL = "fastsoftmax_result_pool"
+ALIGNED = "fastsoftmax_aligned"
 BIG_ROWS, BIG_COLS = 168, 50257  # 33.8 MB float32: just above MIN_POOLED_BYTES (32 MiB)
 
 
@@ -77,8 +79,40 @@ def test_large_results_come_from_the_pool(fresh_pool, func):
 
 
 @pytest.mark.parametrize("func", LARGE_RESULTS.values(), ids=LARGE_RESULTS.keys())
-def test_smaller_results_use_numpys_allocator(fresh_pool, func):
-    assert _handler(func(_big()[:-40])) == get_handler_name()
+def test_smaller_results_are_only_aligned(fresh_pool, func):
+    # below MIN_POOLED_BYTES, from MIN_ALIGNED_BYTES (1 MiB): the aligning handler, not the pool
+    x = _big()[:-40]
+    assert pool.MIN_ALIGNED_BYTES <= x.nbytes < pool.MIN_POOLED_BYTES
+    res = func(x)
+    assert _handler(res) == ALIGNED
+    assert res.ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("func", LARGE_RESULTS.values(), ids=LARGE_RESULTS.keys())
+@pytest.mark.parametrize("rows", [52, 53, 59, 64], ids=lambda r: f"rows{r}")
+def test_results_of_a_mebibyte_or_more_are_64_byte_aligned(func, rows):
+    # malloc aligns to 16 bytes: a result inside a cache line would split every vector store
+    x = _big(seed=rows)[:rows, :5041]  # 52 rows: just below 1 MiB float32, 53 and more above
+    res = func(np.ascontiguousarray(x))
+    if x.nbytes >= pool.MIN_ALIGNED_BYTES:
+        assert _handler(res) == ALIGNED
+        assert res.ctypes.data % 64 == 0
+        assert res.flags.writeable and res.flags.c_contiguous
+    else:
+        assert _handler(res) == get_handler_name()
+
+
+@pytest.mark.parametrize("factor", [0.1, 1.0, 1.7, 40.0], ids=["shrink", "same", "grow", "grow_much"])
+def test_aligned_resize_keeps_the_data(factor):
+    a = pool.empty((1 << 19,), np.float32)  # 2 MiB: the aligning handler
+    assert get_handler_name(a) == ALIGNED
+    a[:] = np.arange(a.size, dtype=np.float32)
+    n = int(a.size * factor)
+    a.resize((n,), refcheck=False)
+    kept = min(n, 1 << 19)
+    np.testing.assert_array_equal(a[:kept], np.arange(kept, dtype=np.float32))
+    assert get_handler_name(a) == ALIGNED
+    a[:] = 1.0  # all of the new length is writable (a memory checker sees any overrun)
 
 
 def test_the_reference_never_uses_the_pool(fresh_pool):
@@ -163,7 +197,9 @@ def test_the_limit_holds(fresh_pool):
 
 def test_limit_zero_turns_the_pool_off(fresh_pool):
     pool.set_limit(0)
-    assert _handler(fs.softmax(_big())) == get_handler_name()
+    res = fs.softmax(_big())
+    assert _handler(res) == ALIGNED  # still 64-byte aligned, from malloc
+    assert res.ctypes.data % 64 == 0
 
 
 def test_release_empties_the_pool(fresh_pool):
