@@ -235,14 +235,41 @@ def _medium_data(nrows, ncols, seed):
     return x
 
 
-@pytest.mark.parametrize("where", ["out_offset0", "out_offset1", "out_is_x"])
+def _aligned_empty(shape, dtype, offset=0):
+    """An uninitialised C-contiguous array starting `offset` elements after a 64-byte boundary."""
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape))
+    buf = np.empty(size * dtype.itemsize + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset * dtype.itemsize
+    return buf[start : start + size * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _medium_out(x, where):
+    """out= for the medium-row tests: x itself (moved to a 64-byte boundary first for
+    "aligned_x"), or a new array `offsetK` elements past a 64-byte boundary.  Results of
+    STREAM_MIN_BYTES in 64-byte aligned rows are streamed (AVX-512), others are not."""
+    if where in ("out_is_x", "aligned_x"):
+        if where == "aligned_x":
+            moved = _aligned_empty(x.shape, x.dtype)
+            moved[...] = x
+            return moved, moved
+        return x, x
+    return x, _aligned_empty(x.shape, x.dtype, int(where[len("offset") :]))
+
+
+MEDIUM_WHERE = ["offset0", "offset1", "offset4", "out_is_x", "aligned_x"]
+
+
+@pytest.mark.parametrize("where", MEDIUM_WHERE)
 @pytest.mark.parametrize("size", ["small", "large"])
-@pytest.mark.parametrize("ncols", [33, 100, 128])
+@pytest.mark.parametrize("ncols", [33, 64, 100, 128])
 def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     # float32 softmax of rows of 33..128 goes 16 rows a block (AVX-512; blocks with special
-    # or wide rows are turned down to the one-row kernel).  Every row must get the bits it
-    # gets alone (a call of one row takes the one-row kernel) and in a call of its first or
-    # last blocks, in place too, and be within float32 accuracy of the float64 oracle.
+    # or wide rows are turned down to the one-row kernel); large results in 64-byte aligned
+    # rows (offset0, aligned_x, fresh results: ncols 64 and 128) are streamed, the next
+    # block's max taken during this block's sums.  Every row must get the bits it gets alone
+    # (a call of one row takes the one-row kernel) and in a call of its first or last blocks,
+    # in place too, and be within float32 accuracy of the float64 oracle.
     nrows = 80 + 7 if size == "small" else _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
     x = _medium_data(nrows, ncols, seed=ncols)
     tail = nrows % 16
@@ -251,16 +278,37 @@ def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     some = np.r_[0:64, nrows - 64 : nrows, 64 : nrows - 64 : 97]
     alone = np.concatenate([fs.softmax(x[i : i + 1]) for i in some])  # before x is overwritten
     want = _oracle("softmax", x)  # special rows as SPEC section 2 has them
-    if where == "out_is_x":
-        out = x
-    else:
-        offset = int(where[len("out_offset") :])
-        out = np.empty(x.size + offset, np.float32)[offset:].reshape(x.shape)
+    x, out = _medium_out(x, where)
     got = fs.softmax(x, out=out)
     assert got is out
     np.testing.assert_array_equal(np.concatenate([got[:48], got[nrows - tail - 32 :]]), small)
     np.testing.assert_array_equal(fresh, got)
     np.testing.assert_array_equal(got[some], alone)
+    _assert_close(got, want, ORACLE_RTOL[np.float32], TINY[np.float32])
+
+
+@pytest.mark.parametrize("where", MEDIUM_WHERE)
+@pytest.mark.parametrize("ncols", [48, 96, 128])
+def test_streamed_medium_log_softmax_equals_the_batch_path(ncols, where):
+    # float32 log_softmax of large results in rows of 33..128 (a whole number of vectors,
+    # 64-byte aligned: offset0, aligned_x and fresh results) is streamed, 16 rows a batch,
+    # the next batch's max taken during this batch's sums; other results take the in-cache
+    # batch path.  The two must agree bit for bit (rows after the last whole batch, special
+    # rows), in place too, and be within float32 accuracy of the float64 oracle.
+    nrows = _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
+    x = _medium_data(nrows, ncols, seed=ncols + 1)
+    in_cache = np.concatenate([fs.log_softmax(x[:48]), fs.log_softmax(x[-55:])])
+    misaligned = _aligned_empty(x.shape, np.float32, 4)
+    fs.log_softmax(x, out=misaligned)
+    fresh = fs.log_softmax(x)
+    assert fresh.ctypes.data % 64 == 0  # a result of this size is allocated 64-byte aligned
+    want = _oracle("log_softmax", x)
+    x, out = _medium_out(x, where)
+    got = fs.log_softmax(x, out=out)
+    assert got is out
+    np.testing.assert_array_equal(np.concatenate([got[:48], got[-55:]]), in_cache)
+    np.testing.assert_array_equal(got, misaligned)
+    np.testing.assert_array_equal(got, fresh)
     _assert_close(got, want, ORACLE_RTOL[np.float32], TINY[np.float32])
 
 
@@ -393,9 +441,14 @@ def test_logsumexp_is_log_sum_exp_in_float64():
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
-@pytest.mark.parametrize("ncols", [128, 700, 1100], ids=["medium", "in_cache", "streamed"])
-def test_same_result_on_one_and_two_threads(dtype, ncols):
-    nrows = _streamed_rows(1100, dtype)
+@pytest.mark.parametrize(
+    "ncols, large",
+    [(128, False), (128, True), (700, False), (1100, True)],
+    ids=["medium", "medium_streamed", "in_cache", "streamed"],
+)
+def test_same_result_on_one_and_two_threads(dtype, ncols, large):
+    # large: a float32 result of STREAM_MIN_BYTES or more (fresh results are 64-byte aligned)
+    nrows = _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7 if large else 2000
     x = _data((nrows, ncols), dtype) if ncols != 128 else _medium_data(nrows, ncols, seed=1).astype(dtype)
     saved = fs.get_num_threads()
     try:

@@ -938,9 +938,10 @@ static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double
  * the caller takes the one-row kernel for its rows.  Each row's exps and sums are the one-row
  * kernel's (fs512_exp_store_sum_lanes_f32) and the transposition adds the last lanes in its
  * order, so a row gets the same bits whichever path takes it.
- * The results are written with ordinary stores (streaming them out during the next block's
- * exp pass, as long rows do, was faster in a C loop but not in Python calls: 16384x128 1.3-1.7
- * vs 1.4-1.5 times np.copyto, 65536x64 1.5-1.9 vs 1.2-1.5).
+ * Results of FS_STREAM_MIN_BYTES in 64-byte aligned rows are streamed out during the next
+ * block's exp pass (softmax_medium_stream_span, fs_activations_impl.h); others are written
+ * with ordinary stores (streaming rows that share cache lines with their neighbours was
+ * slower: 65536x64 at 16 or 48 bytes past a line, 1.6-2.2 vs 1.2-1.7 times np.copyto).
  */
 #define FS512_MEDIUM_MAX 128
 
@@ -979,33 +980,47 @@ FS512_INLINE __m512d fs512_transpose_sum8_pd(const __m512d *d)
     return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), r);
 }
 
-/* The sums of a block of 16 rows of n (FS512_SHORT_MAX < n <= FS512_MEDIUM_MAX) at x: the
-   exps into e (16 rows of n), the 16 scales 1 / sum into inv.  Returns 0, with nothing
-   written, when a row's max or min is infinite or NaN or its spread wider than
-   FS_EXACT_SPREAD (a NaN that vmaxps / vminps drop lets its row through: its exps, sum and
-   results are NaN, as SPEC wants).  `next` (or NULL), the next block, is prefetched during
-   the exp pass. */
-static inline int fs512_medium_block_f32(const float *x, float *e, ptrdiff_t n, float inv[16], const float *next)
+/* The 16 row maxima of a block into mk from each row's max and min vectors (mx, mn).
+   Returns 0 when a row's max or min is infinite or NaN or its spread wider than
+   FS_EXACT_SPREAD: the block then goes to the one-row kernel (a NaN that vmaxps / vminps
+   drop lets its row through: its exps, sum and results are NaN, as SPEC wants). */
+FS512_INLINE int fs512_medium_max_f32(const __m512 mx[16], const __m512 mn[16], float mk[16])
 {
-    __m512 mx[16], mn[16];
-    for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(x + k * n, n, &mx[k], &mn[k]);
     const __m512 m = fs512_transpose_reduce16_ps(mx, 1), lowest = fs512_transpose_reduce16_ps(mn, 0);
     /* false for NaN (an infinite max or min makes m - lowest infinite or NaN) */
     if (_mm512_cmp_ps_mask(_mm512_sub_ps(m, lowest), _mm512_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ) != 0xFFFF)
         return 0;
-    float mk[16] __attribute__((aligned(64)));
-    _mm512_store_ps(mk, m);
-    __m512d d[16];
-    for (int k = 0; k < 16; k++) {
-        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float));
-        /* the one-row kernel's exps and sums (without TwoSum), short of its last reduction:
-           the transposition adds the lanes in the order of _mm512_reduce_add_pd, so a row
-           gets the same bits on either path */
-        d[k] = fs512_exp_store_sum_lanes_f32(x + k * n, mk[k], e + k * n, n, 0, NULL, NULL, NULL, NULL, NULL);
-    }
+    _mm512_storeu_ps(mk, m);
+    return 1;
+}
+
+/* The 16 scales 1 / sum from the rows' sum vectors (fs512_exp_store_sum_lanes_f32): the
+   transposition adds the lanes in the order of _mm512_reduce_add_pd, so a row gets the same
+   bits on the block path as on the one-row kernel. */
+FS512_INLINE void fs512_medium_inv_f32(const __m512d d[16], float inv[16])
+{
     const __m512d one = _mm512_set1_pd(1.0);
     _mm256_storeu_ps(inv, _mm512_cvtpd_ps(_mm512_div_pd(one, fs512_transpose_sum8_pd(d))));
     _mm256_storeu_ps(inv + 8, _mm512_cvtpd_ps(_mm512_div_pd(one, fs512_transpose_sum8_pd(d + 8))));
+}
+
+/* The sums of a block of 16 rows of n (FS512_SHORT_MAX < n <= FS512_MEDIUM_MAX) at x: the
+   exps into e (16 rows of n), the 16 scales 1 / sum into inv.  Returns 0, with nothing
+   written, when fs512_medium_max_f32 turns the block down.  `next` (or NULL), the next
+   block, is prefetched during the exp pass. */
+static inline int fs512_medium_block_f32(const float *x, float *e, ptrdiff_t n, float inv[16], const float *next)
+{
+    __m512 mx[16], mn[16];
+    float mk[16] __attribute__((aligned(64)));
+    for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(x + k * n, n, &mx[k], &mn[k]);
+    if (!fs512_medium_max_f32(mx, mn, mk)) return 0;
+    __m512d d[16];
+    for (int k = 0; k < 16; k++) {
+        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float));
+        /* the one-row kernel's exps and sums (without TwoSum), short of its last reduction */
+        d[k] = fs512_exp_store_sum_lanes_f32(x + k * n, mk[k], e + k * n, n, 0, NULL, NULL, NULL, NULL, NULL);
+    }
+    fs512_medium_inv_f32(d, inv);
     return 1;
 }
 
