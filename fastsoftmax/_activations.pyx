@@ -50,7 +50,9 @@ fs_activations_init()
 ISA = fs_activations_isa().decode()
 
 #: Results of at least STREAM_MIN_BYTES in rows of at least STREAM_MIN_COLS are written with
-#: streaming stores on AVX-512 (softmax, log_softmax, the cross-entropy gradient).
+#: streaming stores on AVX-512 (softmax, log_softmax, the cross-entropy gradient); so are
+#: float32 softmax / log_softmax results of that size in rows of 33..128 that are a whole
+#: number of 64-byte lines and start on one (a 64-byte aligned result).
 STREAM_MIN_BYTES = FS_STREAM_MIN_BYTES
 STREAM_MIN_COLS = FS_STREAM_MIN_COLS
 

@@ -9,8 +9,11 @@ each page when it is first written: a third of a 51 MB softmax on the project's
 machine.  ``empty`` creates such results with a NumPy memory handler (NEP 49) that keeps
 a few freed blocks (``_src/fs_result_pool.h``), so a training loop that computes a large
 softmax or cross-entropy gradient every step writes into memory already mapped.  The
-arrays are ordinary NumPy arrays owning their data.  Smaller results, and every array
-made by other code, use NumPy's default allocator.
+arrays are ordinary NumPy arrays owning their data.  Results of ``MIN_ALIGNED_BYTES``
+(1 MiB) up to that size come from a second handler that only aligns them to 64 bytes
+(malloc gives 16): a result starting inside a cache line splits every vector store over
+two lines and keeps its rows off whole-line streaming stores.  Smaller results, and every
+array made by other code, use NumPy's default allocator.
 
 ``FASTSOFTMAX_RESULT_CACHE_MB`` (default 512, read at import) caps the bytes kept;
 0 turns the pool off.  :func:`release` hands the kept memory back to the system.

@@ -10,6 +10,7 @@ from numpy.exceptions import AxisError
 
 import fastsoftmax as fs
 from fastsoftmax import _activations as _k
+from fastsoftmax import _result_pool
 from fastsoftmax import reference as ref
 
 FORWARD = ["softmax", "log_softmax", "logsumexp"]
@@ -231,6 +232,10 @@ def _medium_data(nrows, ncols, seed):
     x[20, 0] = -np.inf
     x[40] *= 30.0  # spans more than 32: the TwoSum path of the one-row kernel
     x[50, 0] = np.nan  # a NaN the block's max and min may drop: the row must still be NaN
+    last_block = nrows - nrows % 16 - 16  # the last whole block (batch), streamed or not
+    x[last_block + 3, :] = -np.inf
+    x[last_block + 15, 5] = np.inf
+    x[nrows // 32 * 16, 7] = np.nan  # the first block of the second thread's rows
     x[-1, 1] = np.nan
     return x
 
@@ -262,12 +267,12 @@ MEDIUM_WHERE = ["offset0", "offset1", "offset4", "out_is_x", "aligned_x"]
 
 @pytest.mark.parametrize("where", MEDIUM_WHERE)
 @pytest.mark.parametrize("size", ["small", "large"])
-@pytest.mark.parametrize("ncols", [33, 64, 100, 128])
+@pytest.mark.parametrize("ncols", [33, 48, 64, 96, 100, 128])
 def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     # float32 softmax of rows of 33..128 goes 16 rows a block (AVX-512; blocks with special
     # or wide rows are turned down to the one-row kernel); large results in 64-byte aligned
-    # rows (offset0, aligned_x, fresh results: ncols 64 and 128) are streamed, the next
-    # block's max taken during this block's sums.  Every row must get the bits it gets alone
+    # rows (offset0, aligned_x, fresh results: ncols 48, 64, 96 and 128) are streamed, the
+    # next block's max taken during this block's sums.  Every row must get the bits it gets alone
     # (a call of one row takes the one-row kernel) and in a call of its first or last blocks,
     # in place too, and be within float32 accuracy of the float64 oracle.
     nrows = 80 + 7 if size == "small" else _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
@@ -275,6 +280,8 @@ def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     tail = nrows % 16
     small = np.concatenate([fs.softmax(x[:48]), fs.softmax(x[nrows - tail - 32 :])])
     fresh = fs.softmax(x)
+    if fresh.nbytes >= _result_pool.MIN_ALIGNED_BYTES:
+        assert fresh.ctypes.data % 64 == 0  # so that a fresh result takes the streamed path
     some = np.r_[0:64, nrows - 64 : nrows, 64 : nrows - 64 : 97]
     alone = np.concatenate([fs.softmax(x[i : i + 1]) for i in some])  # before x is overwritten
     want = _oracle("softmax", x)  # special rows as SPEC section 2 has them

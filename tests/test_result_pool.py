@@ -112,6 +112,7 @@ def test_aligned_resize_keeps_the_data(factor):
     kept = min(n, 1 << 19)
     np.testing.assert_array_equal(a[:kept], np.arange(kept, dtype=np.float32))
     assert get_handler_name(a) == ALIGNED
+    assert a.ctypes.data % 64 == 0
     a[:] = 1.0  # all of the new length is writable (a memory checker sees any overrun)
 
 

@@ -319,7 +319,8 @@ static void FS_FN(log_softmax_row_batch)(const FS_T *x, FS_T *y, ptrdiff_t count
 /* log_softmax_row_batch for a result too large for the caches (FS_STREAM_MIN_BYTES),
    software-pipelined as softmax_medium_stream_span: during row k's sums in batch b, row k
    of batch b - 1 is written with streaming stores ((x - m) - c, from x still in L1/L2) and
-   the max of row k of batch b + 1 is taken.  The same bits as log_softmax_row_batch. */
+   the max of row k of batch b + 1 is taken.  The same bits as log_softmax_row_batch (a row
+   with a NaN is all NaN on both, but vmaxps may keep another NaN, or none, of the row). */
 static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n)
 {
     float m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
@@ -423,9 +424,12 @@ static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *
 
 /* ---- drivers over rows: threads split the rows statically ---- */
 
-/* Rows of softmax (log_out = 0) or log_softmax (log_out = 1).  On AVX-512, short rows go a
-   block of rows at a time (fs512_short_rows_*) and log_softmax of medium rows a batch of rows
-   per vector log1p (log_softmax_row_batch); threads take contiguous slices of rows. */
+/* Rows of softmax (log_out = 0) or log_softmax (log_out = 1).  On AVX-512 (softmax_like_rows):
+   short rows go a block of rows at a time (fs512_short_rows_*), float32 softmax of medium rows
+   16 rows a block (softmax_medium_span) and log_softmax of medium rows a batch of rows per
+   vector log1p (log_softmax_row_batch), both streamed when the result is large and its rows
+   start on cache lines (*_medium_stream_span); long rows of large results are streamed
+   (softmax_like_stream_span); threads take contiguous slices of rows. */
 static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, const FS_T *next, int log_out)
 {
     if (log_out) FS_FN(log_softmax_row)(x, y, ncols, next);
@@ -468,7 +472,8 @@ static void FS_FN(softmax_medium_span)(const float *x, float *y, ptrdiff_t len, 
    writes) and the max and min of row k of block b + 1 are taken (fs512_medium_max_f32 then
    has them, with no max pass of its own).  Memory is then read and written at an even rate
    while the exps are computed, instead of a burst of loads for the max pass and a burst of
-   stores in the scale pass.  The same bits as softmax_medium_span. */
+   stores in the scale pass.  The same bits as softmax_medium_span (a row with a NaN is all
+   NaN on both, possibly not the same NaN: the max taken ahead may keep or drop it). */
 static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n)
 {
     float scratch[2][16 * FS512_MEDIUM_MAX] __attribute__((aligned(64)));

@@ -265,16 +265,33 @@ static PyObject *fs_pool_init(size_t cap)
  * store split over two lines, and its rows cannot be written with whole-line streaming
  * stores (fs_activations_impl.h, softmax_medium_stream_span: 16384 x 128 float32 softmax
  * took 0.79 times np.copyto into a 64-byte aligned result, 1.34-1.40 into one at 16 or 48).
- * This handler takes malloc'd memory 64 bytes longer and returns its first 64-byte boundary
- * after at least 16 bytes; the pointer malloc gave is stored just before the data. */
+ * This handler takes malloc'd memory 80 bytes longer and returns its first 64-byte boundary
+ * after at least 16 bytes (16 to 79 bytes in); the pointer malloc gave is stored just before
+ * the data.  Blocks of 4 MiB or more are marked for transparent huge pages, as NumPy's own
+ * allocator does. */
 static char *fs_aligned_boundary(char *raw)
 {
     return (char *)(((uintptr_t)raw + 16 + 63) & ~(uintptr_t)63);
 }
 
-static void *fs_aligned_data(char *raw)
+/* madvise(MADV_HUGEPAGE) over the whole pages of a block of 4 MiB or more (as NumPy does) */
+static void fs_aligned_hugepages(char *raw, size_t length)
+{
+#if FS_POOL_MMAP && defined(MADV_HUGEPAGE)
+    if (length < ((size_t)4 << 20)) return;
+    const uintptr_t page = 4096;
+    uintptr_t start = ((uintptr_t)raw + page - 1) & ~(page - 1), end = ((uintptr_t)raw + length) & ~(page - 1);
+    if (end > start) (void)madvise((void *)start, end - start, MADV_HUGEPAGE);
+#else
+    (void)raw;
+    (void)length;
+#endif
+}
+
+static void *fs_aligned_data(char *raw, size_t length)
 {
     if (raw == NULL) return NULL;
+    fs_aligned_hugepages(raw, length);
     char *data = fs_aligned_boundary(raw);
     ((char **)data)[-1] = raw;
     return data;
@@ -289,14 +306,14 @@ static void *fs_aligned_malloc(void *ctx, size_t size)
 {
     (void)ctx;
     if (size > SIZE_MAX - 80) return NULL;
-    return fs_aligned_data((char *)malloc(size + 80));
+    return fs_aligned_data((char *)malloc(size + 80), size + 80);
 }
 
 static void *fs_aligned_calloc(void *ctx, size_t nelem, size_t elsize)
 {
     (void)ctx;
     if (elsize != 0 && nelem > (SIZE_MAX - 80) / elsize) return NULL;
-    return fs_aligned_data((char *)calloc(nelem * elsize + 80, 1));
+    return fs_aligned_data((char *)calloc(nelem * elsize + 80, 1), nelem * elsize + 80);
 }
 
 static void fs_aligned_free(void *ctx, void *data, size_t size)
@@ -320,6 +337,7 @@ static void *fs_aligned_realloc(void *ctx, void *data, size_t new_size)
        move, which it could otherwise overwrite the data of */
     if ((size_t)(fresh - moved) != offset) memmove(fresh, moved + offset, new_size);
     ((char **)fresh)[-1] = moved;
+    fs_aligned_hugepages(moved, new_size + 80);
     return fresh;
 }
 
