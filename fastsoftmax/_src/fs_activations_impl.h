@@ -496,11 +496,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
         if (!known)
             for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(xb + k * n, n, &mx[k], &mn[k]);
         if (!fs512_medium_max_f32(mx, mn, mk)) {
-            for (int k = 0; prev != NULL && k < 16; k++) {
-                fs512_pending_f32 pend;
-                fs512_pending_begin_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, n, -1, 0, FS512_SCALE);
-                fs512_pending_finish_f32(&pend);
-            }
+            if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
             prev = NULL;
             known = 0;
             for (int k = 0; k < 16; k++) FS_FN(softmax_row)(xb + k * n, yb + k * n, n, NULL);
@@ -521,13 +517,21 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
         prev = e;
         yprev = yb;
     }
-    for (int k = 0; prev != NULL && k < 16; k++) {
-        fs512_pending_f32 pend;
-        fs512_pending_begin_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, n, -1, 0, FS512_SCALE);
-        fs512_pending_finish_f32(&pend);
-    }
+    if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
     _mm_sfence(); /* this thread's streamed rows are complete */
     for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
+}
+#endif
+
+#if defined(FS_USE_AVX512) && FS_IS_F32
+/* Whether a float32 result in medium rows is streamed (*_medium_stream_span): large, and every
+   row starts on a cache line (y 64-byte aligned, rows of a whole number of vectors); rows
+   that share a line with their neighbours were slower streamed (65536 x 64 with y at 16 or
+   48 bytes: 1.6-2.2 vs 1.2-1.7 times np.copyto). */
+static inline int FS_FN(medium_rows_stream)(const float *y, ptrdiff_t nrows, ptrdiff_t ncols)
+{
+    return ((uintptr_t)y & 63) == 0 && ncols % 16 == 0 &&
+           nrows * ncols * (ptrdiff_t)sizeof(float) >= FS_STREAM_MIN_BYTES;
 }
 #endif
 
@@ -540,11 +544,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         /* each thread a span of whole blocks (the last one also takes the rows after them):
            the same blocks, hence the same bits, whatever the number of threads */
         const ptrdiff_t nblocks = nrows / 16;
-        /* streamed when every row starts on a cache line (64-byte aligned y, rows of a whole
-           number of vectors): rows that share a line with their neighbours were slower
-           streamed (65536 x 64 with y at 16 or 48 bytes: 1.6-2.2 vs 1.2-1.7 times np.copyto) */
-        const int stream = ((uintptr_t)y & 63) == 0 && ncols % 16 == 0 &&
-                           nrows * ncols * (ptrdiff_t)sizeof(float) >= FS_STREAM_MIN_BYTES;
+        const int stream = FS_FN(medium_rows_stream)(y, nrows, ncols);
         FS_ROWS_FOR(k, nt,
                     ptrdiff_t r0 = nblocks * k / nt * 16;
                     ptrdiff_t r1 = k + 1 == nt ? nrows : nblocks * (k + 1) / nt * 16;
@@ -563,8 +563,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
 #if FS_IS_F32
-    if (log_out && ncols <= FS512_MEDIUM_MAX && ncols % 16 == 0 && ((uintptr_t)y & 63) == 0 &&
-        nrows >= FS_LSM_BATCH && nrows * ncols * (ptrdiff_t)sizeof(float) >= FS_STREAM_MIN_BYTES) {
+    if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols)) {
         /* streamed as softmax's medium rows; spans of whole batches */
         const ptrdiff_t nbatches = nrows / FS_LSM_BATCH;
         FS_ROWS_FOR(k, nt,

@@ -25,6 +25,7 @@
  *                                             next row advance it (and scan the row after)
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_medium_block_f32, ..._scale_f32     float32 softmax rows of 33..128, 16 rows a block
+ *   (..._max_f32, ..._inv_f32, ..._stream_f32)  (its steps; the results streamed)
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
@@ -1035,6 +1036,16 @@ static inline void fs512_medium_scale_f32(const float *e, const float inv[16], f
         float *yr = y + k * n;
         for (ptrdiff_t i = 0; i < full; i += 16) _mm512_storeu_ps(yr + i, _mm512_mul_ps(_mm512_loadu_ps(er + i), s));
         if (tail) _mm512_mask_storeu_ps(yr + full, tail, _mm512_mul_ps(_mm512_maskz_loadu_ps(tail, er + full), s));
+    }
+}
+
+/* The same values, y = e * inv[row], with streaming stores (y's rows start on cache lines). */
+static inline void fs512_medium_stream_f32(const float *e, const float inv[16], float *y, ptrdiff_t n)
+{
+    for (int k = 0; k < 16; k++) {
+        fs512_pending_f32 p;
+        fs512_pending_begin_f32(&p, e + k * n, 0, inv[k], y + k * n, n, -1, 0, FS512_SCALE);
+        fs512_pending_finish_f32(&p);
     }
 }
 
