@@ -118,6 +118,24 @@ def test_backward_matches_reference_and_oracle(name, shape, axis, layout, dtype)
     _assert_close(got, oracle, ORACLE_RTOL[dtype], 8 * ORACLE_RTOL[dtype] * scale)
 
 
+@pytest.mark.parametrize("n", [64, 128, 1000], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("name", BACKWARD)
+def test_float32_backward_sum_of_one_huge_and_many_large_terms(name, n):
+    # A sum the tests' hypothesis run found over its bound in the -O1 (sanitizer) build, where
+    # the compiler did not vectorise the float32 block sums and added 64 terms in a row: one
+    # 1e10 and 63 near 1e6, each rounded to the big one's ulp (1024).  The kernel's float32
+    # block sums run in 16 lanes whatever the build: the error stays within a few roundings
+    # of each lane's 8 terms, far below n roundings.
+    g = np.full(n, 1e6, np.float32) + np.linspace(-1.0, 1.0, n, dtype=np.float32)
+    g[0] = 1e10
+    y = np.ones(n, np.float32) if name == "softmax_backward" else np.zeros(n, np.float32)
+    got = getattr(fs, name)(g, y).astype(np.float64)
+    want = _oracle(name, g, y)
+    u = 2.0**-24
+    bound = 16 * u * np.abs(g.astype(np.float64)).sum() + 2 * u * np.abs(want)
+    assert np.all(np.abs(got - want) <= bound)
+
+
 # ------------------------------------------------------------------ long rows, accuracy
 
 

@@ -398,16 +398,43 @@ static FS_T FS_FN(logsumexp_row)(const FS_T *x, ptrdiff_t n)
     return (FS_T)((double)m + FS_FN(row_log_sum_exp_shifted_f64)(x, n, m));
 }
 
+/* The backward passes' sums over a block of at most FS_BLOCK terms, in FS_T: 16 accumulators
+   (lane l adds terms l, l + 16, ...), then a fixed tree.  Written out rather than left to an
+   `omp simd` reduction, whose order (and error: up to n - 1 roundings in a row) depends on
+   whether the compiler vectorises: the -O1 sanitizer build did not, and a float32 sum of 64
+   terms broke the error bound the tests hold every build to. */
+static inline FS_T FS_FN(lanes_total)(FS_T *acc)
+{
+    for (int w = 8; w > 0; w >>= 1)
+        for (int l = 0; l < w; l++) acc[l] += acc[l + w];
+    return acc[0];
+}
+
+static inline FS_T FS_FN(block_dot)(const FS_T *g, const FS_T *y, ptrdiff_t n)
+{
+    FS_T acc[16] = {0};
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += g[i + l] * y[i + l];
+    for (int l = 0; i + l < n; l++) acc[l] += g[i + l] * y[i + l];
+    return FS_FN(lanes_total)(acc);
+}
+
+static inline FS_T FS_FN(block_sum)(const FS_T *g, ptrdiff_t n)
+{
+    FS_T acc[16] = {0};
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int l = 0; l < 16; l++) acc[l] += g[i + l];
+    for (int l = 0; i + l < n; l++) acc[l] += g[i + l];
+    return FS_FN(lanes_total)(acc);
+}
+
 static void FS_FN(softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
 {
     double s = 0.0;
-    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
-        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
-        FS_T bs = 0;
-        FS_OMP_SIMD_SUM(bs)
-        for (ptrdiff_t i = b; i < end; i++) bs += g[i] * y[i];
-        s += (double)bs;
-    }
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
+        s += (double)FS_FN(block_dot)(g + b, y + b, b + FS_BLOCK < n ? FS_BLOCK : n - b);
     FS_T st = (FS_T)s;
     FS_OMP_SIMD
     for (ptrdiff_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - st);
@@ -416,13 +443,8 @@ static void FS_FN(softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, 
 static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
 {
     double s = 0.0;
-    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
-        ptrdiff_t end = b + FS_BLOCK < n ? b + FS_BLOCK : n;
-        FS_T bs = 0;
-        FS_OMP_SIMD_SUM(bs)
-        for (ptrdiff_t i = b; i < end; i++) bs += g[i];
-        s += (double)bs;
-    }
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
+        s += (double)FS_FN(block_sum)(g + b, b + FS_BLOCK < n ? FS_BLOCK : n - b);
     FS_T st = (FS_T)s;
     FS_OMP_SIMD
     for (ptrdiff_t i = 0; i < n; i++) gx[i] = g[i] - FS_EXP(y[i], 0) * st;
