@@ -258,6 +258,38 @@ def _np_exp_ratio():
     return ratio
 
 
+def _gil_verdict(fn, calls, attempts=3):
+    """("released" | "held" | "no two threads", what was measured).
+
+    "released": two threads ran `fn` in < 0.8 x the serial time, or in less than halfway
+    between the serial time and the GIL-free control's speed-up measured right after it.  A
+    call that holds the GIL takes about the serial time (ratio ~1) whatever the machine's
+    load; a call that releases it can still miss for a few seconds while other tenants take
+    a core (CI saw SGD.step at 0.84 x, the control at 0.57 x just after), so a miss is
+    measured again, kernel and control together, up to `attempts` times: "held" means it
+    missed every time that the control showed two threads running at once."""
+    measured = []
+    for _ in range(attempts):
+        ratio, serial, concurrent = _ratio(fn, calls)
+        if ratio < 0.8:
+            return "released", measured + [(ratio, None)]
+        control = _np_exp_ratio()
+        measured.append((ratio, control))
+        if control < 0.8 and ratio < (1.0 + control) / 2:
+            return "released", measured
+    if all(control >= 0.8 for _, control in measured):
+        return "no two threads", measured
+    return "held", measured
+
+
+def _describe(measured):
+    return "; ".join(
+        f"two threads {ratio:.2f} x the serial time"
+        + ("" if control is None else f", np.exp {control:.2f} x")
+        for ratio, control in measured
+    )
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
 @pytest.mark.parametrize("name", list(_gil_workloads()))
 def test_kernels_release_the_gil(name, one_openmp_thread, two_threads_run_at_once):
@@ -267,25 +299,26 @@ def test_kernels_release_the_gil(name, one_openmp_thread, two_threads_run_at_onc
             "serial time: this machine is not running two threads at once"
         )
     fn = _gil_workloads()[name]
-    calls = _calls_for(fn)
-    ratio, serial, concurrent = _ratio(fn, calls)
-    if ratio >= 0.8:
-        # The machine's load changes from second to second: measure the GIL-free control again
-        # now.  A kernel that held the GIL would take about the serial time (ratio ~1) while
-        # the control speeds up; one that releases it must get at least half of the
-        # control's speed-up.
-        control = _np_exp_ratio()
-        if control >= 0.8:
-            pytest.skip(f"np.exp's two-thread ratio is {control:.2f} right now: no two threads at once")
-        assert ratio < (1.0 + control) / 2, (
-            f"two threads took {ratio:.2f} x the serial time, NumPy's GIL-free np.exp "
-            f"{control:.2f} x: is the GIL held in the kernel?"
-        )
-        return
-    assert ratio < 0.8, (
-        f"two threads took {ratio:.2f} x the serial time ({calls} calls each; best serial "
-        f"{min(serial):.3f} s, best concurrent {min(concurrent):.3f} s): is the GIL held in the kernel?"
-    )
+    verdict, measured = _gil_verdict(fn, _calls_for(fn))
+    if verdict == "no two threads":
+        pytest.skip(f"np.exp's two threads ran no faster than one in every try: {_describe(measured)}")
+    assert verdict == "released", f"is the GIL held in the kernel? {_describe(measured)}"
+
+
+@pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
+def test_gil_verdict_catches_a_call_that_holds_the_gil(two_threads_run_at_once):
+    """The measure above can fail: a C loop that holds the GIL throughout (no bytecode, so no
+    switch) is judged "held"."""
+    if two_threads_run_at_once >= 0.8:
+        pytest.skip(f"two threads of np.exp took {two_threads_run_at_once:.2f} x the serial time")
+
+    def held(k):
+        sum(range(20_000))
+
+    verdict, measured = _gil_verdict(held, _calls_for(held, seconds=0.02), attempts=2)
+    if verdict == "no two threads":
+        pytest.skip(f"np.exp's two threads ran no faster than one in every try: {_describe(measured)}")
+    assert verdict == "held", _describe(measured)
 
 
 @pytest.fixture(scope="module")
