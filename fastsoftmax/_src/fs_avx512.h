@@ -1111,6 +1111,52 @@ FS512_INLINE __m512d fs512_log1p_pd(__m512d u)
     return _mm512_mask_mov_pd(_mm512_mul_pd(logw, _mm512_div_pd(u, wm1)), exact, u);
 }
 
+/* A block of short rows goes in two halves, software-pipelined: the first half of block b
+   (gathers, max, exps; softmax stores its exps, log_softmax keeps their sum), then the second
+   half of block b - 1 (softmax: gather the stored exps' sums, divide, scale; log_softmax: the
+   log, then x - max - log).  Done at once, softmax's gathers waited for the exps stored just
+   before them (a gather does not take its elements from the store buffer), and the log's
+   divisions and polynomial were one long dependency chain per block; a block later both
+   overlap the next block's independent work.  C loop, 10 columns, in cache: softmax 0.87x
+   the time, log_softmax 0.82x (0.54x at 3 columns).  Same operations in the same order:
+   the same values. */
+typedef struct {
+    const void *x;
+    void *y;
+    __m512i mx, u; /* row max, and log_softmax's sum of exps less one (bits of the lanes) */
+    uint16_t bad;  /* rows whose max is not finite */
+} fs512_short_block;
+
+/* The second half of a float32 block (see above); `b` with y == NULL: nothing to do. */
+FS512_INLINE void fs512_short_finish_f32(const fs512_short_block *b, ptrdiff_t n, __m512i gidx, const __m512i *rowof,
+                                         int log_out)
+{
+    if (!b->y) return;
+    const float *xb = (const float *)b->x;
+    float *yb = (float *)b->y;
+    if (log_out) {
+        const __m512 mx = _mm512_castsi512_ps(b->mx);
+        const __m512 lse = fs512_log1p_ps(_mm512_castsi512_ps(b->u));
+        for (ptrdiff_t k = 0; k < n; k++) {
+            __m512 xm = _mm512_sub_ps(_mm512_loadu_ps(xb + 16 * k), _mm512_permutexvar_ps(rowof[k], mx));
+            _mm512_storeu_ps(yb + 16 * k, _mm512_sub_ps(xm, _mm512_permutexvar_ps(rowof[k], lse)));
+        }
+    } else {
+        __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+        for (ptrdiff_t j = 0; j < n; j++) {
+            __m512 e = _mm512_i32gather_ps(gidx, yb + j, 4);
+            if (j & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
+        }
+        const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(s0, s1));
+        for (ptrdiff_t k = 0; k < n; k++)
+            _mm512_storeu_ps(yb + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(yb + 16 * k), _mm512_permutexvar_ps(rowof[k], inv)));
+    }
+    for (unsigned bad = b->bad; bad; bad &= bad - 1u) {
+        int lane = __builtin_ctz(bad);
+        for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
+    }
+}
+
 /* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS512_SHORT_MAX
    elements, 16 rows at a time.  Returns how many rows it did (a multiple of 16). */
 static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
@@ -1123,6 +1169,7 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
     for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 16 * k));
     const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
                                             _mm512_set1_epi32((int32_t)n));
+    fs512_short_block prev = {0};
     ptrdiff_t r0 = 0;
     for (; r0 + 16 <= nrows; r0 += 16) {
         const float *xb = x + r0 * n;
@@ -1137,6 +1184,7 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
         __mmask16 bad = _mm512_fpclass_ps_mask(mx, nonfinite_class);
         mx = _mm512_mask_mov_ps(mx, bad, _mm512_setzero_ps());
         const __m512 negm = _mm512_sub_ps(_mm512_setzero_ps(), mx);
+        fs512_short_block cur = {xb, yb, _mm512_castps_si512(mx), _mm512_setzero_si512(), bad};
         if (log_out) {
             /* sum of exp over the non-max elements, and the count of max elements */
             __m512 rest0 = _mm512_setzero_ps(), rest1 = _mm512_setzero_ps(), cnt = _mm512_setzero_ps();
@@ -1147,12 +1195,7 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
                 if (j & 1) rest1 = _mm512_add_ps(rest1, e); else rest0 = _mm512_add_ps(rest0, e);
                 cnt = _mm512_mask_add_ps(cnt, at_max, cnt, _mm512_set1_ps(1.0f));
             }
-            __m512 u = _mm512_add_ps(_mm512_sub_ps(cnt, _mm512_set1_ps(1.0f)), _mm512_add_ps(rest0, rest1));
-            const __m512 lse = fs512_log1p_ps(u);
-            for (ptrdiff_t k = 0; k < n; k++) {
-                __m512 xm = _mm512_sub_ps(_mm512_loadu_ps(xb + 16 * k), _mm512_permutexvar_ps(rowof[k], mx));
-                _mm512_storeu_ps(yb + 16 * k, _mm512_sub_ps(xm, _mm512_permutexvar_ps(rowof[k], lse)));
-            }
+            cur.u = _mm512_castps_si512(_mm512_add_ps(_mm512_sub_ps(cnt, _mm512_set1_ps(1.0f)), _mm512_add_ps(rest0, rest1)));
         } else {
             /* every row of the block within FS_EXACT_SPREAD of its max: no TwoSum (see
                fs512_exp_store_sum_fast_f32); a NaN or infinite row takes the exact branch */
@@ -1167,22 +1210,42 @@ static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t
                     _mm512_storeu_ps(yb + 16 * k, fs512_exp_minus_ps(_mm512_loadu_ps(xb + 16 * k), nm));
                 }
             }
-            __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
-            for (ptrdiff_t j = 0; j < n; j++) {
-                __m512 e = _mm512_i32gather_ps(gidx, yb + j, 4);
-                if (j & 1) s1 = _mm512_add_ps(s1, e); else s0 = _mm512_add_ps(s0, e);
-            }
-            const __m512 inv = _mm512_div_ps(_mm512_set1_ps(1.0f), _mm512_add_ps(s0, s1));
-            for (ptrdiff_t k = 0; k < n; k++)
-                _mm512_storeu_ps(yb + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(yb + 16 * k), _mm512_permutexvar_ps(rowof[k], inv)));
         }
-        while (bad) {
-            int lane = __builtin_ctz(bad);
-            bad &= (__mmask16)(bad - 1);
-            for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
-        }
+        fs512_short_finish_f32(&prev, n, gidx, rowof, log_out);
+        prev = cur;
     }
+    fs512_short_finish_f32(&prev, n, gidx, rowof, log_out);
     return r0;
+}
+
+/* The second half of a float64 block (see above); `b` with y == NULL: nothing to do. */
+FS512_INLINE void fs512_short_finish_f64(const fs512_short_block *b, ptrdiff_t n, __m256i gidx, const __m512i *rowof,
+                                         int log_out)
+{
+    if (!b->y) return;
+    const double *xb = (const double *)b->x;
+    double *yb = (double *)b->y;
+    if (log_out) {
+        const __m512d mx = _mm512_castsi512_pd(b->mx);
+        const __m512d lse = fs512_log1p_pd(_mm512_castsi512_pd(b->u));
+        for (ptrdiff_t k = 0; k < n; k++) {
+            __m512d xm = _mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), _mm512_permutexvar_pd(rowof[k], mx));
+            _mm512_storeu_pd(yb + 8 * k, _mm512_sub_pd(xm, _mm512_permutexvar_pd(rowof[k], lse)));
+        }
+    } else {
+        __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+        for (ptrdiff_t j = 0; j < n; j++) {
+            __m512d e = _mm512_i32gather_pd(gidx, yb + j, 8);
+            if (j & 1) s1 = _mm512_add_pd(s1, e); else s0 = _mm512_add_pd(s0, e);
+        }
+        const __m512d inv = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_add_pd(s0, s1));
+        for (ptrdiff_t k = 0; k < n; k++)
+            _mm512_storeu_pd(yb + 8 * k, _mm512_mul_pd(_mm512_loadu_pd(yb + 8 * k), _mm512_permutexvar_pd(rowof[k], inv)));
+    }
+    for (unsigned bad = b->bad; bad; bad &= bad - 1u) {
+        int lane = __builtin_ctz(bad);
+        for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
+    }
 }
 
 static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
@@ -1194,6 +1257,7 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
         for (ptrdiff_t j = 0; j < n; j++) lanes[r * n + j] = (int64_t)r;
     for (ptrdiff_t k = 0; k < n; k++) rowof[k] = _mm512_loadu_si512((const void *)(lanes + 8 * k));
     const __m256i gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)n));
+    fs512_short_block prev = {0};
     ptrdiff_t r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
         const double *xb = x + r0 * n;
@@ -1206,6 +1270,7 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
         }
         __mmask8 bad = _mm512_fpclass_pd_mask(mx, nonfinite_class);
         mx = _mm512_mask_mov_pd(mx, bad, _mm512_setzero_pd());
+        fs512_short_block cur = {xb, yb, _mm512_castpd_si512(mx), _mm512_setzero_si512(), bad};
         if (log_out) {
             __m512d rest0 = _mm512_setzero_pd(), rest1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
             for (ptrdiff_t j = 0; j < n; j++) {
@@ -1214,32 +1279,17 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
                 if (j & 1) rest1 = _mm512_add_pd(rest1, e); else rest0 = _mm512_add_pd(rest0, e);
                 cnt = _mm512_mask_add_pd(cnt, at_max, cnt, _mm512_set1_pd(1.0));
             }
-            __m512d u = _mm512_add_pd(_mm512_sub_pd(cnt, _mm512_set1_pd(1.0)), _mm512_add_pd(rest0, rest1));
-            const __m512d lse = fs512_log1p_pd(u);
-            for (ptrdiff_t k = 0; k < n; k++) {
-                __m512d xm = _mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), _mm512_permutexvar_pd(rowof[k], mx));
-                _mm512_storeu_pd(yb + 8 * k, _mm512_sub_pd(xm, _mm512_permutexvar_pd(rowof[k], lse)));
-            }
+            cur.u = _mm512_castpd_si512(_mm512_add_pd(_mm512_sub_pd(cnt, _mm512_set1_pd(1.0)), _mm512_add_pd(rest0, rest1)));
         } else {
             for (ptrdiff_t k = 0; k < n; k++) {
                 __m512d m = _mm512_permutexvar_pd(rowof[k], mx);
                 _mm512_storeu_pd(yb + 8 * k, fs512_exp_nonpos_keep_pd(_mm512_sub_pd(_mm512_loadu_pd(xb + 8 * k), m), 0xFF));
             }
-            __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
-            for (ptrdiff_t j = 0; j < n; j++) {
-                __m512d e = _mm512_i32gather_pd(gidx, yb + j, 8);
-                if (j & 1) s1 = _mm512_add_pd(s1, e); else s0 = _mm512_add_pd(s0, e);
-            }
-            const __m512d inv = _mm512_div_pd(_mm512_set1_pd(1.0), _mm512_add_pd(s0, s1));
-            for (ptrdiff_t k = 0; k < n; k++)
-                _mm512_storeu_pd(yb + 8 * k, _mm512_mul_pd(_mm512_loadu_pd(yb + 8 * k), _mm512_permutexvar_pd(rowof[k], inv)));
         }
-        while (bad) {
-            int lane = __builtin_ctz(bad);
-            bad &= (__mmask8)(bad - 1);
-            for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
-        }
+        fs512_short_finish_f64(&prev, n, gidx, rowof, log_out);
+        prev = cur;
     }
+    fs512_short_finish_f64(&prev, n, gidx, rowof, log_out);
     return r0;
 }
 
