@@ -388,6 +388,27 @@ def test_special_value_rows(impl, row_id, dtype):
         assert lsm[0, 0] == -np.inf
 
 
+@pytest.mark.parametrize("ncols", [1, 3, 10, 17, 32], ids=lambda n: f"C{n}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_short_row_blocks_in_place_and_into_out(name, dtype, ncols):
+    # Short rows go 16 (8) rows a block, and a block's second half runs while the next block
+    # is read (log_softmax reads its x again then): in place, every block must still read its
+    # own input, never a neighbour's results.
+    x = _data((53, ncols), dtype, seed=ncols + 1)
+    x[5, 0] = np.nan
+    x[20, :] = -np.inf
+    x[47, 0] = np.inf
+    want = getattr(fs, name)(x)
+    out = np.empty_like(x)
+    assert getattr(fs, name)(x, out=out) is out
+    inplace = x.copy()
+    assert getattr(fs, name)(inplace, out=inplace) is inplace
+    np.testing.assert_array_equal(out, want)
+    np.testing.assert_array_equal(inplace, want)
+    _assert_close(want, getattr(ref, name)(x.astype(np.float64)), ORACLE_RTOL[dtype], TINY[dtype])
+
+
 @pytest.mark.parametrize("ncols", [1, 3, 10, 16, 17, 32, 33, 128, 129, 256, 257], ids=lambda n: f"C{n}")
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", ["softmax", "log_softmax"])
