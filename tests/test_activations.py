@@ -419,7 +419,8 @@ def test_special_values_inside_row_blocks(name, dtype, ncols):
     # takes the one-row path: the summation order differs, so allow a few rounding errors).
     # Rows 45 and 47 (the block's last lane) are in the last whole block of 16 (and of 8),
     # which short rows finish after their loop (each block's second half is done a block
-    # late); an infinite row is the one that needs the NaN fill (arithmetic gives 0 / inf).
+    # late).  An infinite row is the one that needs softmax's NaN fill (arithmetic gives
+    # 0 / inf there); log_softmax's special rows come out NaN from the arithmetic alone.
     x = _data((53, ncols), dtype, seed=ncols)
     x[3, 0] = np.nan
     x[5, :] = -np.inf
