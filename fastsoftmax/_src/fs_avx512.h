@@ -1117,11 +1117,11 @@ FS512_INLINE __m512d fs512_log1p_pd(__m512d u)
    log_softmax: the log, then x - max - log).  Done at once, softmax's gathers read the exps
    stored just before them (gathered a block later, when those stores have completed, the
    same loads cost less: below), and the log's divisions and polynomial were one long
-   dependency chain per block; a block later both overlap the next block's independent work.  C loop, rows of
-   10, new / old time: float64 softmax 0.87-0.89x in cache, 0.91-0.92x at 65536 rows;
-   float64 log_softmax 0.82-0.83x, 0.84x (0.54x at 3 columns); float32 log_softmax 0.88x,
-   float32 softmax 0.97-0.98x (its 16-lane gathers dominate).  Same operations in the same
-   order: the same values. */
+   dependency chain per block; a block later both overlap the next block's independent
+   work.  C loop, rows of 10, new / old time: float64 softmax 0.87-0.89x in cache,
+   0.91-0.92x at 65536 rows; float64 log_softmax 0.82-0.83x, 0.84x (0.54x at 3 columns);
+   float32 log_softmax 0.88x, float32 softmax 0.97-0.98x (its 16-lane gathers dominate).
+   Same operations in the same order: the same values. */
 typedef struct {
     const void *x;
     void *y;
