@@ -1,5 +1,6 @@
 """cross_entropy_with_grad (mean, integer targets) at issue 5's shapes: fastsoftmax against
-fastsoftmax.reference, torch (forward + backward), jitted jax.value_and_grad and np.copyto."""
+fastsoftmax.reference, torch (forward + backward), jitted jax.value_and_grad, np.copyto and a
+copy with streaming stores."""
 
 OPS = ("cross_entropy",)
 

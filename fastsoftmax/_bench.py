@@ -4,7 +4,11 @@ A *case* is one operation at one shape and dtype (issue 5's list); a *competitor
 implementation of it: fastsoftmax itself (also with a preallocated ``out=``, which leaves
 out the cost of a fresh result array), its pure-NumPy twin ``fastsoftmax.reference``,
 ``scipy.special`` (activations only), torch on the CPU and jitted JAX on the CPU (each only
-when installed), and ``np.copyto`` of an array of the same size (the memory-traffic floor).
+when installed), and ``np.copyto`` of an array of the same size (the memory-traffic floor),
+for activations and losses also a copy of that array with streaming stores
+(``fastsoftmax._memory_floor.stream_copy``: np.copyto reads each destination line before
+writing it, streaming stores do not, so this is the floor for a kernel that writes its
+result that way, as fastsoftmax does with large results).
 
 For every competitor :func:`prepare` gives a :class:`Runner`: ``run()`` is what is timed
 (one call, its result ready: JAX results are blocked on), ``result()`` computes the outputs
@@ -44,6 +48,7 @@ __all__ = [
     "COMPETITORS",
     "PEERS",
     "OURS",
+    "FLOORS",
     "cases",
     "select",
     "competitors_for",
@@ -367,7 +372,7 @@ class Runner:
     """A prepared competitor: ``run()`` is timed, ``result()`` gives outputs for the oracle."""
 
     run: Callable[[], object]
-    result: Callable[[], Sequence] | None  # None: no output to check (np.copyto)
+    result: Callable[[], Sequence] | None  # None: no output to check (the memory floors)
 
 
 class Unavailable(Exception):
@@ -521,6 +526,13 @@ def _prep_copyto(case: Case, data: dict) -> Runner:
     return Runner(functools.partial(np.copyto, dst, src), None)
 
 
+def _prep_stream_copy(case: Case, data: dict) -> Runner:
+    from fastsoftmax._memory_floor import stream_copy
+
+    dst = np.empty_like(data["x"])
+    return Runner(functools.partial(stream_copy, dst, data["x"]), None)
+
+
 @dataclasses.dataclass(frozen=True)
 class Competitor:
     name: str
@@ -542,12 +554,16 @@ COMPETITORS = {
         Competitor("torch", "torch (CPU)", ("activation", "loss", "optim"), "torch", _prep_torch),
         Competitor("jax", "JAX (jit, CPU)", ("activation", "loss"), "jax", _prep_jax),
         Competitor("copyto", "np.copyto (memory floor)", ("activation", "loss", "optim"), None, _prep_copyto),
+        Competitor("stream_copy", "copy with streaming stores (memory floor without reads for ownership)",
+                   ("activation", "loss"), None, _prep_stream_copy),
     )
 }
 #: fastsoftmax's own entries (held to its accuracy bound).
 OURS = ("fastsoftmax", "fastsoftmax_out", "reference")
-#: The competitors fastsoftmax is compared with (not its own variants nor the memory floor).
-PEERS = tuple(n for n in COMPETITORS if n not in ("fastsoftmax", "fastsoftmax_out", "copyto"))
+#: The memory floors: copies of the case's array, no arithmetic.
+FLOORS = ("copyto", "stream_copy")
+#: The competitors fastsoftmax is compared with (not its own variants nor the memory floors).
+PEERS = tuple(n for n in COMPETITORS if n not in ("fastsoftmax", "fastsoftmax_out") + FLOORS)
 
 
 def competitors_for(case: Case) -> list[str]:
@@ -688,7 +704,7 @@ def run_case(case: Case, settings: TimingSettings = FULL, names: Sequence[str] |
 
     Returns ``{name: {"status": "ok" | "unavailable" | "error", ...}}`` where an ok entry has
     ``median_s``, ``min_s`` (seconds per call), ``samples``, ``number`` (calls per sample),
-    ``max_abs_error`` (None for np.copyto),
+    ``max_abs_error`` (None for the memory floors),
     ``tolerance`` and ``within_tolerance``; the others have ``reason``.
     """
     names = competitors_for(case) if names is None else [n for n in names if n in competitors_for(case)]

@@ -18,6 +18,7 @@ MODULES = [
     "fastsoftmax.reference.activations",
     "fastsoftmax.reference.losses",
     "fastsoftmax.reference.optim",
+    "fastsoftmax._memory_floor",
 ]
 FLAGS = doctest.NORMALIZE_WHITESPACE | doctest.ELLIPSIS
 
@@ -42,6 +43,7 @@ def test_every_public_function_has_examples():
     for fn in ("softmax", "log_softmax", "logsumexp", "softmax_backward", "log_softmax_backward"):
         assert f"fastsoftmax.activations.{fn}" in names
     assert "fastsoftmax.losses.cross_entropy_with_grad" in names
+    assert "fastsoftmax._memory_floor.stream_copy" in names
 
 
 @pytest.mark.parametrize("test", EXAMPLES)

@@ -16,7 +16,8 @@ from fastsoftmax import __main__ as cli
 from fastsoftmax import _bench
 
 PACKAGE_PARENT = str(Path(fs.__file__).resolve().parent.parent)
-CASE_KEYS = {"name", "op", "dtype", "shape", "group", "fs_over_copyto", "fs_out_over_copyto", "results"}
+CASE_KEYS = {"name", "op", "dtype", "shape", "group", "fs_over_copyto", "fs_out_over_copyto", "fs_over_stream_copy",
+             "results"}
 OK_KEYS = {"status", "median_s", "min_s", "ratio", "max_abs_error", "tolerance", "within_tolerance", "samples", "number"}
 
 
@@ -50,6 +51,7 @@ def test_quick_run_prints_the_table_and_progress(quick_run):
         assert name in proc.stdout
         assert name in proc.stderr  # progress
     assert "speed-up" in proc.stdout and "fs/copyto" in proc.stdout and "out=/copyto" in proc.stdout
+    assert "fs/stream" in proc.stdout
     assert "float64" not in proc.stdout.split("\n\n", 1)[1]  # the filter applied
     assert f"[10/10] {names[-1]}" in proc.stderr
 
@@ -65,7 +67,7 @@ def test_quick_run_json(quick_run):
     assert doc["meta"]["threads"]["fastsoftmax"] == 1
     assert [c["name"] for c in doc["cases"]] == [
         c.name for c in _bench.select(_bench.cases(quick=True), ["softmax-float32"])]
-    expected = {"fastsoftmax", "fastsoftmax_out", "reference", "scipy", "torch", "jax", "copyto"}
+    expected = {"fastsoftmax", "fastsoftmax_out", "reference", "scipy", "torch", "jax", "copyto", "stream_copy"}
     for case in doc["cases"]:
         assert set(case) == CASE_KEYS
         assert case["dtype"] == "float32" and case["op"] in ("softmax", "log_softmax")
@@ -81,7 +83,7 @@ def test_quick_run_json(quick_run):
             assert set(entry) == OK_KEYS
             assert 0 < entry["min_s"] <= entry["median_s"] and entry["samples"] >= 1 and entry["number"] >= 1
             assert math.isclose(entry["ratio"], entry["median_s"] / res["fastsoftmax"]["median_s"])
-            if name == "copyto":
+            if name in _bench.FLOORS:
                 assert entry["max_abs_error"] is None
             else:
                 assert 0 <= entry["max_abs_error"] <= entry["tolerance"], (case["name"], name)
@@ -90,6 +92,8 @@ def test_quick_run_json(quick_run):
         assert math.isclose(case["fs_over_copyto"], res["fastsoftmax"]["median_s"] / res["copyto"]["median_s"])
         assert math.isclose(case["fs_out_over_copyto"],
                             res["fastsoftmax_out"]["median_s"] / res["copyto"]["median_s"])
+        assert math.isclose(case["fs_over_stream_copy"],
+                            res["fastsoftmax"]["median_s"] / res["stream_copy"]["median_s"])
     if importlib.util.find_spec("torch") is not None:
         assert doc["meta"]["threads"]["torch"] == 1
     if importlib.util.find_spec("jax") is not None and hasattr(os, "sched_getaffinity") \
@@ -158,6 +162,8 @@ def test_case_list_is_issue_5s():
         assert ("scipy" in _bench.competitors_for(case)) == (case.kind == "activation")
         assert ("jax" in _bench.competitors_for(case)) == (case.op != "sgd")
         assert ("fastsoftmax_out" in _bench.competitors_for(case)) == (case.op != "sgd")
+        assert ("stream_copy" in _bench.competitors_for(case)) == (case.op != "sgd")
+    assert not set(_bench.FLOORS) & set(_bench.PEERS)
 
 
 def test_the_accuracy_check_catches_a_wrong_result():

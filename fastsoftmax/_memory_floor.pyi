@@ -1,0 +1,3 @@
+import numpy as np
+
+def stream_copy(dst: np.ndarray, src: np.ndarray) -> None: ...
