@@ -280,7 +280,8 @@ def _medium_out(x, where):
     return x, _aligned_empty(x.shape, x.dtype, int(where[len("offset") :]))
 
 
-MEDIUM_WHERE = ["offset0", "offset1", "offset4", "out_is_x", "aligned_x"]
+# offset4 and offset12: 16 and 48 bytes past a line, where NumPy's allocator puts large arrays
+MEDIUM_WHERE = ["offset0", "offset1", "offset4", "offset12", "out_is_x", "aligned_x"]
 
 
 @pytest.mark.parametrize("where", MEDIUM_WHERE)
@@ -288,9 +289,12 @@ MEDIUM_WHERE = ["offset0", "offset1", "offset4", "out_is_x", "aligned_x"]
 @pytest.mark.parametrize("ncols", [33, 48, 64, 96, 100, 128])
 def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     # float32 softmax of rows of 33..128 goes 16 rows a block (AVX-512; blocks with special
-    # or wide rows are turned down to the one-row kernel); large results in 64-byte aligned
-    # rows (offset0, aligned_x, fresh results: ncols 48, 64, 96 and 128) are streamed, the
-    # next block's max taken during this block's sums.  Every row must get the bits it gets alone
+    # or wide rows are turned down to the one-row kernel); large results in rows of a whole
+    # number of vectors (ncols 48, 64, 96 and 128) are streamed, the next block's max taken
+    # during this block's sums, and the lines rows share, when they do not start on lines
+    # (offset1, offset4, offset12), streamed with two rows' scales (the last row's tail carried
+    # to the next block, stored normally next to a block turned down and at the ends of a
+    # thread's span).  Every row must get the bits it gets alone
     # (a call of one row takes the one-row kernel) and in a call of its first or last blocks,
     # in place too, and be within float32 accuracy of the float64 oracle.
     nrows = 80 + 7 if size == "small" else _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7

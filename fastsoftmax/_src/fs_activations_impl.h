@@ -501,13 +501,26 @@ static void FS_FN(softmax_medium_span)(const float *x, float *y, ptrdiff_t len, 
    has them, with no max pass of its own).  Memory is then read and written at an even rate
    while the exps are computed, instead of a burst of loads for the max pass and a burst of
    stores in the scale pass.  The same bits as softmax_medium_span (a row with a NaN is all
-   NaN on both, possibly not the same NaN: the max taken ahead may keep or drop it). */
+   NaN on both, possibly not the same NaN: the max taken ahead may keep or drop it).
+   Rows that do not start on a cache line (an out= array from NumPy's allocator is 16 or 48
+   bytes past one) start h elements before one, all alike (n is a whole number of vectors):
+   the pending part of row k is then its whole lines, and the line it shares with row k + 1
+   is streamed after it as one vector with both rows' scales (fs512_medium_seam_f32).  The
+   last row's tail waits in `carry` for the next block's first head, which completes its line
+   (fs512_medium_join_f32); only the span's first head and last tail, and lines next to a
+   block that is turned down, are ordinary stores.  (Left to the rows' ordinary head and tail
+   stores, the shared lines were read from memory before being written: 16384x128 at 16 bytes
+   past a line took 1.5x the time of aligned rows; with the block's first head and last tail
+   still ordinary stores, 1.15x.) */
 static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n)
 {
+    const ptrdiff_t h = fs512_stream_head(y, sizeof(float), n); /* 0: rows start on lines */
     float scratch[2][16 * FS512_MEDIUM_MAX] __attribute__((aligned(64)));
     float mk[16] __attribute__((aligned(64))), inv[16] __attribute__((aligned(64)));
     __m512 mx[16], mn[16];
     __m512d d[16];
+    float carry[16] __attribute__((aligned(64)));
+    float *ycarry = NULL;     /* the line whose first 16 - h results wait in carry, or none */
     const float *prev = NULL; /* block b - 1's exps (its results are pending), or none */
     float *yprev = NULL;
     int known = 0;            /* mx, mn hold this block's max and min vectors */
@@ -518,6 +531,8 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
         if (!known)
             for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(xb + k * n, n, &mx[k], &mn[k]);
         if (!fs512_medium_max_f32(mx, mn, mk)) {
+            if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
+            ycarry = NULL;
             if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
             prev = NULL;
             known = 0;
@@ -528,17 +543,34 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
         const float *next = b + 32 <= len ? xb + 16 * n : xb;
         for (int k = 0; k < 16; k++) {
             fs512_pending_f32 pend = {0}; /* n == 0: nothing pending */
-            if (prev != NULL)
+            if (prev != NULL && h == 0)
                 fs512_pending_begin_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, n, -1, 0, FS512_SCALE);
+            else if (prev != NULL) {
+                if (k == 0 && ycarry != NULL) fs512_medium_join_f32(carry, prev, inv[0], ycarry, h);
+                else if (k == 0) fs512_scale_part_f32(prev, inv[0], yprev, h);
+                ycarry = NULL;
+                fs512_pending_span_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, h, n - (16 - h), FS512_SCALE);
+            }
             d[k] = fs512_exp_store_sum_lanes_f32(xb + k * n, mk[k], e + k * n, n, 0, &pend, NULL, next + k * n,
                                                  &mx[k], &mn[k]);
             fs512_pending_finish_f32(&pend);
+            if (prev != NULL && h != 0) { /* the line row k shares with row k + 1 (the last: carried) */
+                const ptrdiff_t seam = (k + 1) * n - (16 - h);
+                if (k < 15) {
+                    fs512_medium_seam_f32(prev + seam, inv[k], inv[k + 1], yprev + seam, h);
+                } else {
+                    const __mmask16 part = fs512_mask16(16 - h);
+                    _mm512_store_ps(carry, _mm512_mul_ps(_mm512_maskz_loadu_ps(part, prev + seam), _mm512_set1_ps(inv[15])));
+                    ycarry = yprev + seam;
+                }
+            }
         }
         known = b + 32 <= len;
         fs512_medium_inv_f32(d, inv);
         prev = e;
         yprev = yb;
     }
+    if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
     if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
     _mm_sfence(); /* this thread's streamed rows are complete */
     for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
@@ -546,13 +578,15 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
 #endif
 
 #if defined(FS_USE_AVX512) && FS_IS_F32
-/* Whether a float32 result in medium rows is streamed (*_medium_stream_span): large, and every
-   row starts on a cache line (y 64-byte aligned, rows of a whole number of vectors); rows
-   that share a line with their neighbours were slower streamed (65536 x 64 with y at 16 or
-   48 bytes: 1.6-2.2 vs 1.2-1.7 times np.copyto). */
-static inline int FS_FN(medium_rows_stream)(const float *y, ptrdiff_t nrows, ptrdiff_t ncols)
+/* Whether a float32 result in medium rows is streamed (*_medium_stream_span): large, in rows
+   of a whole number of vectors, and every row starting on a cache line (y 64-byte aligned)
+   or, with `any_offset` (softmax, which streams the lines rows share: see
+   softmax_medium_stream_span), all of them the same number of floats before one.  Rows that
+   share a line with their neighbours were slower streamed when those lines were ordinary
+   stores (65536 x 64 with y at 16 or 48 bytes: 1.6-2.2 vs 1.2-1.7 times np.copyto). */
+static inline int FS_FN(medium_rows_stream)(const float *y, ptrdiff_t nrows, ptrdiff_t ncols, int any_offset)
 {
-    return ((uintptr_t)y & 63) == 0 && ncols % 16 == 0 &&
+    return ((uintptr_t)y & (any_offset ? 3 : 63)) == 0 && ncols % 16 == 0 &&
            nrows * ncols * (ptrdiff_t)sizeof(float) >= FS_STREAM_MIN_BYTES;
 }
 #endif
@@ -566,7 +600,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         /* each thread a span of whole blocks (the last one also takes the rows after them):
            the same blocks, hence the same bits, whatever the number of threads */
         const ptrdiff_t nblocks = nrows / 16;
-        const int stream = FS_FN(medium_rows_stream)(y, nrows, ncols);
+        const int stream = FS_FN(medium_rows_stream)(y, nrows, ncols, 1);
         FS_ROWS_FOR(k, nt,
                     ptrdiff_t r0 = nblocks * k / nt * 16;
                     ptrdiff_t r1 = k + 1 == nt ? nrows : nblocks * (k + 1) / nt * 16;
@@ -585,7 +619,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
 #if FS_IS_F32
-    if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols)) {
+    if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols, 0)) {
         /* streamed as softmax's medium rows; spans of whole batches */
         const ptrdiff_t nbatches = nrows / FS_LSM_BATCH;
         FS_ROWS_FOR(k, nt,

@@ -243,6 +243,22 @@ static inline void fs512_pending_begin_f32(fs512_pending_f32 *p, const float *sr
     p->kind = kind;
 }
 
+/* A pending row of which only [j0, end) is to be written, all of it streamed: y + j0 on a
+   64-byte boundary and end - j0 a whole number of vectors (the caller writes the rest). */
+static inline void fs512_pending_span_f32(fs512_pending_f32 *p, const float *src, float m, float a, float *y,
+                                          ptrdiff_t j0, ptrdiff_t end, int kind)
+{
+    p->src = src;
+    p->y = y;
+    p->j = j0;
+    p->n = end;
+    p->patch = -1;
+    p->m = m;
+    p->a = a;
+    p->patch_value = 0;
+    p->kind = kind;
+}
+
 /* Up to `count` whole vectors of a pending row (a copy of the record, kept in registers),
    from element j; returns the new j. */
 FS512_INLINE ptrdiff_t fs512_pending_advance_f32(fs512_pending_f32 p, __m512 negm, __m512 va, ptrdiff_t j, int count)
@@ -1056,6 +1072,35 @@ static inline void fs512_medium_stream_f32(const float *e, const float inv[16], 
         fs512_pending_begin_f32(&p, e + k * n, 0, inv[k], y + k * n, n, -1, 0, FS512_SCALE);
         fs512_pending_finish_f32(&p);
     }
+}
+
+/* Rows of n (a multiple of 16) that start h (1..15) elements before a cache line: the line
+   that holds the last 16 - h elements of a row and the first h of the next.  Written as one
+   streamed vector y = e * a0 in its first 16 - h lanes and e * a1 in the others (e and y
+   at that line; a0, a1 the two rows' scales): the values the rows get alone. */
+FS512_INLINE void fs512_medium_seam_f32(const float *e, float a0, float a1, float *y, ptrdiff_t h)
+{
+    const __mmask16 second = (__mmask16)(0xFFFFu << (16 - h));
+    const __m512 a = _mm512_mask_blend_ps(second, _mm512_set1_ps(a0), _mm512_set1_ps(a1));
+    _mm512_stream_ps(y, _mm512_mul_ps(_mm512_loadu_ps(e), a));
+}
+
+/* The line that holds the last 16 - h elements of a block of such rows and the first h of the
+   next block: `carry` holds the first part's results (lanes 0 .. 15 - h), e the next block's
+   first h values, a their row's scale; streamed to y (the line). */
+FS512_INLINE void fs512_medium_join_f32(const float *carry, const float *e, float a, float *y, ptrdiff_t h)
+{
+    const __mmask16 second = (__mmask16)(0xFFFFu << (16 - h));
+    const __m512 head = _mm512_mul_ps(_mm512_maskz_expandloadu_ps(second, e), _mm512_set1_ps(a));
+    _mm512_stream_ps(y, _mm512_mask_blend_ps(second, _mm512_load_ps(carry), head));
+}
+
+/* y = e * a for the k < 16 elements at e, with an ordinary masked store (the first head or
+   the last tail of a span of blocks whose rows do not start on cache lines). */
+FS512_INLINE void fs512_scale_part_f32(const float *e, float a, float *y, ptrdiff_t k)
+{
+    const __mmask16 m = fs512_mask16(k);
+    _mm512_mask_storeu_ps(y, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e), _mm512_set1_ps(a)));
 }
 
 /* ---------------------------------------------------------------- short rows
