@@ -319,11 +319,13 @@ def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
 @pytest.mark.parametrize("where", MEDIUM_WHERE)
 @pytest.mark.parametrize("ncols", [48, 96, 128])
 def test_streamed_medium_log_softmax_equals_the_batch_path(ncols, where):
-    # float32 log_softmax of large results in rows of 33..128 (a whole number of vectors,
-    # 64-byte aligned: offset0, aligned_x and fresh results) is streamed, 16 rows a batch,
-    # the next batch's max taken during this batch's sums; other results take the in-cache
-    # batch path.  The two must agree bit for bit (rows after the last whole batch, special
-    # rows), in place too, and be within float32 accuracy of the float64 oracle.
+    # float32 log_softmax of large results in rows of 33..128 (a whole number of vectors) is
+    # streamed, 16 rows a batch, the next batch's max taken during this batch's sums, the
+    # lines rows share when they do not start on lines (offset1, offset4, offset12, and x
+    # itself in place) streamed with two rows' values (NaN for a row whose max is not
+    # finite); other results take the in-cache batch path.  The two must agree bit for bit
+    # (rows after the last whole batch, special rows), in place too, and be within float32
+    # accuracy of the float64 oracle.
     nrows = _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
     x = _medium_data(nrows, ncols, seed=ncols + 1)
     in_cache = np.concatenate([fs.log_softmax(x[:48]), fs.log_softmax(x[-55:])])

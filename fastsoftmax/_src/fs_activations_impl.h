@@ -326,11 +326,16 @@ static void FS_FN(log_softmax_row_batch)(const FS_T *x, FS_T *y, ptrdiff_t count
    software-pipelined as softmax_medium_stream_span: during row k's sums in batch b, row k
    of batch b - 1 is written with streaming stores ((x - m) - c, from x still in L1/L2) and
    the max of row k of batch b + 1 is taken.  The same bits as log_softmax_row_batch (a row
-   with a NaN is all NaN on both, but vmaxps may keep another NaN, or none, of the row). */
+   with a NaN is all NaN on both, but vmaxps may keep another NaN, or none, of the row).
+   Rows that do not start on cache lines stream the lines they share as softmax's do
+   (softmax_medium_stream_span), a row whose max is not finite giving NaN in its lanes. */
 static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n)
 {
+    const ptrdiff_t h = fs512_stream_head(y, sizeof(float), n); /* 0: rows start on lines */
     float m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
     double u[FS_LSM_BATCH], c[FS_LSM_BATCH];
+    float carry[16] __attribute__((aligned(64))) = {0};
+    float *ycarry = NULL;      /* the line whose first 16 - h results wait in carry, or none */
     const float *xprev = NULL; /* batch b - 1 (its results are pending), or none */
     float *yprev = NULL;
     ptrdiff_t b = 0;
@@ -344,12 +349,27 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
         float mnext[FS_LSM_BATCH];
         for (int k = 0; k < FS_LSM_BATCH; k++) {
             fs512_pending_f32 pend = {0}; /* n == 0: nothing pending */
+            fs512_row_values r = {0, 0, 0};
             if (xprev != NULL) {
-                if (isfinite(mprev[k]))
+                r.m = mprev[k];
+                r.a = cprev[k];
+                r.nan = !isfinite(mprev[k]);
+            }
+            if (xprev != NULL && h == 0) {
+                if (!r.nan)
                     fs512_pending_begin_f32(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n, -1, 0,
                                             FS512_SUB_SUB);
                 else
                     FS_FN(fill_nan)(yprev + k * n, n);
+            } else if (xprev != NULL) { /* rows off the lines: the whole lines of the row, then its seam */
+                if (k == 0 && ycarry != NULL) fs512_seam_join_f32(carry, xprev, r, ycarry, h, FS512_SUB_SUB);
+                else if (k == 0) fs512_seam_part_f32(xprev, r, yprev, h, FS512_SUB_SUB);
+                ycarry = NULL;
+                if (!r.nan)
+                    fs512_pending_span_f32(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, h, n - (16 - h),
+                                           FS512_SUB_SUB);
+                else
+                    FS_FN(fill_nan)(yprev + k * n + h, n - 16);
             }
             u[k] = 0.0;
             if (isfinite(m[k])) {
@@ -361,6 +381,16 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
                 mnext[k] = FS_ROW_MAX(next + k * n, n);
             }
             fs512_pending_finish_f32(&pend);
+            if (xprev != NULL && h != 0) { /* the line row k shares with row k + 1 (the last: carried) */
+                const ptrdiff_t seam = (k + 1) * n - (16 - h);
+                if (k < FS_LSM_BATCH - 1) {
+                    const fs512_row_values next_row = {mprev[k + 1], cprev[k + 1], !isfinite(mprev[k + 1])};
+                    fs512_seam_f32(xprev + seam, r, next_row, yprev + seam, h, FS512_SUB_SUB);
+                } else {
+                    fs512_seam_carry_f32(xprev + seam, r, 16 - h, carry, FS512_SUB_SUB);
+                    ycarry = yprev + seam;
+                }
+            }
         }
         for (int k = 0; k < FS_LSM_BATCH; k += 8) _mm512_storeu_pd(c + k, fs512_log1p_pd(_mm512_loadu_pd(u + k)));
         for (int k = 0; k < FS_LSM_BATCH; k++) {
@@ -371,6 +401,7 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
         xprev = xb;
         yprev = yb;
     }
+    if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
     for (int k = 0; xprev != NULL && k < FS_LSM_BATCH; k++) {
         if (!isfinite(mprev[k])) {
             FS_FN(fill_nan)(yprev + k * n, n);
@@ -505,9 +536,9 @@ static void FS_FN(softmax_medium_span)(const float *x, float *y, ptrdiff_t len, 
    Rows that do not start on a cache line (an out= array from NumPy's allocator is 16 or 48
    bytes past one) start h elements before one, all alike (n is a whole number of vectors):
    the pending part of row k is then its whole lines, and the line it shares with row k + 1
-   is streamed after it as one vector with both rows' scales (fs512_medium_seam_f32).  The
-   last row's tail waits in `carry` for the next block's first head, which completes its line
-   (fs512_medium_join_f32); only the span's first head and last tail, and lines next to a
+   is streamed after it as one vector with both rows' scales (fs512_seam_f32).  The last
+   row's tail waits in `carry` for the next block's first head, which completes its line
+   (fs512_seam_join_f32); only the span's first head and last tail, and lines next to a
    block that is turned down, are ordinary stores.  (Left to the rows' ordinary head and tail
    stores, the shared lines were read from memory before being written: 16384x128 at 16 bytes
    past a line took 1.5x the time of aligned rows; with the block's first head and last tail
@@ -519,7 +550,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
     float mk[16] __attribute__((aligned(64))), inv[16] __attribute__((aligned(64)));
     __m512 mx[16], mn[16];
     __m512d d[16];
-    float carry[16] __attribute__((aligned(64)));
+    float carry[16] __attribute__((aligned(64))) = {0};
     float *ycarry = NULL;     /* the line whose first 16 - h results wait in carry, or none */
     const float *prev = NULL; /* block b - 1's exps (its results are pending), or none */
     float *yprev = NULL;
@@ -532,7 +563,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
             for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(xb + k * n, n, &mx[k], &mn[k]);
         if (!fs512_medium_max_f32(mx, mn, mk)) {
             if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
-            ycarry = NULL;
+            ycarry = NULL; /* the next row's head is an ordinary store too */
             if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
             prev = NULL;
             known = 0;
@@ -546,8 +577,9 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
             if (prev != NULL && h == 0)
                 fs512_pending_begin_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, n, -1, 0, FS512_SCALE);
             else if (prev != NULL) {
-                if (k == 0 && ycarry != NULL) fs512_medium_join_f32(carry, prev, inv[0], ycarry, h);
-                else if (k == 0) fs512_scale_part_f32(prev, inv[0], yprev, h);
+                const fs512_row_values r = {0, inv[k], 0};
+                if (k == 0 && ycarry != NULL) fs512_seam_join_f32(carry, prev, r, ycarry, h, FS512_SCALE);
+                else if (k == 0) fs512_seam_part_f32(prev, r, yprev, h, FS512_SCALE);
                 ycarry = NULL;
                 fs512_pending_span_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, h, n - (16 - h), FS512_SCALE);
             }
@@ -556,11 +588,12 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
             fs512_pending_finish_f32(&pend);
             if (prev != NULL && h != 0) { /* the line row k shares with row k + 1 (the last: carried) */
                 const ptrdiff_t seam = (k + 1) * n - (16 - h);
+                const fs512_row_values r = {0, inv[k], 0};
                 if (k < 15) {
-                    fs512_medium_seam_f32(prev + seam, inv[k], inv[k + 1], yprev + seam, h);
+                    const fs512_row_values next_row = {0, inv[k + 1], 0};
+                    fs512_seam_f32(prev + seam, r, next_row, yprev + seam, h, FS512_SCALE);
                 } else {
-                    const __mmask16 part = fs512_mask16(16 - h);
-                    _mm512_store_ps(carry, _mm512_mul_ps(_mm512_maskz_loadu_ps(part, prev + seam), _mm512_set1_ps(inv[15])));
+                    fs512_seam_carry_f32(prev + seam, r, 16 - h, carry, FS512_SCALE);
                     ycarry = yprev + seam;
                 }
             }
@@ -579,14 +612,12 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
 
 #if defined(FS_USE_AVX512) && FS_IS_F32
 /* Whether a float32 result in medium rows is streamed (*_medium_stream_span): large, in rows
-   of a whole number of vectors, and every row starting on a cache line (y 64-byte aligned)
-   or, with `any_offset` (softmax, which streams the lines rows share: see
-   softmax_medium_stream_span), all of them the same number of floats before one.  Rows that
-   share a line with their neighbours were slower streamed when those lines were ordinary
-   stores (65536 x 64 with y at 16 or 48 bytes: 1.6-2.2 vs 1.2-1.7 times np.copyto). */
-static inline int FS_FN(medium_rows_stream)(const float *y, ptrdiff_t nrows, ptrdiff_t ncols, int any_offset)
+   of a whole number of vectors, y aligned to its elements (every row then starts on a cache
+   line or the same number of floats before one; the lines rows share are streamed too, see
+   softmax_medium_stream_span). */
+static inline int FS_FN(medium_rows_stream)(const float *y, ptrdiff_t nrows, ptrdiff_t ncols)
 {
-    return ((uintptr_t)y & (any_offset ? 3 : 63)) == 0 && ncols % 16 == 0 &&
+    return ((uintptr_t)y & 3) == 0 && ncols % 16 == 0 &&
            nrows * ncols * (ptrdiff_t)sizeof(float) >= FS_STREAM_MIN_BYTES;
 }
 #endif
@@ -600,7 +631,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         /* each thread a span of whole blocks (the last one also takes the rows after them):
            the same blocks, hence the same bits, whatever the number of threads */
         const ptrdiff_t nblocks = nrows / 16;
-        const int stream = FS_FN(medium_rows_stream)(y, nrows, ncols, 1);
+        const int stream = FS_FN(medium_rows_stream)(y, nrows, ncols);
         FS_ROWS_FOR(k, nt,
                     ptrdiff_t r0 = nblocks * k / nt * 16;
                     ptrdiff_t r1 = k + 1 == nt ? nrows : nblocks * (k + 1) / nt * 16;
@@ -619,7 +650,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
 #if FS_IS_F32
-    if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols, 0)) {
+    if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols)) {
         /* streamed as softmax's medium rows; spans of whole batches */
         const ptrdiff_t nbatches = nrows / FS_LSM_BATCH;
         FS_ROWS_FOR(k, nt,

@@ -1074,33 +1074,58 @@ static inline void fs512_medium_stream_f32(const float *e, const float inv[16], 
     }
 }
 
-/* Rows of n (a multiple of 16) that start h (1..15) elements before a cache line: the line
-   that holds the last 16 - h elements of a row and the first h of the next.  Written as one
-   streamed vector y = e * a0 in its first 16 - h lanes and e * a1 in the others (e and y
-   at that line; a0, a1 the two rows' scales): the values the rows get alone. */
-FS512_INLINE void fs512_medium_seam_f32(const float *e, float a0, float a1, float *y, ptrdiff_t h)
+/* Rows of n (a multiple of 16) that start h (1..15) elements before a cache line share a
+   line with their neighbours: the last 16 - h elements of one row and the first h of the
+   next.  Such a line is written as one streamed vector whose lanes take their own row's
+   values: `kind` FS512_SCALE (src * a) or FS512_SUB_SUB ((src - m) - a), as the streaming
+   writers give them, and NaN for a row marked `nan` (log_softmax's rows whose max is not
+   finite). */
+typedef struct {
+    float m, a;
+    int nan;
+} fs512_row_values;
+
+/* The values of the 16 elements v, lanes in `second` of row r1, the others of row r0. */
+FS512_INLINE __m512 fs512_two_rows_value_ps(__m512 v, __mmask16 second, fs512_row_values r0, fs512_row_values r1,
+                                            int kind)
 {
-    const __mmask16 second = (__mmask16)(0xFFFFu << (16 - h));
-    const __m512 a = _mm512_mask_blend_ps(second, _mm512_set1_ps(a0), _mm512_set1_ps(a1));
-    _mm512_stream_ps(y, _mm512_mul_ps(_mm512_loadu_ps(e), a));
+    const __m512 negm = _mm512_mask_blend_ps(second, _mm512_set1_ps(-r0.m), _mm512_set1_ps(-r1.m));
+    const __m512 a = _mm512_mask_blend_ps(second, _mm512_set1_ps(r0.a), _mm512_set1_ps(r1.a));
+    const __mmask16 nan = (__mmask16)((r0.nan ? ~second : 0) | (r1.nan ? second : 0));
+    return _mm512_mask_mov_ps(fs512_stream_value_ps(v, negm, a, kind), nan, _mm512_set1_ps(NAN));
 }
 
-/* The line that holds the last 16 - h elements of a block of such rows and the first h of the
-   next block: `carry` holds the first part's results (lanes 0 .. 15 - h), e the next block's
-   first h values, a their row's scale; streamed to y (the line). */
-FS512_INLINE void fs512_medium_join_f32(const float *carry, const float *e, float a, float *y, ptrdiff_t h)
+/* The line at y (src: the same elements of the source) that ends row r0 and starts row r1. */
+FS512_INLINE void fs512_seam_f32(const float *src, fs512_row_values r0, fs512_row_values r1, float *y, ptrdiff_t h,
+                                 int kind)
 {
     const __mmask16 second = (__mmask16)(0xFFFFu << (16 - h));
-    const __m512 head = _mm512_mul_ps(_mm512_maskz_expandloadu_ps(second, e), _mm512_set1_ps(a));
+    _mm512_stream_ps(y, fs512_two_rows_value_ps(_mm512_loadu_ps(src), second, r0, r1, kind));
+}
+
+/* The first k < 16 values of row r (src, y: its elements) into lanes 0 .. k - 1 of *carry,
+   to be joined with the start of the next row (a row's tail whose next row is not known yet). */
+FS512_INLINE void fs512_seam_carry_f32(const float *src, fs512_row_values r, ptrdiff_t k, float *carry, int kind)
+{
+    const __m512 v = _mm512_maskz_loadu_ps(fs512_mask16(k), src);
+    _mm512_store_ps(carry, fs512_two_rows_value_ps(v, 0, r, r, kind));
+}
+
+/* The line at y: lanes 0 .. 15 - h from carry, the others the first h values of row r (src). */
+FS512_INLINE void fs512_seam_join_f32(const float *carry, const float *src, fs512_row_values r, float *y, ptrdiff_t h,
+                                      int kind)
+{
+    const __mmask16 second = (__mmask16)(0xFFFFu << (16 - h));
+    const __m512 head = fs512_two_rows_value_ps(_mm512_maskz_expandloadu_ps(second, src), second, r, r, kind);
     _mm512_stream_ps(y, _mm512_mask_blend_ps(second, _mm512_load_ps(carry), head));
 }
 
-/* y = e * a for the k < 16 elements at e, with an ordinary masked store (the first head or
-   the last tail of a span of blocks whose rows do not start on cache lines). */
-FS512_INLINE void fs512_scale_part_f32(const float *e, float a, float *y, ptrdiff_t k)
+/* The k < 16 values of row r at src into y with an ordinary masked store (the first head and
+   last tail of a thread's rows, and the lines next to rows written another way). */
+FS512_INLINE void fs512_seam_part_f32(const float *src, fs512_row_values r, float *y, ptrdiff_t k, int kind)
 {
     const __mmask16 m = fs512_mask16(k);
-    _mm512_mask_storeu_ps(y, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, e), _mm512_set1_ps(a)));
+    _mm512_mask_storeu_ps(y, m, fs512_two_rows_value_ps(_mm512_maskz_loadu_ps(m, src), 0, r, r, kind));
 }
 
 /* ---------------------------------------------------------------- short rows
