@@ -212,7 +212,9 @@ static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS
      log_softmax took 1.4-1.6x the time at 256x50257); float64 (rows twice as large in L2)
      prefetches row r + 1 and keeps its max pass.
    The same values as the one-row kernels, bit for bit (the max and min are exact in any
-   order).  If softmax's scratch rows cannot be allocated, the rows take the in-cache path. */
+   order).  float32 rows that share a line (rows not a whole number of lines) write it as one
+   streamed vector (fs512_carry_f32).  If softmax's scratch rows cannot be allocated, the rows
+   take the in-cache path. */
 #ifndef FS_PREFETCH2_MIN_COLS
 #define FS_PREFETCH2_MIN_COLS 2048
 #endif
@@ -228,6 +230,10 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
     }
     const int scan_ahead = FS_IS_F32;
     FS_CAT(fs512_pending, FS_SUF) pend = {0}; /* nothing pending */
+#if FS_IS_F32
+    fs512_carry_f32 carry; /* the tail of row r - 1, when it shares a line with row r */
+    carry.y = NULL;
+#endif
     int known = 0;         /* the max (and min) of row r were taken during row r - 1 */
     FS_T next_max = 0, next_min = 0;
     for (ptrdiff_t r = r0; r < r1; r++) {
@@ -276,11 +282,25 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
             a = log_out ? log1p((at_max - 1.0) + sum) : 1.0 / sum;
             known = ahead != NULL;
         }
+#if FS_IS_F32
+        fs512_pending_finish_carry_f32(&pend, &carry); /* the rest of row r - 1 */
+        if (!isfinite(m)) {
+            fs512_carry_flush_f32(&carry);
+            FS_FN(fill_nan)(yr, ncols);
+        } else {
+            fs512_pending_begin_join_f32(&pend, &carry, log_out ? xr : e, m, (float)a, yr, ncols, -1, 0,
+                                         log_out ? FS512_SUB_SUB : FS512_SCALE);
+        }
+#else
         FS_CAT(fs512_pending_finish, FS_SUF)(&pend); /* the rest of row r - 1 */
         if (!isfinite(m)) FS_FN(fill_nan)(yr, ncols);
         else FS_CAT(fs512_pending_begin, FS_SUF)(&pend, log_out ? xr : e, m, (FS_T)a, yr, ncols, -1, 0,
                                                  log_out ? FS512_SUB_SUB : FS512_SCALE);
+#endif
     }
+#if FS_IS_F32
+    fs512_carry_flush_f32(&carry); /* empty here (a join or a NaN row took it); kept safe */
+#endif
     FS_CAT(fs512_pending_finish, FS_SUF)(&pend);
     free(scratch);
     _mm_sfence(); /* this thread's streamed rows are complete */
