@@ -11,8 +11,8 @@
  * for the caches are written with streaming stores during the next row's exp pass
  * (softmax_like_stream_span); float32 softmax rows of 33..128 go 16 rows a block
  * (softmax_medium_span); short rows and log_softmax's medium rows have block paths of their
- * own.  Large float32 results in medium rows that start on cache lines are streamed too, a
- * block (batch) behind the sums (softmax_medium_stream_span, log_softmax_medium_stream_span).
+ * own.  Large float32 results in medium rows of a whole number of vectors are streamed too,
+ * a block (batch) behind the sums (softmax_medium_stream_span, log_softmax_medium_stream_span).
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
@@ -507,7 +507,7 @@ static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *
    short rows go a block of rows at a time (fs512_short_rows_*), float32 softmax of medium rows
    16 rows a block (softmax_medium_span) and log_softmax of medium rows a batch of rows per
    vector log1p (log_softmax_row_batch), both streamed when the result is large and its rows
-   start on cache lines (*_medium_stream_span); long rows of large results are streamed
+   a whole number of vectors (*_medium_stream_span); long rows of large results are streamed
    (softmax_like_stream_span); threads take contiguous slices of rows. */
 static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, const FS_T *next, int log_out)
 {

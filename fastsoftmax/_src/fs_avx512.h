@@ -89,7 +89,9 @@ FS512_INLINE __m512d fs512_exp_nonpos_keep_pd(__m512d t, __mmask8 keep)
    use_lo == 0 (a constant after inlining) lo is ignored: adding a zero is an instruction
    the compiler may not drop (-0 + 0 is +0).  With `bounded` (a constant too) the caller
    knows that every kept lane is NaN or t >= -FS_EXACT_SPREAD, and the test against -104
-   is left out (one instruction of the dozen). */
+   is left out (one instruction of the dozen).  Except in a row holding a NaN that vminps
+   dropped from its min: a lane below -104 may then give +-inf or NaN instead of 0; the row
+   is all NaN either way, possibly a different NaN. */
 FS512_INLINE __m512 fs512_exp_nonpos_impl_ps(__m512 t, __m512 lo, __mmask16 keep, int use_lo, int bounded)
 {
     const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
@@ -119,7 +121,7 @@ FS512_INLINE __m512 fs512_exp_nonpos_keep_ps(__m512 t, __mmask16 keep)
     return fs512_exp_nonpos_impl_ps(t, t, keep, 0, 0);
 }
 
-/* The same for lanes known to be NaN or within FS_EXACT_SPREAD of 0 (-32 <= t <= 0). */
+/* The same for lanes within FS_EXACT_SPREAD of 0 (-32 <= t <= 0), or of rows holding a NaN. */
 FS512_INLINE __m512 fs512_exp_spread_keep_ps(__m512 t, __mmask16 keep)
 {
     return fs512_exp_nonpos_impl_ps(t, t, keep, 0, 1);
@@ -1023,10 +1025,10 @@ static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double
  * the caller takes the one-row kernel for its rows.  Each row's exps and sums are the one-row
  * kernel's (fs512_exp_store_sum_lanes_f32) and the transposition adds the last lanes in its
  * order, so a row gets the same bits whichever path takes it.
- * Results of FS_STREAM_MIN_BYTES in 64-byte aligned rows are streamed out during the next
- * block's exp pass (softmax_medium_stream_span, fs_activations_impl.h); others are written
- * with ordinary stores (streaming rows that share cache lines with their neighbours was
- * slower: 65536x64 at 16 or 48 bytes past a line, 1.6-2.2 vs 1.2-1.7 times np.copyto).
+ * Results of FS_STREAM_MIN_BYTES in rows of a whole number of vectors are streamed out
+ * during the next block's exp pass (softmax_medium_stream_span, fs_activations_impl.h),
+ * the lines that rows share (rows that do not start on cache lines) as one vector with both
+ * rows' scales (fs512_seam_f32); others are written with ordinary stores.
  */
 #define FS512_MEDIUM_MAX 128
 
@@ -1123,7 +1125,8 @@ static inline void fs512_medium_scale_f32(const float *e, const float inv[16], f
     }
 }
 
-/* The same values, y = e * inv[row], with streaming stores (y's rows start on cache lines). */
+/* The same values, y = e * inv[row], with streaming stores (each row's head and tail that
+   are not whole lines with ordinary stores). */
 static inline void fs512_medium_stream_f32(const float *e, const float inv[16], float *y, ptrdiff_t n)
 {
     for (int k = 0; k < 16; k++) {

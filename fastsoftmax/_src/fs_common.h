@@ -199,8 +199,8 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
    ordinary stores), hence the earlier 24 MiB.  Results smaller than 8 MiB are left in the
    caches for whatever reads them next.  Rows of 128 were 30-60% slower streamed even
    pipelined (per-row setup), rows of 256 equal; float32 softmax / log_softmax of rows of
-   33..128 are streamed a block of 16 rows at a time instead, when the rows start on cache
-   lines (softmax_medium_stream_span, log_softmax_medium_stream_span). */
+   33..128 are streamed a block of 16 rows at a time instead, when the rows are a whole
+   number of vectors (softmax_medium_stream_span, log_softmax_medium_stream_span). */
 #ifndef FS_STREAM_MIN_BYTES
 #define FS_STREAM_MIN_BYTES ((ptrdiff_t)8 << 20)
 #endif
