@@ -231,8 +231,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
     const int scan_ahead = FS_IS_F32;
     FS_CAT(fs512_pending, FS_SUF) pend = {0}; /* nothing pending */
 #if FS_IS_F32
-    fs512_carry_f32 carry; /* the tail of row r - 1, when it shares a line with row r */
-    carry.y = NULL;
+    fs512_carry_f32 carry = {{0}, NULL, 0}; /* the tail of row r - 1, when it shares a line with row r */
 #endif
     int known = 0;         /* the max (and min) of row r were taken during row r - 1 */
     FS_T next_max = 0, next_min = 0;
@@ -354,8 +353,7 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
     const ptrdiff_t h = fs512_stream_head(y, sizeof(float), n); /* 0: rows start on lines */
     float m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
     double u[FS_LSM_BATCH], c[FS_LSM_BATCH];
-    float carry[16] __attribute__((aligned(64))) = {0};
-    float *ycarry = NULL;      /* the line whose first 16 - h results wait in carry, or none */
+    fs512_carry_f32 carry = {{0}, NULL, 0}; /* batch b - 2's last tail, until batch b - 1's head */
     const float *xprev = NULL; /* batch b - 1 (its results are pending), or none */
     float *yprev = NULL;
     ptrdiff_t b = 0;
@@ -382,9 +380,7 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
                 else
                     FS_FN(fill_nan)(yprev + k * n, n);
             } else if (xprev != NULL) { /* rows off the lines: the whole lines of the row, then its seam */
-                if (k == 0 && ycarry != NULL) fs512_seam_join_f32(carry, xprev, r, ycarry, h, FS512_SUB_SUB);
-                else if (k == 0) fs512_seam_part_f32(xprev, r, yprev, h, FS512_SUB_SUB);
-                ycarry = NULL;
+                if (k == 0) fs512_seam_head_f32(&carry, xprev, r, yprev, h, FS512_SUB_SUB);
                 if (!r.nan)
                     fs512_pending_span_f32(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, h, n - (16 - h),
                                            FS512_SUB_SUB);
@@ -403,13 +399,10 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
             fs512_pending_finish_f32(&pend);
             if (xprev != NULL && h != 0) { /* the line row k shares with row k + 1 (the last: carried) */
                 const ptrdiff_t seam = (k + 1) * n - (16 - h);
-                if (k < FS_LSM_BATCH - 1) {
-                    const fs512_row_values next_row = {mprev[k + 1], cprev[k + 1], !isfinite(mprev[k + 1])};
-                    fs512_seam_f32(xprev + seam, r, next_row, yprev + seam, h, FS512_SUB_SUB);
-                } else {
-                    fs512_seam_carry_f32(xprev + seam, r, 16 - h, carry, FS512_SUB_SUB);
-                    ycarry = yprev + seam;
-                }
+                const int last = k == FS_LSM_BATCH - 1;
+                const fs512_row_values next_row = {last ? 0 : mprev[k + 1], last ? 0 : cprev[k + 1],
+                                                   !last && !isfinite(mprev[k + 1])};
+                fs512_seam_tail_f32(&carry, xprev + seam, r, last ? NULL : &next_row, yprev + seam, h, FS512_SUB_SUB);
             }
         }
         for (int k = 0; k < FS_LSM_BATCH; k += 8) _mm512_storeu_pd(c + k, fs512_log1p_pd(_mm512_loadu_pd(u + k)));
@@ -421,7 +414,7 @@ static void FS_FN(log_softmax_medium_stream_span)(const float *x, float *y, ptrd
         xprev = xb;
         yprev = yb;
     }
-    if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
+    fs512_carry_flush_f32(&carry);
     for (int k = 0; xprev != NULL && k < FS_LSM_BATCH; k++) {
         if (!isfinite(mprev[k])) {
             FS_FN(fill_nan)(yprev + k * n, n);
@@ -556,9 +549,9 @@ static void FS_FN(softmax_medium_span)(const float *x, float *y, ptrdiff_t len, 
    Rows that do not start on a cache line (an out= array from NumPy's allocator is 16 or 48
    bytes past one) start h elements before one, all alike (n is a whole number of vectors):
    the pending part of row k is then its whole lines, and the line it shares with row k + 1
-   is streamed after it as one vector with both rows' scales (fs512_seam_f32).  The last
-   row's tail waits in `carry` for the next block's first head, which completes its line
-   (fs512_seam_join_f32); only the span's first head and last tail, and lines next to a
+   is streamed after it as one vector with both rows' scales (fs512_seam_tail_f32).  The
+   last row's tail waits in `carry` (fs512_carry_f32, as long rows' tails do) for the next
+   block's first head, which completes its line (fs512_seam_head_f32); only the span's first head and last tail, and lines next to a
    block that is turned down, are ordinary stores.  (Left to the rows' ordinary head and tail
    stores, the shared lines were read from memory before being written: 16384x128 at 16 bytes
    past a line took 1.5x the time of aligned rows; with the block's first head and last tail
@@ -570,8 +563,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
     float mk[16] __attribute__((aligned(64))), inv[16] __attribute__((aligned(64)));
     __m512 mx[16], mn[16];
     __m512d d[16];
-    float carry[16] __attribute__((aligned(64))) = {0};
-    float *ycarry = NULL;     /* the line whose first 16 - h results wait in carry, or none */
+    fs512_carry_f32 carry = {{0}, NULL, 0}; /* block b - 2's last tail, until block b - 1's head */
     const float *prev = NULL; /* block b - 1's exps (its results are pending), or none */
     float *yprev = NULL;
     int known = 0;            /* mx, mn hold this block's max and min vectors */
@@ -582,8 +574,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
         if (!known)
             for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(xb + k * n, n, &mx[k], &mn[k]);
         if (!fs512_medium_max_f32(mx, mn, mk)) {
-            if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
-            ycarry = NULL; /* the next row's head is an ordinary store too */
+            fs512_carry_flush_f32(&carry); /* the next row's head is an ordinary store too */
             if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
             prev = NULL;
             known = 0;
@@ -598,9 +589,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
                 fs512_pending_begin_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, n, -1, 0, FS512_SCALE);
             else if (prev != NULL) {
                 const fs512_row_values r = {0, inv[k], 0};
-                if (k == 0 && ycarry != NULL) fs512_seam_join_f32(carry, prev, r, ycarry, h, FS512_SCALE);
-                else if (k == 0) fs512_seam_part_f32(prev, r, yprev, h, FS512_SCALE);
-                ycarry = NULL;
+                if (k == 0) fs512_seam_head_f32(&carry, prev, r, yprev, h, FS512_SCALE);
                 fs512_pending_span_f32(&pend, prev + k * n, 0, inv[k], yprev + k * n, h, n - (16 - h), FS512_SCALE);
             }
             d[k] = fs512_exp_store_sum_lanes_f32(xb + k * n, mk[k], e + k * n, n, 0, &pend, NULL, next + k * n,
@@ -608,14 +597,8 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
             fs512_pending_finish_f32(&pend);
             if (prev != NULL && h != 0) { /* the line row k shares with row k + 1 (the last: carried) */
                 const ptrdiff_t seam = (k + 1) * n - (16 - h);
-                const fs512_row_values r = {0, inv[k], 0};
-                if (k < 15) {
-                    const fs512_row_values next_row = {0, inv[k + 1], 0};
-                    fs512_seam_f32(prev + seam, r, next_row, yprev + seam, h, FS512_SCALE);
-                } else {
-                    fs512_seam_carry_f32(prev + seam, r, 16 - h, carry, FS512_SCALE);
-                    ycarry = yprev + seam;
-                }
+                const fs512_row_values r = {0, inv[k], 0}, next_row = {0, k < 15 ? inv[k + 1] : 0, 0};
+                fs512_seam_tail_f32(&carry, prev + seam, r, k < 15 ? &next_row : NULL, yprev + seam, h, FS512_SCALE);
             }
         }
         known = b + 32 <= len;
@@ -623,7 +606,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
         prev = e;
         yprev = yb;
     }
-    if (ycarry != NULL) _mm512_mask_storeu_ps(ycarry, fs512_mask16(16 - h), _mm512_load_ps(carry));
+    fs512_carry_flush_f32(&carry);
     if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
     _mm_sfence(); /* this thread's streamed rows are complete */
     for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);

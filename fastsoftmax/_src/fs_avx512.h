@@ -1165,29 +1165,38 @@ FS512_INLINE void fs512_seam_f32(const float *src, fs512_row_values r0, fs512_ro
     _mm512_stream_ps(y, fs512_two_rows_value_ps(_mm512_loadu_ps(src), second, r0, r1, kind));
 }
 
-/* The first k < 16 values of row r (src, y: its elements) into lanes 0 .. k - 1 of *carry,
-   to be joined with the start of the next row (a row's tail whose next row is not known yet). */
-FS512_INLINE void fs512_seam_carry_f32(const float *src, fs512_row_values r, ptrdiff_t k, float *carry, int kind)
-{
-    const __m512 v = _mm512_maskz_loadu_ps(fs512_mask16(k), src);
-    _mm512_store_ps(carry, fs512_two_rows_value_ps(v, 0, r, r, kind));
-}
-
-/* The line at y: lanes 0 .. 15 - h from carry, the others the first h values of row r (src). */
-FS512_INLINE void fs512_seam_join_f32(const float *carry, const float *src, fs512_row_values r, float *y, ptrdiff_t h,
+/* Before the whole lines of the first row of a block (r; src, y: its first elements): its
+   first h values, streamed with the line carried from the block before (fs512_carry_f32,
+   above), or an ordinary masked store when nothing is carried (the first block of a thread's
+   rows, or the one after a block turned down). */
+FS512_INLINE void fs512_seam_head_f32(fs512_carry_f32 *c, const float *src, fs512_row_values r, float *y, ptrdiff_t h,
                                       int kind)
 {
     const __mmask16 second = (__mmask16)(0xFFFFu << (16 - h));
-    const __m512 head = fs512_two_rows_value_ps(_mm512_maskz_expandloadu_ps(second, src), second, r, r, kind);
-    _mm512_stream_ps(y, _mm512_mask_blend_ps(second, _mm512_load_ps(carry), head));
+    if (c->y != NULL) {
+        const __m512 head = fs512_two_rows_value_ps(_mm512_maskz_expandloadu_ps(second, src), second, r, r, kind);
+        _mm512_stream_ps(c->y, _mm512_mask_blend_ps(second, _mm512_load_ps(c->v), head));
+    } else {
+        const __mmask16 m = fs512_mask16(h);
+        _mm512_mask_storeu_ps(y, m, fs512_two_rows_value_ps(_mm512_maskz_loadu_ps(m, src), 0, r, r, kind));
+    }
+    c->y = NULL;
 }
 
-/* The k < 16 values of row r at src into y with an ordinary masked store (the first head and
-   last tail of a thread's rows, and the lines next to rows written another way). */
-FS512_INLINE void fs512_seam_part_f32(const float *src, fs512_row_values r, float *y, ptrdiff_t k, int kind)
+/* After the whole lines of row r (src, y: the element where its last line starts): that line,
+   streamed with the first h values of the next row (*next), or for the last row of a block
+   (next == NULL) its 16 - h values carried to the next block's first row. */
+FS512_INLINE void fs512_seam_tail_f32(fs512_carry_f32 *c, const float *src, fs512_row_values r,
+                                      const fs512_row_values *next, float *y, ptrdiff_t h, int kind)
 {
-    const __mmask16 m = fs512_mask16(k);
-    _mm512_mask_storeu_ps(y, m, fs512_two_rows_value_ps(_mm512_maskz_loadu_ps(m, src), 0, r, r, kind));
+    if (next != NULL) {
+        fs512_seam_f32(src, r, *next, y, h, kind);
+        return;
+    }
+    const __m512 v = _mm512_maskz_loadu_ps(fs512_mask16(16 - h), src);
+    _mm512_store_ps(c->v, fs512_two_rows_value_ps(v, 0, r, r, kind));
+    c->y = y;
+    c->lanes = 16 - h;
 }
 
 /* ---------------------------------------------------------------- short rows
