@@ -6,9 +6,9 @@ of fastsoftmax against it (competitor time / fastsoftmax time) and its max abs e
 a float64 oracle, and fastsoftmax's time over ``np.copyto``'s (the memory floor), also with
 a preallocated ``out=`` (``fastsoftmax_out``: the kernel without a fresh result array), and
 over a copy with streaming stores (``stream_copy``: the floor for results written that way,
-as fastsoftmax writes large ones).  Progress
-goes to stderr, the tables to stdout.  Run ``python -m fastsoftmax --help`` for the options;
-``python -m fastsoftmax train [ARGS...]`` runs the training example instead.
+as fastsoftmax writes large ones).  Progress goes to stderr, the tables to stdout.  Run
+``python -m fastsoftmax --help`` for the options; ``python -m fastsoftmax train [ARGS...]``
+runs the training example instead.
 
 The exit status is 0 when fastsoftmax ran every case within its accuracy bound, 1 when it
 failed or was inaccurate somewhere, 2 for a usage error.
@@ -50,8 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
             "Time fastsoftmax against fastsoftmax.reference (NumPy), scipy.special, torch (CPU) "
             "and JAX (jit, CPU), the last two when installed, with np.copyto of the same size "
             "as the memory-traffic floor (and, for activations and losses, a copy with streaming "
-            "stores: the floor for results written that way). Prints per case each competitor's median time, the "
-            "speed-up of fastsoftmax against it (competitor time / fastsoftmax time) and its "
+            "stores: the floor for results written that way). Prints per case each competitor's "
+            "median time, the speed-up of fastsoftmax against it (competitor time / fastsoftmax time) and its "
             "max abs error against a float64 oracle (fastsoftmax.reference on float64 inputs)."
         ),
         epilog=(
@@ -346,7 +346,7 @@ def format_report(doc: dict) -> str:
                 extra = f"fastsoftmax/copyto {case['fs_over_copyto']:.2f}"
             if name == "fastsoftmax_out" and case["fs_out_over_copyto"]:
                 extra = f"with out=/copyto {case['fs_out_over_copyto']:.2f}"
-            if name == "stream_copy" and case.get("fs_over_stream_copy"):
+            if name == "stream_copy" and case["fs_over_stream_copy"]:
                 extra = f"fastsoftmax/stream_copy {case['fs_over_stream_copy']:.2f}"
             rows.append([label, name, _fmt_time(entry["median_s"]), _fmt_time(entry.get("min_s")),
                          _fmt_ratio(entry["ratio"]) if name in _bench.PEERS else "",
@@ -364,7 +364,7 @@ def format_report(doc: dict) -> str:
                      + [_fmt_ratio(r.get(p, {}).get("ratio")) for p in peers]
                      + [f"{case['fs_over_copyto']:.2f}" if case["fs_over_copyto"] else "-",
                         f"{case['fs_out_over_copyto']:.2f}" if case["fs_out_over_copyto"] else "-",
-                        f"{case['fs_over_stream_copy']:.2f}" if case.get("fs_over_stream_copy") else "-"])
+                        f"{case['fs_over_stream_copy']:.2f}" if case["fs_over_stream_copy"] else "-"])
     lines += ["", "Speed-up of fastsoftmax (competitor time / fastsoftmax time); fs/copyto: "
               "fastsoftmax time / np.copyto time (out=/copyto: with a preallocated out=);",
               "fs/stream: fastsoftmax time / the time of a copy with streaming stores:", ""]

@@ -1,8 +1,9 @@
 """The Examples sections of the docstrings run and print what they show.
 
 ``--doctest-modules`` only collects the files under ``tests/`` (testpaths), so the package's
-own docstrings are collected here: one test per docstring that has examples, with the
-option flags pytest's doctests use (pyproject.toml)."""
+own docstrings are collected here: one test per docstring that has examples, compared with
+NORMALIZE_WHITESPACE and ELLIPSIS (pyproject.toml's NUMBER is pytest's own flag; none of the
+examples needs it)."""
 
 import doctest
 import importlib
