@@ -12,8 +12,8 @@ softmax or cross-entropy gradient every step writes into memory already mapped. 
 arrays are ordinary NumPy arrays owning their data.  Results of ``MIN_ALIGNED_BYTES``
 (1 MiB) up to that size come from a second handler that only aligns them to 64 bytes
 (malloc gives 16): a result starting inside a cache line splits every vector store over
-two lines and keeps its rows off whole-line streaming stores.  Smaller results, and every
-array made by other code, use NumPy's default allocator.
+two lines, and its streamed rows need the lines they share written apart.  Smaller
+results, and every array made by other code, use NumPy's default allocator.
 
 ``FASTSOFTMAX_RESULT_CACHE_MB`` (default 512, read at import) caps the bytes kept;
 0 turns the pool off.  :func:`release` hands the kept memory back to the system.

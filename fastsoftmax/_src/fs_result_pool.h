@@ -262,9 +262,10 @@ static PyObject *fs_pool_init(size_t cap)
 
 /* ---- 64-byte aligned results (below the pool's size) ----
  * malloc aligns to 16 bytes; a result that starts inside a cache line has every vector
- * store split over two lines, and its rows cannot be written with whole-line streaming
- * stores (fs_activations_impl.h, softmax_medium_stream_span: 16384 x 128 float32 softmax
- * took 0.79 times np.copyto into a 64-byte aligned result, 1.34-1.40 into one at 16 or 48).
+ * store split over two lines, and its streamed rows share lines that must be written apart
+ * (fs_activations_impl.h, softmax_medium_stream_span: 16384 x 128 float32 softmax took
+ * 0.79 times np.copyto into a 64-byte aligned result, 1.34-1.40 into one at 16 or 48 before
+ * those lines were streamed too; since, 1.0-1.07 times the aligned result's time).
  * This handler takes malloc'd memory 80 bytes longer and returns its first 64-byte boundary
  * after at least 16 bytes (16 to 79 bytes in); the pointer malloc gave is stored just before
  * the data.  Blocks of 4 MiB or more are marked for transparent huge pages, as NumPy's own
