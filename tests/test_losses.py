@@ -225,12 +225,14 @@ def test_cross_entropy_matches_torch_values_and_autograd(shape, dtype, kind, ign
 @pytest.mark.parametrize("kind", ["index", "probabilities"])
 @pytest.mark.parametrize("ls", [0.0, 0.5, 1.0], ids=["ls0", "ls0.5", "ls1"])
 @pytest.mark.parametrize(
-    "weights", ["zero_at_minus_inf", "zero_for_every_target", "negative"],
+    "weights", ["zero_at_minus_inf", "zero_for_every_target", "negative", "inf_at_a_target", "inf_at_the_max"],
 )
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_edge_semantics_match_torch(kind, ls, weights, reduction):
     """Zero weights against -inf logits (0 * inf), a mean over weights that sum to 0, negative
-    weights, label_smoothing = 1: the NaN / inf pattern and the finite values are torch's."""
+    weights, infinite weights (on a target class; on the class of row 0's max, where p is 1
+    and -log p is 0), label_smoothing = 1: the NaN / inf pattern and the finite values are
+    torch's."""
     torch = pytest.importorskip("torch")
     x, t, _, ii = _make((6, 7), np.float64, kind, "ignored" if kind == "index" else "no_ignored",
                         extreme=True, seed=11)
@@ -242,16 +244,51 @@ def test_edge_semantics_match_torch(kind, ls, weights, reduction):
         w[0] = 1.0
         if kind == "index":
             t[(t == 0)] = 5
-    else:
+    elif weights == "negative":
         w[1] = -0.75
+    elif weights == "inf_at_a_target":
+        w[2] = np.inf  # row 0's target (index targets)
+    else:
+        w[0] = np.inf  # row 0 holds +HUGE at class 0
     loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, ignore_index=ii, reduction=reduction, label_smoothing=ls)
     xt = torch.from_numpy(x.copy()).requires_grad_(True)
     lt = torch.nn.functional.cross_entropy(
         xt, torch.from_numpy(t), weight=torch.from_numpy(w), ignore_index=ii, reduction=reduction, label_smoothing=ls
     )
     lt.sum().backward()
+    want_grad = xt.grad.numpy()
+    if kind == "index" and ls > 0 and weights.startswith("inf"):
+        # SPEC: ignored samples have a zero gradient.  torch's smoothing term masks their
+        # losses to 0, and its backward then multiplies that 0 by the weights: inf * 0 = NaN.
+        ignored = t == ii
+        assert np.all(grad[ignored] == 0) and np.all(np.isnan(want_grad[ignored]))
+        want_grad = np.where(ignored[:, None], 0.0, want_grad)
     np.testing.assert_allclose(np.asarray(loss), lt.detach().numpy(), equal_nan=True, **TORCH_TOL[np.float64])
-    np.testing.assert_allclose(grad, xt.grad.numpy(), equal_nan=True, **TORCH_TOL[np.float64])
+    np.testing.assert_allclose(grad, want_grad, equal_nan=True, **TORCH_TOL[np.float64])
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("shape", [(40, 10), (40, 300)], ids=["short_rows", "long_rows"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_infinite_weight_on_the_target_gives_torchs_nan_gradient(impl, shape, dtype, reduction):
+    # torch's gradient at the target is -w_t - p_t * (-w_t): -inf + inf = NaN for w_t = inf
+    # (not w_t * (p_t - 1) = -inf); the other classes of those rows get +inf; other rows are
+    # untouched.  Short rows take the AVX-512 row-block path, long rows the one-row kernel.
+    n_rows, n_classes = shape
+    x, t, _, _ = _make(shape, dtype, "index", seed=12)
+    w = np.ones(n_classes, dtype)
+    w[3] = np.inf
+    t[::5] = 3
+    loss, grad = impl.cross_entropy_with_grad(x, t, weight=w, reduction=reduction)
+    hit = t == 3
+    assert np.all(np.isnan(grad[hit, 3]))
+    assert np.all(grad[hit][:, np.arange(n_classes) != 3] == np.inf)
+    assert np.all(np.isfinite(grad[~hit]))
+    if reduction == "none":
+        assert np.all(loss[hit] == np.inf) and np.all(np.isfinite(loss[~hit]))
+    else:
+        assert loss == np.inf
 
 
 @pytest.mark.parametrize("shape_id", list(SHAPES))

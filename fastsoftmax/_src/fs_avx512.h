@@ -1453,7 +1453,7 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
    w_t (lse + m - x_t), written to row_loss (0 for an ignored row: target outside [0, n); NaN
    for a row whose max is not finite).  With grad != NULL: grad = gs w_t (softmax - onehot),
    zero rows for ignored targets; p_t - 1 is taken as -rest/s when x_t is the only maximum,
-   where it would cancel.  Returns how many rows it did (a multiple of 16). */
+   where it would cancel (the target column is NaN where w_t gs is infinite).  Returns how many rows it did (a multiple of 16). */
 static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *target, const float *w,
                                                 ptrdiff_t nrows, ptrdiff_t n, float *grad, double gs,
                                                 double *row_loss)
@@ -1525,7 +1525,10 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
             pt1 = _mm512_mask_mov_ps(pt1, sole_max, _mm512_div_ps(_mm512_sub_ps(zero, rest), s));
             for (ptrdiff_t k = 0; k < n; k++)
                 _mm512_storeu_ps(gb + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(gb + 16 * k), _mm512_permutexvar_ps(rowof[k], k1)));
-            _mm512_mask_i32scatter_ps(gb, valid & (__mmask16)~bad, tidx, _mm512_mul_ps(wgs, pt1), 4);
+            /* NaN where w_t gs is infinite, as torch (fs_losses_impl.h, target_grad) */
+            const __m512 gt = _mm512_mask_mov_ps(_mm512_mul_ps(wgs, pt1), _mm512_fpclass_ps_mask(wgs, 0x18),
+                                                 _mm512_set1_ps(NAN));
+            _mm512_mask_i32scatter_ps(gb, valid & (__mmask16)~bad, tidx, gt, 4);
             __mmask16 fix = (__mmask16)(~valid | bad);
             while (fix) {
                 int lane = __builtin_ctz(fix);
@@ -1600,7 +1603,9 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
             pt1 = _mm512_mask_mov_pd(pt1, sole_max, _mm512_div_pd(_mm512_sub_pd(zero, rest), s));
             for (ptrdiff_t k = 0; k < n; k++)
                 _mm512_storeu_pd(gb + 8 * k, _mm512_mul_pd(_mm512_loadu_pd(gb + 8 * k), _mm512_permutexvar_pd(rowof[k], k1)));
-            _mm512_mask_i32scatter_pd(gb, valid & (__mmask8)~bad, tidx, _mm512_mul_pd(wgs, pt1), 8);
+            const __m512d gt = _mm512_mask_mov_pd(_mm512_mul_pd(wgs, pt1), _mm512_fpclass_pd_mask(wgs, 0x18),
+                                                  _mm512_set1_pd(NAN));
+            _mm512_mask_i32scatter_pd(gb, valid & (__mmask8)~bad, tidx, gt, 8);
             __mmask8 fix = (__mmask8)(~valid | bad);
             while (fix) {
                 int lane = __builtin_ctz(fix);

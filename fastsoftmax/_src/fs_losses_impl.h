@@ -34,7 +34,10 @@
  *
  * Special values follow torch: a row whose max is not finite (+inf somewhere, or every entry
  * -inf) has NaN loss and gradient; NaN anywhere propagates; a zero coefficient times an
- * infinite -log p gives NaN (IEEE, as torch's products do).  Ignored rows have loss 0 and
+ * infinite -log p gives NaN (IEEE, as torch's products do), and an infinite coefficient
+ * gives an infinite loss (NaN where p = 1): the sums a_i (m - x_i) leave out the elements
+ * equal to m, whose term is 0 for a finite a_i, so that an infinite a_i there adds a_i * lse
+ * through sum(a) * lse, as torch's a_i * (-log p_i) does, not inf * 0.  Ignored rows have loss 0 and
  * gradient 0 whatever their values.
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
@@ -65,6 +68,26 @@ static inline FS_T FS_FN(loss_row_max)(const FS_T *x, ptrdiff_t n, ptrdiff_t *fi
     return m;
 }
 
+/* The target column of the gradient, w_t gs (p_t - 1), with p_t - 1 = expm1(log p_t) (no
+   cancellation when p_t is close to 1); NaN when w_t gs is infinite, as torch's
+   log_softmax backward gives there (-inf - p_t * -inf). */
+static inline double FS_FN(target_grad)(double wt_gs, double nll)
+{
+    return isinf(wt_gs) ? (double)NAN : wt_gs * expm1(-nll);
+}
+
+/* The loss's sums split -log p_i = (m - x_i) + lse into sum a_i (m - x_i) + sum(a) * lse,
+   which is not torch's sum a_i ((m - x_i) + lse) when an a_i is infinite and lse = 0 (every
+   exp but the max's is 0): inf * 0 is NaN where torch's term is infinite.  The only product
+   by 0 in torch's sum is then that of the max element (-log p = 0 there), the one element
+   whose e = exp(x - m) (pass 2's stores) is 1: its index, or -1. */
+static ptrdiff_t FS_FN(sole_max_index)(const FS_T *e, ptrdiff_t n)
+{
+    for (ptrdiff_t i = 0; i < n; i++)
+        if (e[i] == (FS_T)1) return i;
+    return -1;
+}
+
 static void FS_FN(loss_fill)(FS_T *g, ptrdiff_t n, FS_T v)
 {
     FS_OMP_SIMD
@@ -74,7 +97,7 @@ static void FS_FN(loss_fill)(FS_T *g, ptrdiff_t n, FS_T v)
 /*
  * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i].  Adds
  * sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes to *cnt --
- * and, when SMOOTH, sum w_i (m - x_i) to *s1 (w_i = 1 unless WEIGHTED).  The flags are
+ * and, when SMOOTH, sum w_i (m - x_i) over x_i != m to *s1 (w_i = 1 unless WEIGHTED).  The flags are
  * compile-time constants at every call, so each combination is its own vectorised loop.
  */
 FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t b,
@@ -92,7 +115,7 @@ FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w,
             int is_max = xi == m;
             br += is_max ? (FS_T)0 : e;
             bc += is_max ? (FS_T)1 : (FS_T)0;
-            bs += WEIGHTED ? w[i] * -d : -d;
+            bs += is_max ? (FS_T)0 : WEIGHTED ? w[i] * -d : -d;
         }
     } else if (EXCL) {
         FS_OMP_SIMD_SUM2(br, bc)
@@ -109,7 +132,7 @@ FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w,
             FS_T d = x[i] - m, e = FS_EXP(d, 0);
             g[i] = e;
             br += e;
-            bs += WEIGHTED ? w[i] * -d : -d;
+            bs += d == 0 ? (FS_T)0 : WEIGHTED ? w[i] * -d : -d;
         }
     } else {
         FS_OMP_SIMD_SUM(br)
@@ -213,7 +236,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     if (!want_grad) return wt * nll;
     const double wt_gs = wt * gs;
     const FS_T k1 = (FS_T)(wt_gs / (1.0 + rest));
-    const FS_T gt = (FS_T)(wt_gs * expm1(-nll));
+    const FS_T gt = (FS_T)FS_FN(target_grad)(wt_gs, nll);
 #ifdef FS_USE_AVX512
     if (e != g) { /* the target column goes out with the streamed row */
         FS_CAT(fs512_pending_finish, FS_SUF)(pend); /* the rest of the previous row */
@@ -259,7 +282,14 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
     const double nll = lse + ((double)m - (double)xt); /* -log p_t */
     const double per_class = eps / (double)n;          /* smoothing mass of each class */
     double loss = wt * nll;
-    if (smooth) loss = (1.0 - eps) * loss + per_class * (s1 + wsum * lse);
+    if (smooth) {
+        double smooth_sum = s1 + wsum * lse; /* sum_i w_i (-log p_i) */
+        if (lse == 0.0 && !isfinite(wsum)) { /* sum a_i (m - x_i) + a_k * 0 (see sole_max_index) */
+            const ptrdiff_t k = FS_FN(sole_max_index)(g, n);
+            smooth_sum = s1 + (k < 0 ? 0.0 : (weighted ? (double)w[k] : 1.0) * 0.0);
+        }
+        loss = (1.0 - eps) * loss + per_class * smooth_sum;
+    }
     if (!want_grad) return loss;
 
     /* Pass 3: g_i = gs * (p_i * sum(a) - a_i), then the target column in double.  gs scales w_t
@@ -282,7 +312,7 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
         }
     }
     /* p_t - 1 = expm1(log p_t): no cancellation when p_t is close to 1. */
-    double gt = wt_gs * expm1(-nll);
+    double gt = FS_FN(target_grad)(wt_gs, nll);
     if (smooth) gt = (1.0 - eps) * gt + per_class * gs * (wsum * exp(-nll) - (weighted ? wt : 1.0));
     g[t] = (FS_T)gt;
     return loss;
@@ -291,7 +321,7 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
 /*
  * Pass 2 over x[b:end] for probability targets q: as ce_index_block for e_i and the sum, plus
  * a_i = w_i ((1-eps) q_i + eps/n) (keep = 1-eps, add = eps/n; just q_i when !SMOOTH, w_i = 1
- * unless WEIGHTED): *sa += sum a_i (m - x_i), *sb += sum a_i.
+ * unless WEIGHTED): *sa += sum a_i (m - x_i) over x_i != m, *sb += sum a_i.
  */
 FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w,
                                          ptrdiff_t b, ptrdiff_t end, FS_T m, FS_T keep, FS_T add,
@@ -310,7 +340,7 @@ FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, 
             int is_max = xi == m;
             br += is_max ? (FS_T)0 : e;
             bc += is_max ? (FS_T)1 : (FS_T)0;
-            ba += a * -d;
+            ba += is_max ? (FS_T)0 : a * -d;
             bb += a;
         }
     } else {
@@ -321,7 +351,7 @@ FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, 
             FS_T d = x[i] - m, e = FS_EXP(d, 0);
             g[i] = e;
             br += e;
-            ba += a * -d;
+            ba += d == 0 ? (FS_T)0 : a * -d;
             bb += a;
         }
     }
@@ -373,7 +403,12 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
     else FS_PROB_PASS2(0, 0);
     rest += cnt - 1.0;
     const double lse = log1p(rest);
-    const double loss = sa + sb * lse;
+    double loss = sa + sb * lse;
+    if (lse == 0.0 && !isfinite(sb)) { /* sum a_i (m - x_i) + a_k * 0 (see sole_max_index) */
+        const ptrdiff_t k = FS_FN(sole_max_index)(g, n);
+        const FS_T ak = k < 0 ? 0 : (smooth ? q[k] * keep + add : q[k]) * (weighted ? w[k] : (FS_T)1);
+        loss = sa + (double)ak * 0.0;
+    }
     if (!want_grad) return loss;
 
     const FS_T k1 = (FS_T)(gs * sb / (1.0 + rest));
