@@ -201,7 +201,15 @@ def reduce_row_losses(args: LossArgs, row_losses: np.ndarray, denominator: float
     (a NumPy scalar for 1-D logits).  ``"sum"``: their float64 sum; ``"mean"``: that sum
     divided by `denominator` (0/0 gives NaN, as torch); both as a NumPy scalar of the result
     dtype.
+
+    Class indices with label smoothing over zero classes give NaN, as torch, which adds
+    ``(eps / C) * smooth_loss``: ``eps / 0`` is inf, and inf times the (zero) smoothing sums is
+    NaN, for every sample (ignored or not) and every reduction, even of an empty batch.
     """
+    if not args.probabilities and args.rows_shape[1] == 0 and args.label_smoothing > 0:
+        row_losses = np.full_like(row_losses, np.nan)
+        if args.reduction != "none":
+            return np.asarray(np.nan).astype(args.result_dtype)[()]
     with np.errstate(all="ignore"):
         if args.reduction == "none":
             values = row_losses.reshape(args.lead_shape).astype(args.result_dtype)

@@ -291,6 +291,24 @@ def test_infinite_weight_on_the_target_gives_torchs_nan_gradient(impl, shape, dt
         assert loss == np.inf
 
 
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("n_rows", [2, 0])
+def test_label_smoothing_over_zero_classes_is_nan_as_in_torch(impl, reduction, n_rows):
+    # torch adds (eps / C) * smooth_loss: eps / 0 is inf, and inf * 0 is NaN for every sample
+    # (ignored ones too) and every reduction, even of an empty batch; without smoothing, or
+    # with probability targets, there is no such term.
+    x = np.zeros((n_rows, 0))
+    t = np.full(n_rows, -100)
+    loss = impl.cross_entropy(x, t, reduction=reduction, label_smoothing=0.5)
+    if reduction == "none":
+        assert loss.shape == (n_rows,) and np.all(np.isnan(loss))
+    else:
+        assert np.isnan(loss)
+    assert impl.cross_entropy(x, t, reduction="sum") == 0
+    assert impl.cross_entropy(x, np.zeros((n_rows, 0)), reduction="sum", label_smoothing=0.5) == 0
+
+
 @pytest.mark.parametrize("shape_id", list(SHAPES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("ignore_mode", list(IGNORE_MODES))
