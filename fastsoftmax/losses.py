@@ -6,7 +6,9 @@ axis; semantics otherwise follow ``torch.nn.functional.nll_loss`` / ``cross_entr
 
 Memory: the kernels read C-contiguous ``(rows, classes)`` arrays of the compute dtype.  Inputs
 that already are (float32/float64, C-contiguous) are used in place; others are converted a
-block of rows at a time, so no full-size temporary is made for them either.  The gradient is
+block of rows at a time (N-d arrays whose leading axes cannot be merged into one without a
+copy, such as Fortran-ordered ones, are read and written by row index), so no full-size
+temporary is made for them either.  The gradient is
 written once, straight into its destination; with ``out=logits`` nothing of the logits' size
 is allocated at all.
 """
@@ -49,19 +51,50 @@ def _same_memory_layout(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def _rows_view(dest: np.ndarray, rows_shape: tuple, x2: np.ndarray, reads: tuple):
-    """`dest` as a ``(N, C)`` view the kernels may write row blocks into while reading `x2` and
-    `reads`, or None: it must be a view (no copy), disjoint from every array read, and either
-    disjoint from `x2` or laid out exactly on top of it (in place)."""
-    d2 = dest.reshape(rows_shape)
-    if d2.size and not np.may_share_memory(d2, dest):
-        return None  # reshape had to copy
-    for a in reads:
-        if a is not None and np.may_share_memory(d2, a):
+def _as_rows(a: np.ndarray, rows_shape: tuple):
+    """`a` as an ``(N, C)`` view, or None when that would take a copy: an N-d array whose
+    leading axes cannot be merged into one (Fortran order, swapped axes).  Such arrays are read
+    and written a block of rows at a time (`_take_rows`, `_row_index`)."""
+    if a.ndim > 2 and a.size:
+        lead = [(n, s) for n, s in zip(a.shape[:-1], a.strides[:-1]) if n != 1]
+        if any(s0 != s1 * n1 for (_, s0), (n1, s1) in zip(lead, lead[1:])):
             return None
-    if np.may_share_memory(d2, x2) and not _same_memory_layout(d2, x2):
-        return None
-    return d2
+    rows = a.reshape(rows_shape)
+    return rows if rows.size == 0 or np.may_share_memory(rows, a) else None
+
+
+def _row_index(lead_shape: tuple, i: int, j: int) -> tuple:
+    """Index of rows [i, j) of an array of shape ``lead_shape + (C,)`` in C order."""
+    return np.unravel_index(np.arange(i, j), lead_shape)
+
+
+def _take_rows(a: np.ndarray, rows, i: int, j: int) -> np.ndarray:
+    """Rows [i, j) of `a` as an ``(j - i, C)`` array: a slice of its rows view `rows`, or, when
+    it has none, a copy of just those rows."""
+    return rows[i:j] if rows is not None else a[_row_index(a.shape[:-1], i, j)]
+
+
+def _overlaps(a, arrays) -> bool:
+    return any(b is not None and np.may_share_memory(a, b) for b in arrays)
+
+
+def _gradient_rows(grad: np.ndarray, rows_shape: tuple, logits: np.ndarray, x2, reads: tuple):
+    """Where the gradient's row blocks go: ``(d2, direct)``.  `d2`: an ``(N, C)`` view of `grad`
+    (or None: blocks of rows are put into `grad` by index, `_row_index`); `direct` False: `d2` is fresh
+    memory, copied into `grad` at the end.  Written directly when `grad` is disjoint from every
+    array read, or laid out exactly on top of the logits (in place: each block of rows is read
+    before it is written); otherwise it overlaps an input in some other way, and the result
+    goes to fresh memory first."""
+    d2 = _as_rows(grad, rows_shape)
+    if d2 is not None and x2 is not None:
+        in_place = _same_memory_layout(d2, x2)
+    else:
+        in_place = _same_memory_layout(grad, logits)
+    if _overlaps(grad, reads) or (np.may_share_memory(grad, logits) and not in_place):
+        return pooled_empty(rows_shape, grad.dtype), False
+    if x2 is None and in_place:
+        d2 = None  # the logits are read by index: write the same rows the same way
+    return d2, True
 
 
 def _run(args, want_grad: bool, out, nll: bool = False):
@@ -77,8 +110,9 @@ def _run(args, want_grad: bool, out, nll: bool = False):
     nthreads = get_num_threads()
     eps = args.label_smoothing
     weight = args.weight
-    x2 = args.logits.reshape(args.rows_shape)
-    p2 = args.target.reshape(args.rows_shape) if args.probabilities else None
+    x2 = _as_rows(args.logits, args.rows_shape)
+    q = args.target if args.probabilities else None
+    p2 = _as_rows(q, args.rows_shape) if q is not None else None
     t = None if args.probabilities else args.target
 
     def kernel(xs, ts, ps, gs_buf, losses):
@@ -87,16 +121,18 @@ def _run(args, want_grad: bool, out, nll: bool = False):
         else:
             _k.ce_rows(xs, ts, ps, weight, eps, grad_scale, gs_buf, losses, nthreads)
 
-    grad = None
-    d2 = None
+    grad = d2 = None
+    direct = True
     if want_grad:
         grad = out if out is not None else pooled_empty(args.logits.shape, args.result_dtype)
-        d2 = _rows_view(grad, args.rows_shape, x2, (p2, t, weight))
-        if d2 is None:  # out overlaps an input in some other way: compute into fresh memory
-            d2 = pooled_empty(args.rows_shape, args.result_dtype)
+        d2, direct = _gradient_rows(grad, args.rows_shape, args.logits, x2, (q, t, weight))
 
-    inputs_ready = _is_kernel_ready(x2, comp) and _is_kernel_ready(p2, comp)
-    if inputs_ready and (d2 is None or _is_kernel_ready(d2, comp)):
+    inputs_ready = (
+        x2 is not None
+        and _is_kernel_ready(x2, comp)
+        and (q is None or (p2 is not None and _is_kernel_ready(p2, comp)))
+    )
+    if inputs_ready and (not want_grad or (d2 is not None and _is_kernel_ready(d2, comp))):
         kernel(x2, t, p2, d2, row_loss)
     else:
         step = max(1, _CHUNK_ELEMENTS // max(n_classes, 1))
@@ -104,14 +140,18 @@ def _run(args, want_grad: bool, out, nll: bool = False):
         with np.errstate(over="ignore"):
             for i in range(0, n_rows, step):
                 j = min(i + step, n_rows)
-                xs = np.ascontiguousarray(x2[i:j], dtype=comp)
-                ps = None if p2 is None else np.ascontiguousarray(p2[i:j], dtype=comp)
+                xs = np.ascontiguousarray(_take_rows(args.logits, x2, i, j), dtype=comp)
+                ps = None if q is None else np.ascontiguousarray(_take_rows(q, p2, i, j), dtype=comp)
                 ts = None if t is None else t[i:j]
                 gs_buf = None if g_buf is None else g_buf[: j - i]
                 kernel(xs, ts, ps, gs_buf, row_loss[i:j])
-                if gs_buf is not None:
+                if gs_buf is None:
+                    continue
+                if d2 is not None:
                     d2[i:j] = gs_buf
-    if want_grad and not (d2.size == 0 or np.may_share_memory(d2, grad)):
+                else:
+                    grad[_row_index(grad.shape[:-1], i, j)] = gs_buf
+    if want_grad and not direct:
         np.copyto(grad, d2.reshape(grad.shape), casting="unsafe")
     return row_loss, denominator, grad
 

@@ -545,6 +545,33 @@ def test_out_is_logits_peak_memory_is_per_row(target_dtype, ignore_index):
     assert peak_loss < 40 * n_rows + 64 * 1024
 
 
+@pytest.mark.parametrize("layout", ["fortran", "swapped_axes"])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+def test_out_is_logits_of_any_layout_allocates_no_array_of_their_size(layout, kind):
+    # 3-D logits whose leading axes cannot be merged into one row axis without a copy are
+    # read, and their gradient written, a block of rows at a time.
+    shape = (80, 50, 1000)  # 32 MB of logits; row blocks of 2 MB
+    x, t, _, _ = _make(shape, np.float64, kind, seed=13)
+    want_loss, want_grad = fs.cross_entropy_with_grad(x, t, label_smoothing=0.1)
+    if layout == "fortran":
+        x = np.asfortranarray(x)
+    else:
+        x = np.ascontiguousarray(x.swapaxes(0, 1)).swapaxes(0, 1)
+    if kind == "probabilities":
+        t = np.asfortranarray(t)
+    assert not x.flags.c_contiguous
+    got = {}
+
+    def call():
+        got["loss"], got["grad"] = fs.cross_entropy_with_grad(x, t, label_smoothing=0.1, out=x)
+
+    peak = _peak_bytes(call)
+    assert peak < x.nbytes / 3  # a block of rows of the logits, the target and the gradient
+    assert got["grad"] is x
+    assert got["loss"] == want_loss
+    np.testing.assert_array_equal(x, want_grad)
+
+
 def test_float16_out_is_logits_converts_a_block_of_rows_at_a_time():
     x = np.random.default_rng(0).standard_normal((1024, 2048)).astype(np.float16)  # 4 MiB
     t = np.random.default_rng(1).integers(0, 2048, 1024)
