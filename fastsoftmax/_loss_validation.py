@@ -202,10 +202,15 @@ def reduce_row_losses(args: LossArgs, row_losses: np.ndarray, denominator: float
     divided by `denominator` (0/0 gives NaN, as torch); both as a NumPy scalar of the result
     dtype.
 
+    A mean over class indices whose weights sum to 0 is NaN (with smoothing too, as torch).
     Class indices with label smoothing over zero classes give NaN, as torch, which adds
     ``(eps / C) * smooth_loss``: ``eps / 0`` is inf, and inf times the (zero) smoothing sums is
     NaN, for every sample (ignored or not) and every reduction, even of an empty batch.
     """
+    if not args.probabilities and args.reduction == "mean" and denominator == 0:
+        # torch's mean over class indices divides the nll part and the smoothing part apart:
+        # the first is 0 / 0 when the targets' weights sum to 0, NaN whatever the smoothing.
+        return np.asarray(np.nan).astype(args.result_dtype)[()]
     if not args.probabilities and args.rows_shape[1] == 0 and args.label_smoothing > 0:
         row_losses = np.full_like(row_losses, np.nan)
         if args.reduction != "none":

@@ -267,6 +267,62 @@ def test_edge_semantics_match_torch(kind, ls, weights, reduction):
     np.testing.assert_allclose(grad, want_grad, equal_nan=True, **TORCH_TOL[np.float64])
 
 
+# How far a row's max leads the rest: its p then rounds to 1 in the dtype (torch's -log p is 0
+# there, ours log1p(rest) > 0), or every other exp underflows to 0 (lse = 0 for both).
+LEADS = {"p_rounds_to_1": {np.float32: 20.0, np.float64: 40.0},
+         "exps_underflow": {np.float32: 200.0, np.float64: 800.0}}
+
+
+@pytest.mark.parametrize("lead", list(LEADS))
+@pytest.mark.parametrize("ls", [0.0, 0.1], ids=["ls0", "ls0.1"])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+@pytest.mark.parametrize("shape", [(16, 10), (16, 300)], ids=["short_rows", "long_rows"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_infinite_weight_at_a_dominant_max_follows_torch(dtype, shape, kind, ls, lead):
+    # An infinite weight on the class that holds a dominant max: torch's -log p there is 0 once
+    # the sum of exps rounds to 1, so its loss is inf * 0 = NaN; half the rows target that
+    # class, the others a class whose p is tiny (or 0 in the dtype).  Short rows without
+    # smoothing take the AVX-512 row-block path.
+    torch = pytest.importorskip("torch")
+    x, t, _, _ = _make(shape, dtype, kind, seed=14)
+    x[:, 2] = x.max(axis=1) + dtype(LEADS[lead][dtype])
+    w = np.ones(shape[1], dtype)
+    w[2] = np.inf
+    if kind == "index":
+        t[::2] = 2
+    loss, grad = fs.cross_entropy_with_grad(x, t, weight=w, reduction="none", label_smoothing=ls)
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    lt = torch.nn.functional.cross_entropy(
+        xt, torch.from_numpy(t), weight=torch.from_numpy(w), reduction="none", label_smoothing=ls
+    )
+    lt.sum().backward()
+    np.testing.assert_allclose(loss, lt.detach().numpy(), equal_nan=True, **TORCH_TOL[dtype])
+    np.testing.assert_allclose(grad, xt.grad.numpy(), equal_nan=True, **TORCH_TOL[dtype])
+    ref_loss, ref_grad = ref.cross_entropy_with_grad(x, t, weight=w, reduction="none", label_smoothing=ls)
+    np.testing.assert_array_equal(np.isnan(loss), np.isnan(ref_loss))
+    np.testing.assert_array_equal(np.isnan(grad), np.isnan(ref_grad))
+
+
+@pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
+@pytest.mark.parametrize("ls", [0.0, 0.5, 1.0], ids=["ls0", "ls0.5", "ls1"])
+def test_mean_over_targets_whose_weights_sum_to_zero_is_nan(impl, ls):
+    # torch divides the nll part and the smoothing part of the mean apart: the nll part is
+    # 0 / 0, NaN, whatever the (finite) smoothing part.
+    x = np.array([[1.0, 2.0, 3.0], [0.5, 0.0, -1.0]])
+    t = np.array([0, 0])
+    w = np.array([0.0, 1.0, 1.0])
+    assert np.isnan(impl.cross_entropy(x, t, weight=w, label_smoothing=ls))
+    assert np.isfinite(impl.cross_entropy(x, t, weight=w, label_smoothing=ls, reduction="sum"))
+    try:
+        import torch
+    except ImportError:
+        return
+    want = torch.nn.functional.cross_entropy(
+        torch.from_numpy(x), torch.from_numpy(t), weight=torch.from_numpy(w), label_smoothing=ls
+    )
+    assert torch.isnan(want)
+
+
 @pytest.mark.parametrize("impl", [fs, ref], ids=["fastsoftmax", "reference"])
 @pytest.mark.parametrize("shape", [(40, 10), (40, 300)], ids=["short_rows", "long_rows"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])

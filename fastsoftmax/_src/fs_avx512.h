@@ -1511,6 +1511,10 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
         const __m512 wt = w != NULL ? _mm512_mask_i32gather_ps(zero, valid, t32, w, 4) : _mm512_maskz_mov_ps(valid, one);
         const __m512 nll = _mm512_add_ps(lse, _mm512_sub_ps(mx, xt));
         __m512 loss = _mm512_maskz_mul_ps(valid, wt, nll);
+        /* an infinite w_t at a row's max whose sum rounds to 1: torch's -log p_t is 0 (weighted_nll) */
+        const __mmask16 nll0 = _mm512_fpclass_ps_mask(wt, 0x18) & _mm512_cmp_ps_mask(xt, mx, _CMP_EQ_OQ) &
+                               _mm512_cmp_ps_mask(_mm512_add_ps(one, rest), one, _CMP_EQ_OQ);
+        loss = _mm512_mask_mul_ps(loss, valid & nll0, wt, zero);
         loss = _mm512_mask_mov_ps(loss, bad & valid, _mm512_set1_ps(NAN));
         _mm512_storeu_pd(row_loss + r0, _mm512_cvtps_pd(_mm512_castps512_ps256(loss)));
         _mm512_storeu_pd(row_loss + r0 + 8,
@@ -1591,6 +1595,9 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
         const __m512d wt = w != NULL ? _mm512_mask_i32gather_pd(zero, valid, t32, w, 8) : _mm512_maskz_mov_pd(valid, one);
         const __m512d nll = _mm512_add_pd(lse, _mm512_sub_pd(mx, xt));
         __m512d loss = _mm512_maskz_mul_pd(valid, wt, nll);
+        const __mmask8 nll0 = _mm512_fpclass_pd_mask(wt, 0x18) & _mm512_cmp_pd_mask(xt, mx, _CMP_EQ_OQ) &
+                              _mm512_cmp_pd_mask(_mm512_add_pd(one, rest), one, _CMP_EQ_OQ);
+        loss = _mm512_mask_mul_pd(loss, valid & nll0, wt, zero);
         loss = _mm512_mask_mov_pd(loss, bad & valid, _mm512_set1_pd(NAN));
         _mm512_storeu_pd(row_loss + r0, loss);
         if (grad != NULL) {

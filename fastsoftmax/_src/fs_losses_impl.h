@@ -76,11 +76,27 @@ static inline double FS_FN(target_grad)(double wt_gs, double nll)
     return isinf(wt_gs) ? (double)NAN : wt_gs * expm1(-nll);
 }
 
+/* torch computes -log p = lse - (x - m) in the compute dtype, so that at a row's max it is
+   exactly 0 once the sum of the exps, 1 + rest, rounds to 1; we keep the precise log1p(rest).
+   The two differ in kind only for an infinite coefficient there: inf * 0 is NaN in torch.
+   These helpers give torch's result in that case and the precise one elsewhere. */
+static inline int FS_FN(sum_rounds_to_one)(double rest)
+{
+    return (FS_T)(1.0 + rest) == (FS_T)1;
+}
+
+/* w * (-log p) of one class (nll; at_max: the class holds the row's max). */
+static inline double FS_FN(weighted_nll)(double w, double nll, int at_max, double rest)
+{
+    return isinf(w) && at_max && FS_FN(sum_rounds_to_one)(rest) ? w * 0.0 : w * nll;
+}
+
 /* The loss's sums split -log p_i = (m - x_i) + lse into sum a_i (m - x_i) + sum(a) * lse,
-   which is not torch's sum a_i ((m - x_i) + lse) when an a_i is infinite and lse = 0 (every
-   exp but the max's is 0): inf * 0 is NaN where torch's term is infinite.  The only product
-   by 0 in torch's sum is then that of the max element (-log p = 0 there), the one element
-   whose e = exp(x - m) (pass 2's stores) is 1: its index, or -1. */
+   which is not torch's sum a_i ((m - x_i) + lse) when an a_i is infinite and torch's lse is 0
+   (the sum rounds to 1, above): the product sum(a) * lse is then inf * lse, or inf * 0 = NaN,
+   where torch's only product by 0 is that of the max element.  That element is then the only
+   one whose e = exp(x - m) (pass 2's stores) is 1 (rest < 1): its index, or -1; the caller
+   adds a_k * 0 in place of sum(a) * lse. */
 static ptrdiff_t FS_FN(sole_max_index)(const FS_T *e, ptrdiff_t n)
 {
     for (ptrdiff_t i = 0; i < n; i++)
@@ -233,7 +249,8 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     const double lse = log1p(rest);
     const double wt = w != NULL ? (double)w[t] : 1.0;
     const double nll = lse + ((double)m - (double)xt);
-    if (!want_grad) return wt * nll;
+    const double loss = FS_FN(weighted_nll)(wt, nll, xt == m, rest);
+    if (!want_grad) return loss;
     const double wt_gs = wt * gs;
     const FS_T k1 = (FS_T)(wt_gs / (1.0 + rest));
     const FS_T gt = (FS_T)FS_FN(target_grad)(wt_gs, nll);
@@ -241,12 +258,12 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     if (e != g) { /* the target column goes out with the streamed row */
         FS_CAT(fs512_pending_finish, FS_SUF)(pend); /* the rest of the previous row */
         FS_CAT(fs512_pending_begin, FS_SUF)(pend, e, m, k1, g, n, t, gt, FS512_SCALE);
-        return wt * nll;
+        return loss;
     }
 #endif
     FS_LOSS_SCALE(g, k1, g, n);
     g[t] = gt;
-    return wt * nll;
+    return loss;
 }
 #undef FS_LOSS_ROW_MAX
 #undef FS_LOSS_EXP_STORE_SUM_SPLIT
@@ -281,10 +298,10 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
     const double wt = weighted ? (double)w[t] : 1.0;
     const double nll = lse + ((double)m - (double)xt); /* -log p_t */
     const double per_class = eps / (double)n;          /* smoothing mass of each class */
-    double loss = wt * nll;
+    double loss = FS_FN(weighted_nll)(wt, nll, xt == m, rest);
     if (smooth) {
         double smooth_sum = s1 + wsum * lse; /* sum_i w_i (-log p_i) */
-        if (lse == 0.0 && !isfinite(wsum)) { /* sum a_i (m - x_i) + a_k * 0 (see sole_max_index) */
+        if (!isfinite(wsum) && FS_FN(sum_rounds_to_one)(rest)) { /* s1 + w_k * 0 (see sole_max_index) */
             const ptrdiff_t k = FS_FN(sole_max_index)(g, n);
             smooth_sum = s1 + (k < 0 ? 0.0 : (weighted ? (double)w[k] : 1.0) * 0.0);
         }
@@ -313,7 +330,12 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
     }
     /* p_t - 1 = expm1(log p_t): no cancellation when p_t is close to 1. */
     double gt = FS_FN(target_grad)(wt_gs, nll);
-    if (smooth) gt = (1.0 - eps) * gt + per_class * gs * (wsum * exp(-nll) - (weighted ? wt : 1.0));
+    if (smooth) {
+        /* p_t in the compute dtype when a weight is infinite: where it underflows to 0 there,
+           torch's wsum * p_t is inf * 0 = NaN */
+        const double pt = isfinite(wsum) ? exp(-nll) : (double)(FS_T)exp(-nll);
+        gt = (1.0 - eps) * gt + per_class * gs * (wsum * pt - (weighted ? wt : 1.0));
+    }
     g[t] = (FS_T)gt;
     return loss;
 }
@@ -404,7 +426,7 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
     rest += cnt - 1.0;
     const double lse = log1p(rest);
     double loss = sa + sb * lse;
-    if (lse == 0.0 && !isfinite(sb)) { /* sum a_i (m - x_i) + a_k * 0 (see sole_max_index) */
+    if (!isfinite(sb) && FS_FN(sum_rounds_to_one)(rest)) { /* sa + a_k * 0 (see sole_max_index) */
         const ptrdiff_t k = FS_FN(sole_max_index)(g, n);
         const FS_T ak = k < 0 ? 0 : (smooth ? q[k] * keep + add : q[k]) * (weighted ? w[k] : (FS_T)1);
         loss = sa + (double)ak * 0.0;

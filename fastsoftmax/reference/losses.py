@@ -28,6 +28,21 @@ def _log_softmax_rows(x):
     return np.where(finite, logp, np.nan)
 
 
+def _zero_in_torch(x):
+    """Where torch's -log p is exactly 0 while ours is not: at a row's max, when the sum of the
+    exps (1 + the rest) rounds to 1 in the compute dtype.  Only an infinite coefficient tells
+    the two apart: torch's inf * 0 is NaN."""
+    if x.shape[-1] == 0:
+        return np.zeros(x.shape, bool)
+    m = x.max(axis=-1, keepdims=True)
+    return (x == m) & (np.exp(x - m).sum(axis=-1, keepdims=True) == 1)
+
+
+def _times_neg_logp(coef, logp, zero):
+    """coef * (-logp), with torch's -log p = 0 where `zero` for infinite coefficients."""
+    return coef * np.where(np.isinf(coef) & zero, 0, -logp)
+
+
 def _class_indices(args):
     """(valid, safe): which samples are not ignored, and their indices with ignored set to 0."""
     n_classes = args.rows_shape[1]
@@ -53,6 +68,7 @@ def _cross_entropy(args, want_grad):
     eps = args.label_smoothing
     with np.errstate(all="ignore"):
         logp = _log_softmax_rows(x)
+        zero = _zero_in_torch(x)
         if n_classes == 0:  # nothing to sum; every class index was necessarily ignored
             losses = np.zeros(n_rows)
             coef = np.zeros_like(x)
@@ -62,14 +78,14 @@ def _cross_entropy(args, want_grad):
             if eps > 0:
                 q = q * comp.type(1 - eps) + comp.type(eps / n_classes)
             coef = w * q  # the loss is sum(coef * -logp), its gradient softmax * sum(coef) - coef
-            losses = -(logp * coef).sum(axis=-1, dtype=np.float64)
+            losses = _times_neg_logp(coef, logp, zero).sum(axis=-1, dtype=np.float64)
             valid = np.ones(n_rows, bool)
         else:
             valid, t = _class_indices(args)
             rows = np.arange(n_rows)
-            nll = -w[t] * logp[rows, t]
+            nll = _times_neg_logp(w[t], logp[rows, t], zero[rows, t])
             if eps > 0:
-                smooth = -(logp * w).sum(axis=-1)
+                smooth = _times_neg_logp(w, logp, zero).sum(axis=-1)
                 losses = (1 - eps) * nll.astype(np.float64) + (eps / n_classes) * smooth.astype(np.float64)
             else:
                 losses = nll.astype(np.float64)
