@@ -3,6 +3,7 @@ finite differences, over a generated grid of dtypes, shapes, axes, layouts and s
 
 import inspect
 import itertools
+import math
 
 import numpy as np
 import pytest
@@ -134,6 +135,35 @@ def test_float32_backward_sum_of_one_huge_and_many_large_terms(name, n):
     u = 2.0**-24
     bound = 16 * u * np.abs(g.astype(np.float64)).sum() + 2 * u * np.abs(want)
     assert np.all(np.abs(got - want) <= bound)
+
+
+@pytest.mark.parametrize("name", BACKWARD)
+def test_float64_backward_sum_of_a_long_row_stays_within_a_few_ulps(name):
+    # 4e6 elements are 31,250 block sums; added in a plain running double sum, float64 lost
+    # about n / 128 roundings (23 ulps of the term size for softmax_backward, 36-39 for
+    # log_softmax_backward); compensated, about one.  math.fsum gives the correctly rounded
+    # sum, an oracle independent of the kernel's summation order: of g itself, or of g * y
+    # with values of 20 bits, whose products are exact.
+    rng = np.random.default_rng(0)
+    n = 4_000_000
+    if name == "softmax_backward":
+        g = rng.integers(0, 2**20, (1, n)) / 2.0**20
+        y = rng.integers(0, 2**20, (1, n)) / 2.0**20
+    else:
+        g, y = rng.random((1, n)), rng.random((1, n))
+    if name == "softmax_backward":
+        total = math.fsum((g * y).ravel())
+        want = y * (g - total)
+        size = y * (g + total)
+    else:
+        total = math.fsum(g.ravel())
+        want = g - np.exp(y) * total
+        size = g + np.exp(y) * total
+    got = getattr(fs, name)(g, y)
+    zero = size == 0  # y = 0 in softmax_backward: both results are exactly 0
+    np.testing.assert_array_equal(got[zero], want[zero])
+    ulps = np.max(np.abs(got - want)[~zero] / size[~zero]) / np.finfo(np.float64).eps
+    assert ulps < 3
 
 
 # ------------------------------------------------------------------ long rows, accuracy

@@ -476,20 +476,20 @@ static inline FS_T FS_FN(block_sum)(const FS_T *g, ptrdiff_t n)
 
 static void FS_FN(softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
 {
-    double s = 0.0;
+    fs_block_total s = {0.0, 0.0};
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
-        s += (double)FS_FN(block_dot)(g + b, y + b, b + FS_BLOCK < n ? FS_BLOCK : n - b);
-    FS_T st = (FS_T)s;
+        fs_block_total_add(&s, (double)FS_FN(block_dot)(g + b, y + b, b + FS_BLOCK < n ? FS_BLOCK : n - b));
+    FS_T st = (FS_T)fs_block_total_value(&s);
     FS_OMP_SIMD
     for (ptrdiff_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - st);
 }
 
 static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
 {
-    double s = 0.0;
+    fs_block_total s = {0.0, 0.0};
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
-        s += (double)FS_FN(block_sum)(g + b, b + FS_BLOCK < n ? FS_BLOCK : n - b);
-    FS_T st = (FS_T)s;
+        fs_block_total_add(&s, (double)FS_FN(block_sum)(g + b, b + FS_BLOCK < n ? FS_BLOCK : n - b));
+    FS_T st = (FS_T)fs_block_total_value(&s);
     FS_OMP_SIMD
     for (ptrdiff_t i = 0; i < n; i++) gx[i] = g[i] - FS_EXP(y[i], 0) * st;
 }
