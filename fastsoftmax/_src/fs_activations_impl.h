@@ -551,11 +551,11 @@ static void FS_FN(softmax_medium_span)(const float *x, float *y, ptrdiff_t len, 
    the pending part of row k is then its whole lines, and the line it shares with row k + 1
    is streamed after it as one vector with both rows' scales (fs512_seam_tail_f32).  The
    last row's tail waits in `carry` (fs512_carry_f32, as long rows' tails do) for the next
-   block's first head, which completes its line (fs512_seam_head_f32); only the span's first head and last tail, and lines next to a
-   block that is turned down, are ordinary stores.  (Left to the rows' ordinary head and tail
-   stores, the shared lines were read from memory before being written: 16384x128 at 16 bytes
-   past a line took 1.5x the time of aligned rows; with the block's first head and last tail
-   still ordinary stores, 1.15x.) */
+   block's first head, which completes its line (fs512_seam_head_f32); only the span's first
+   head and last tail, and lines next to a block that is turned down, are ordinary stores.
+   (Left to the rows' ordinary head and tail stores, the shared lines were read from memory
+   before being written: 16384x128 at 16 bytes past a line took 1.5x the time of aligned
+   rows; with the block's first head and last tail still ordinary stores, 1.15x.) */
 static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n)
 {
     const ptrdiff_t h = fs512_stream_head(y, sizeof(float), n); /* 0: rows start on lines */

@@ -227,15 +227,7 @@ FS512_INLINE __m512 fs512_patch_ps(__m512 v, ptrdiff_t i, ptrdiff_t patch, float
 FS512_INLINE void fs512_pending_set_f32(fs512_pending_f32 *p, const float *src, float m, float a, float *y, ptrdiff_t j,
                                         ptrdiff_t n, ptrdiff_t patch, float patch_value, int kind)
 {
-    p->src = src;
-    p->y = y;
-    p->j = j;
-    p->n = n;
-    p->patch = patch;
-    p->m = m;
-    p->a = a;
-    p->patch_value = patch_value;
-    p->kind = kind;
+    *p = (fs512_pending_f32){src, y, j, n, patch, m, a, patch_value, kind};
 }
 
 /* Start writing y = f(src) (see above): its head now, the rest by advance / finish. */
@@ -382,15 +374,7 @@ static inline void fs512_pending_begin_f64(fs512_pending_f64 *p, const double *s
         __m512d v = fs512_stream_value_pd(_mm512_maskz_loadu_pd(k, src + i), vm, va, kind);
         _mm512_mask_storeu_pd(y + i, k, fs512_patch_pd(v, i, patch, patch_value));
     }
-    p->src = src;
-    p->y = y;
-    p->j = head;
-    p->n = n;
-    p->patch = patch;
-    p->m = m;
-    p->a = a;
-    p->patch_value = patch_value;
-    p->kind = kind;
+    *p = (fs512_pending_f64){src, y, head, n, patch, m, a, patch_value, kind};
 }
 
 FS512_INLINE ptrdiff_t fs512_pending_advance_f64(fs512_pending_f64 p, __m512d vm, __m512d va, ptrdiff_t j, int count)
@@ -1209,6 +1193,9 @@ FS512_INLINE void fs512_seam_tail_f32(fs512_carry_f32 *c, const float *src, fs51
  */
 #define FS512_SHORT_MAX 32
 
+/* vfpclass categories: +inf (0x08) and -inf (0x10). */
+#define FS512_CLASS_INF 0x18
+
 /* log1p(u) for u >= 0 (NaN propagates): u = 2^e * m with m in [0.75, 1.5),
    log m = 2 atanh((m-1)/(m+1)); the rounding of 1 + u is corrected as in log1p's
    classic formulation log(w) * u / (w - 1). */
@@ -1453,7 +1440,8 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
    w_t (lse + m - x_t), written to row_loss (0 for an ignored row: target outside [0, n); NaN
    for a row whose max is not finite).  With grad != NULL: grad = gs w_t (softmax - onehot),
    zero rows for ignored targets; p_t - 1 is taken as -rest/s when x_t is the only maximum,
-   where it would cancel (the target column is NaN where w_t gs is infinite).  Returns how many rows it did (a multiple of 16). */
+   where it would cancel (the target column is NaN where w_t gs is infinite).  Returns how
+   many rows it did (a multiple of 16). */
 static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *target, const float *w,
                                                 ptrdiff_t nrows, ptrdiff_t n, float *grad, double gs,
                                                 double *row_loss)
@@ -1512,7 +1500,7 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
         const __m512 nll = _mm512_add_ps(lse, _mm512_sub_ps(mx, xt));
         __m512 loss = _mm512_maskz_mul_ps(valid, wt, nll);
         /* an infinite w_t at a row's max whose sum rounds to 1: torch's -log p_t is 0 (weighted_nll) */
-        const __mmask16 nll0 = _mm512_fpclass_ps_mask(wt, 0x18) & _mm512_cmp_ps_mask(xt, mx, _CMP_EQ_OQ) &
+        const __mmask16 nll0 = _mm512_fpclass_ps_mask(wt, FS512_CLASS_INF) & _mm512_cmp_ps_mask(xt, mx, _CMP_EQ_OQ) &
                                _mm512_cmp_ps_mask(_mm512_add_ps(one, rest), one, _CMP_EQ_OQ);
         loss = _mm512_mask_mul_ps(loss, valid & nll0, wt, zero);
         loss = _mm512_mask_mov_ps(loss, bad & valid, _mm512_set1_ps(NAN));
@@ -1530,7 +1518,7 @@ static inline ptrdiff_t fs512_ce_short_rows_f32(const float *x, const int64_t *t
             for (ptrdiff_t k = 0; k < n; k++)
                 _mm512_storeu_ps(gb + 16 * k, _mm512_mul_ps(_mm512_loadu_ps(gb + 16 * k), _mm512_permutexvar_ps(rowof[k], k1)));
             /* NaN where w_t gs is infinite, as torch (fs_losses_impl.h, target_grad) */
-            const __m512 gt = _mm512_mask_mov_ps(_mm512_mul_ps(wgs, pt1), _mm512_fpclass_ps_mask(wgs, 0x18),
+            const __m512 gt = _mm512_mask_mov_ps(_mm512_mul_ps(wgs, pt1), _mm512_fpclass_ps_mask(wgs, FS512_CLASS_INF),
                                                  _mm512_set1_ps(NAN));
             _mm512_mask_i32scatter_ps(gb, valid & (__mmask16)~bad, tidx, gt, 4);
             __mmask16 fix = (__mmask16)(~valid | bad);
@@ -1595,7 +1583,7 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
         const __m512d wt = w != NULL ? _mm512_mask_i32gather_pd(zero, valid, t32, w, 8) : _mm512_maskz_mov_pd(valid, one);
         const __m512d nll = _mm512_add_pd(lse, _mm512_sub_pd(mx, xt));
         __m512d loss = _mm512_maskz_mul_pd(valid, wt, nll);
-        const __mmask8 nll0 = _mm512_fpclass_pd_mask(wt, 0x18) & _mm512_cmp_pd_mask(xt, mx, _CMP_EQ_OQ) &
+        const __mmask8 nll0 = _mm512_fpclass_pd_mask(wt, FS512_CLASS_INF) & _mm512_cmp_pd_mask(xt, mx, _CMP_EQ_OQ) &
                               _mm512_cmp_pd_mask(_mm512_add_pd(one, rest), one, _CMP_EQ_OQ);
         loss = _mm512_mask_mul_pd(loss, valid & nll0, wt, zero);
         loss = _mm512_mask_mov_pd(loss, bad & valid, _mm512_set1_pd(NAN));
@@ -1610,7 +1598,7 @@ static inline ptrdiff_t fs512_ce_short_rows_f64(const double *x, const int64_t *
             pt1 = _mm512_mask_mov_pd(pt1, sole_max, _mm512_div_pd(_mm512_sub_pd(zero, rest), s));
             for (ptrdiff_t k = 0; k < n; k++)
                 _mm512_storeu_pd(gb + 8 * k, _mm512_mul_pd(_mm512_loadu_pd(gb + 8 * k), _mm512_permutexvar_pd(rowof[k], k1)));
-            const __m512d gt = _mm512_mask_mov_pd(_mm512_mul_pd(wgs, pt1), _mm512_fpclass_pd_mask(wgs, 0x18),
+            const __m512d gt = _mm512_mask_mov_pd(_mm512_mul_pd(wgs, pt1), _mm512_fpclass_pd_mask(wgs, FS512_CLASS_INF),
                                                   _mm512_set1_pd(NAN));
             _mm512_mask_i32scatter_pd(gb, valid & (__mmask8)~bad, tidx, gt, 8);
             __mmask8 fix = (__mmask8)(~valid | bad);

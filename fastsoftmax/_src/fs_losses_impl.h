@@ -35,10 +35,10 @@
  * Special values follow torch: a row whose max is not finite (+inf somewhere, or every entry
  * -inf) has NaN loss and gradient; NaN anywhere propagates; a zero coefficient times an
  * infinite -log p gives NaN (IEEE, as torch's products do), and an infinite coefficient
- * gives an infinite loss (NaN where p = 1): the sums a_i (m - x_i) leave out the elements
- * equal to m, whose term is 0 for a finite a_i, so that an infinite a_i there adds a_i * lse
- * through sum(a) * lse, as torch's a_i * (-log p_i) does, not inf * 0.  Ignored rows have loss 0 and
- * gradient 0 whatever their values.
+ * gives an infinite loss, or NaN where torch's -log p is 0 (sum_rounds_to_one): the sums
+ * a_i (m - x_i) leave out the elements equal to m, whose term is 0 for a finite a_i, so that
+ * an infinite a_i there adds a_i * lse through sum(a) * lse, as torch's a_i * (-log p_i)
+ * does, not inf * 0.  Ignored rows have loss 0 and gradient 0 whatever their values.
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
 /* A streamed gradient row still being written (AVX-512, fs512_pending_*); elsewhere unused. */
@@ -113,8 +113,9 @@ static void FS_FN(loss_fill)(FS_T *g, ptrdiff_t n, FS_T v)
 /*
  * Pass 2 over x[b:end] for a class-index target: e_i = exp(x_i - m), stored in g[i].  Adds
  * sum e_i to *rest -- without the elements equal to m when EXCL, whose number goes to *cnt --
- * and, when SMOOTH, sum w_i (m - x_i) over x_i != m to *s1 (w_i = 1 unless WEIGHTED).  The flags are
- * compile-time constants at every call, so each combination is its own vectorised loop.
+ * and, when SMOOTH, sum w_i (m - x_i) over x_i != m to *s1 (w_i = 1 unless WEIGHTED).  The
+ * flags are compile-time constants at every call, so each combination is its own vectorised
+ * loop.
  */
 FS_LOSS_INLINE void FS_FN(ce_index_block)(const FS_T *x, FS_T *g, const FS_T *w, ptrdiff_t b,
                                           ptrdiff_t end, FS_T m, const int EXCL, const int SMOOTH,
