@@ -166,6 +166,31 @@ def test_float64_backward_sum_of_a_long_row_stays_within_a_few_ulps(name):
     assert ulps < 3
 
 
+@pytest.mark.parametrize("n", [900_000, 4_000_000], ids=["one_row_kernel", "streamed_row"])
+@pytest.mark.parametrize("name", FORWARD)
+def test_float64_sum_of_a_long_row_is_correctly_rounded(name, n):
+    # A row's chunk sums (1024 elements each) were added in a plain running double sum, and
+    # logsumexp's in 8 lanes across the whole row: 1-6 ulps off in 1 / sum (softmax) and up
+    # to 11 in logsumexp at these lengths.  Compensated, the sum is within rounding.
+    # Element 0 is the max and 0, so x - max is exact, and each result is read where it
+    # shows the sum itself: softmax's y[0] = 1 / sum; log_softmax's -y[0] and logsumexp
+    # = log1p(rest), the sum of the other exps, kept small (x <= -20) so that its relative
+    # error is not hidden behind log(sum) >> 1.  math.fsum of np.exp is the oracle: the two
+    # exps' errors (under an ulp each) average out over a million terms.
+    rng = np.random.default_rng(0)
+    shift = 1e-3 if name == "softmax" else 20.0
+    x = -(np.abs(rng.standard_normal(n)) * 3.0 + shift)
+    x[0] = 0.0
+    rest = math.fsum(np.exp(x[1:]))
+    if name == "softmax":
+        want = 1.0 / (1.0 + rest)
+        got = fs.softmax(x)[0]
+    else:
+        want = math.log1p(rest)
+        got = -fs.log_softmax(x)[0] if name == "log_softmax" else fs.logsumexp(x)
+    assert abs(got - want) <= np.spacing(want)
+
+
 # ------------------------------------------------------------------ long rows, accuracy
 
 

@@ -529,6 +529,28 @@ def test_empty(impl, kind, shape):
         assert np.isnan(impl.nll_loss(x, t)) and impl.nll_loss(x, t, reduction="sum") == 0
 
 
+@pytest.mark.parametrize("n", [900_000, 4_000_000], ids=["n900k", "n4M"])
+@pytest.mark.parametrize("func", ["cross_entropy", "cross_entropy_with_grad"])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1], ids=["ls0", "ls0.1"])
+@pytest.mark.parametrize("kind", ["index", "probabilities"])
+def test_float64_loss_of_a_long_row_is_correctly_rounded(kind, label_smoothing, func, n):
+    # One row of a million classes: its block sums (the exps', and label smoothing's
+    # sum of -log p_i) were added in a plain running double sum, 4-40 ulps off the loss at
+    # these lengths; compensated, the loss is within rounding.  Class 0 is the max, 0 and the
+    # target, so x - max is exact; the other logits <= -20 keep the sum of their exps small,
+    # so that lse = log1p(rest) shows its relative error.  Oracle: math.fsum of np.exp and of
+    # x (-log p_i = lse - x_i, so the smoothed loss is lse - (eps / n) sum(x)).
+    rng = np.random.default_rng(0)
+    x = -(np.abs(rng.standard_normal(n)) * 3.0 + 20.0)
+    x[0] = 0.0
+    lse = math.log1p(math.fsum(np.exp(x[1:])))
+    want = lse if label_smoothing == 0 else math.fsum([lse, -(label_smoothing / n) * math.fsum(x)])
+    target = np.array([0]) if kind == "index" else np.eye(1, n)
+    result = getattr(fs, func)(x[None], target, label_smoothing=label_smoothing)
+    loss = float(result[0] if func == "cross_entropy_with_grad" else result)
+    assert abs(loss - want) <= np.spacing(want)
+
+
 # --------------------------------------------------------------------------- out= and memory
 
 

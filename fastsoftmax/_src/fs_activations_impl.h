@@ -6,8 +6,9 @@
  * FS_ISA (baseline, avx2, avx512) defined.  Every function works on C-contiguous rows of
  * `ncols` elements.  Sums run in blocks of FS_BLOCK elements: inside a block in FS_T
  * with one accumulator per SIMD lane (a loop the compiler vectorises), across blocks in
- * double, so the float32 error does not grow with the row length.  Passes over a row: max
- * (read), exp + store + sum (read, write), scale (in cache).  On AVX-512: results too large
+ * double, so the float32 error does not grow with the row length; a row's chunks
+ * (FS_CHUNK) are added with compensation (fs_block_total), so neither does the float64
+ * one.  Passes over a row: max (read), exp + store + sum (read, write), scale (in cache).  On AVX-512: results too large
  * for the caches are written with streaming stores during the next row's exp pass
  * (softmax_like_stream_span); float32 softmax rows of 33..128 go 16 rows a block
  * (softmax_medium_span); short rows and log_softmax's medium rows have block paths of their
@@ -104,19 +105,28 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 
 /* ln(sum_i exp(x_i - m)) for a finite m, as log1p of the sum without one max element (so
 [0, -40] gives exp(-40), not 0), in double precision whatever FS_T: logsumexp's result can
-cancel (m + ln(sum) near 0), so its float32 version evaluates the exps in double too. */
+cancel (m + ln(sum) near 0), so its float32 version evaluates the exps in double too.  The
+chunks' sums are added with compensation (a plain running sum was 13-87 ulps off at 4e6
+elements). */
 static inline double FS_FN(row_log_sum_exp_shifted_f64)(const FS_T *restrict x, ptrdiff_t n, FS_T m)
 {
-    double rest = 0.0, at_max = 0.0, md = (double)m;
-    FS_OMP_SIMD_SUM2(rest, at_max)
-    for (ptrdiff_t i = 0; i < n; i++) {
-        double xi = (double)x[i];
-        double e = fs_exp_f64(xi - md, 0);
-        int is_max = xi == md;
-        rest += is_max ? 0.0 : e;
-        at_max += is_max ? 1.0 : 0.0;
+    fs_block_total rest = {0.0, 0.0};
+    double at_max = 0.0, md = (double)m;
+    for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
+        const ptrdiff_t end = c + FS_CHUNK < n ? c + FS_CHUNK : n;
+        double crest = 0.0, cmax = 0.0;
+        FS_OMP_SIMD_SUM2(crest, cmax)
+        for (ptrdiff_t i = c; i < end; i++) {
+            double xi = (double)x[i];
+            double e = fs_exp_f64(xi - md, 0);
+            int is_max = xi == md;
+            crest += is_max ? 0.0 : e;
+            cmax += is_max ? 1.0 : 0.0;
+        }
+        fs_block_total_add(&rest, crest);
+        at_max += cmax;
     }
-    return log1p((at_max - 1.0) + rest);
+    return log1p((at_max - 1.0) + fs_block_total_value(&rest));
 }
 
 static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
@@ -142,17 +152,17 @@ static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *
     const int exact = 1;
 #endif
     if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
-    double s = 0.0;
+    fs_block_total s = {0.0, 0.0};
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #if defined(FS_USE_AVX512) && FS_IS_F32
-        if (!exact) { s += fs512_exp_store_sum_fast_f32(x + c, m, y + c, len); continue; }
+        if (!exact) { fs_block_total_add(&s, fs512_exp_store_sum_fast_f32(x + c, m, y + c, len)); continue; }
 #endif
-        s += FS_EXP_STORE_SUM(x + c, m, y + c, len);
+        fs_block_total_add(&s, FS_EXP_STORE_SUM(x + c, m, y + c, len));
     }
     (void)exact;
-    FS_SCALE(y, (FS_T)(1.0 / s), y, n);
+    FS_SCALE(y, (FS_T)(1.0 / fs_block_total_value(&s)), y, n);
 }
 
 /* log_softmax's exp pass over a piece of a row: the sum of exp(x - m) over x != m (*at_max
@@ -186,15 +196,16 @@ static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS
 {
     FS_T m = FS_ROW_MAX(x, n);
     if (!isfinite(m)) { FS_FN(fill_nan)(y, n); return; }
-    double rest = 0.0, at_max = 0.0;
+    fs_block_total rest = {0.0, 0.0};
+    double at_max = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-        rest += FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k);
+        fs_block_total_add(&rest, FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k));
         at_max += k;
     }
-    FS_FN(log_softmax_finish)(x, m, (FS_T)log1p((at_max - 1.0) + rest), y, n);
+    FS_FN(log_softmax_finish)(x, m, (FS_T)log1p((at_max - 1.0) + fs_block_total_value(&rest)), y, n);
 }
 
 #ifdef FS_USE_AVX512
@@ -258,7 +269,8 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
             /* in FS_CHUNK pieces, the sums added in the order of the one-row kernels
                (softmax_row, log_softmax_row): the same bits */
             const int exact = FS_IS_F32 ? !(m - lowest <= FS_EXACT_SPREAD) : 1; /* softmax's TwoSum decision */
-            double sum = 0.0, at_max = 0.0;
+            fs_block_total sum = {0.0, 0.0};
+            double at_max = 0.0;
             next_max = -(FS_T)INFINITY;
             next_min = (FS_T)INFINITY;
             for (ptrdiff_t c = 0; c < ncols; c += FS_CHUNK) {
@@ -267,18 +279,21 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
                 FS_T cmax = 0, cmin = 0;
                 if (log_out) {
                     double k = 0.0;
-                    sum += FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr + c, m, len, &k, &pend, pfc, aheadc, &cmax);
+                    fs_block_total_add(&sum, FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr + c, m, len, &k, &pend, pfc,
+                                                                                       aheadc, &cmax));
                     at_max += k;
                 } else {
-                    sum += FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr + c, m, e + c, len, exact, &pend, pfc,
-                                                                     aheadc, &cmax, &cmin);
+                    fs_block_total_add(&sum, FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr + c, m, e + c, len, exact,
+                                                                                       &pend, pfc, aheadc, &cmax,
+                                                                                       &cmin));
                 }
                 if (ahead != NULL) { /* exact in any order (a NaN may be dropped: the row is NaN anyway) */
                     next_max = cmax > next_max ? cmax : next_max;
                     next_min = cmin < next_min ? cmin : next_min;
                 }
             }
-            a = log_out ? log1p((at_max - 1.0) + sum) : 1.0 / sum;
+            const double total = fs_block_total_value(&sum);
+            a = log_out ? log1p((at_max - 1.0) + total) : 1.0 / total;
             known = ahead != NULL;
         }
 #if FS_IS_F32
