@@ -786,8 +786,22 @@ static inline double fs512_exp_store_sum_piped_f64(const double *x, double m, do
     return fs512_exp_store_sum_impl_f64(x, m, y, n, pend, pf);
 }
 
+/* Elements i..i+7 of x, or of xf widened to double when xf is not NULL (a constant after
+   inlining); the first k of them (others 0) in the masked form. */
+FS512_INLINE __m512d fs512_load8_pd(const double *x, const float *xf, ptrdiff_t i)
+{
+    return xf != NULL ? _mm512_cvtps_pd(_mm256_loadu_ps(xf + i)) : _mm512_loadu_pd(x + i);
+}
+
+FS512_INLINE __m512d fs512_maskz_load8_pd(__mmask8 k, const double *x, const float *xf, ptrdiff_t i)
+{
+    return xf != NULL ? _mm512_cvtps_pd(_mm256_maskz_loadu_ps(k, xf + i)) : _mm512_maskz_loadu_pd(k, x + i);
+}
+
+/* The split sums below read the float32 elements xf instead of x when xf is not NULL
+   (logsumexp's float32 rows, whose exps are taken in double). */
 FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max,
-                                                 int store, fs512_pending_f64 *pend, const double *pf)
+                                                 int store, fs512_pending_f64 *pend, const double *pf, const float *xf)
 {
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
@@ -801,7 +815,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
         qa = _mm512_set1_pd(q.a);
     }
     for (; i + 16 <= n; i += 16) {
-        __m512d x0 = _mm512_loadu_pd(x + i), x1 = _mm512_loadu_pd(x + i + 8);
+        __m512d x0 = fs512_load8_pd(x, xf, i), x1 = fs512_load8_pd(x, xf, i + 8);
         __m512d t0 = _mm512_sub_pd(x0, vm), t1 = _mm512_sub_pd(x1, vm);
         __mmask8 q0 = _mm512_cmp_pd_mask(x0, vm, _CMP_EQ_OQ), q1 = _mm512_cmp_pd_mask(x1, vm, _CMP_EQ_OQ);
         if (store) {
@@ -817,7 +831,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
-        __m512d x0 = _mm512_maskz_loadu_pd(k, x + i);
+        __m512d x0 = fs512_maskz_load8_pd(k, x, xf, i);
         __m512d t0 = _mm512_sub_pd(x0, vm);
         __mmask8 q0 = _mm512_mask_cmp_pd_mask(k, x0, vm, _CMP_EQ_OQ);
         if (store) _mm512_mask_storeu_pd(t_out + i, k, t0);
@@ -831,12 +845,18 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
 
 static inline double fs512_exp_sum_split_store_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f64(x, m, t_out, n, at_max, 1, NULL, NULL);
+    return fs512_exp_sum_split_impl_f64(x, m, t_out, n, at_max, 1, NULL, NULL, NULL);
 }
 
 static inline double fs512_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, NULL, NULL);
+    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, NULL, NULL, NULL);
+}
+
+/* The same sums of float32 elements, in double (the same bits as on the widened elements). */
+static inline double fs512_exp_sum_split_widen_f32(const float *xf, double m, ptrdiff_t n, double *at_max)
+{
+    return fs512_exp_sum_split_impl_f64(NULL, m, NULL, n, at_max, 0, NULL, NULL, xf);
 }
 
 static inline double fs512_exp_sum_split_piped_f64(const double *x, double m, ptrdiff_t n, double *at_max,
@@ -845,7 +865,7 @@ static inline double fs512_exp_sum_split_piped_f64(const double *x, double m, pt
 {
     (void)ahead; /* NULL, as in fs512_exp_store_sum_piped_f64 */
     (void)ahead_max;
-    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, pend, pf);
+    return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, pend, pf, NULL);
 }
 
 /* y = src - c */
