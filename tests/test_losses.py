@@ -533,10 +533,10 @@ def test_empty(impl, kind, shape):
 @pytest.mark.parametrize("func", ["cross_entropy", "cross_entropy_with_grad"])
 @pytest.mark.parametrize("label_smoothing", [0.0, 0.1], ids=["ls0", "ls0.1"])
 @pytest.mark.parametrize("kind", ["index", "probabilities"])
-def test_float64_loss_of_a_long_row_is_correctly_rounded(kind, label_smoothing, func, n):
+def test_float64_loss_of_a_long_row_is_within_an_ulp(kind, label_smoothing, func, n):
     # One row of a million classes: its block sums (the exps', and label smoothing's
     # sum of -log p_i) were added in a plain running double sum, 4-40 ulps off the loss at
-    # these lengths; compensated, the loss is within rounding.  Class 0 is the max, 0 and the
+    # these lengths; compensated, the loss is within an ulp.  Class 0 is the max, 0 and the
     # target, so x - max is exact; the other logits <= -20 keep the sum of their exps small,
     # so that lse = log1p(rest) shows its relative error.  Oracle: math.fsum of np.exp and of
     # x (-log p_i = lse - x_i, so the smoothed loss is lse - (eps / n) sum(x)).
