@@ -530,8 +530,12 @@ static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
         fs_block_total_add(&s, (double)FS_FN(block_sum)(g + b, b + FS_BLOCK < n ? FS_BLOCK : n - b));
     FS_T st = (FS_T)fs_block_total_value(&s);
+#ifdef FS_USE_AVX512
+    FS_CAT(fs512_sub_exp_scaled, FS_SUF)(g, y, st, gx, n);
+#else
     FS_OMP_SIMD
     for (ptrdiff_t i = 0; i < n; i++) gx[i] = g[i] - FS_EXP(y[i], 0) * st;
+#endif
 }
 
 /* ---- drivers over rows: threads split the rows statically ---- */

@@ -700,6 +700,24 @@ static inline void fs512_sub_const_f32(const float *src, float c, float *y, ptrd
     }
 }
 
+/* log_softmax_backward's last pass, gx = g - exp(y) * s, rounded as written (the product,
+   then the difference), for any y: clamped at 89 (exp overflows before it: +inf stays +inf),
+   NaN kept (vminps returns its second operand, y, for a NaN), below -104 0. */
+static inline void fs512_sub_exp_scaled_f32(const float *g, const float *y, float s, float *gx, ptrdiff_t n)
+{
+    const __m512 vs = _mm512_set1_ps(s), top = _mm512_set1_ps(89.0f);
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m512 e = fs512_exp_nonpos_ps(_mm512_min_ps(top, _mm512_loadu_ps(y + i)));
+        _mm512_storeu_ps(gx + i, _mm512_sub_ps(_mm512_loadu_ps(g + i), _mm512_mul_ps(e, vs)));
+    }
+    if (i < n) {
+        const __mmask16 k = fs512_mask16(n - i);
+        const __m512 e = fs512_exp_nonpos_keep_ps(_mm512_min_ps(top, _mm512_maskz_loadu_ps(k, y + i)), k);
+        _mm512_mask_storeu_ps(gx + i, k, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, g + i), _mm512_mul_ps(e, vs)));
+    }
+}
+
 static inline void fs512_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
 {
     const __m512 vs = _mm512_set1_ps(s);
@@ -880,6 +898,22 @@ static inline void fs512_sub_const_f64(const double *src, double c, double *y, p
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
         _mm512_mask_storeu_pd(y + i, k, _mm512_sub_pd(_mm512_maskz_loadu_pd(k, src + i), vc));
+    }
+}
+
+/* The same in float64 (clamped at 710; below -746 0). */
+static inline void fs512_sub_exp_scaled_f64(const double *g, const double *y, double s, double *gx, ptrdiff_t n)
+{
+    const __m512d vs = _mm512_set1_pd(s), top = _mm512_set1_pd(710.0);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m512d e = fs512_exp_nonpos_keep_pd(_mm512_min_pd(top, _mm512_loadu_pd(y + i)), 0xFF);
+        _mm512_storeu_pd(gx + i, _mm512_sub_pd(_mm512_loadu_pd(g + i), _mm512_mul_pd(e, vs)));
+    }
+    if (i < n) {
+        const __mmask8 k = fs512_mask8(n - i);
+        const __m512d e = fs512_exp_nonpos_keep_pd(_mm512_min_pd(top, _mm512_maskz_loadu_pd(k, y + i)), k);
+        _mm512_mask_storeu_pd(gx + i, k, _mm512_sub_pd(_mm512_maskz_loadu_pd(k, g + i), _mm512_mul_pd(e, vs)));
     }
 }
 
