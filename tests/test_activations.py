@@ -119,6 +119,30 @@ def test_backward_matches_reference_and_oracle(name, shape, axis, layout, dtype)
     _assert_close(got, oracle, ORACLE_RTOL[dtype], 8 * ORACLE_RTOL[dtype] * scale)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", BACKWARD)
+def test_backward_of_a_large_result_with_special_rows(name, dtype):
+    # Results of 8 MiB or more are written with streaming stores (AVX-512) from each row's
+    # first cache line on, the elements before it and after the last whole vector with
+    # ordinary ones: rows of 1025 elements start at every offset within a line.  Rows with
+    # +-inf and NaN in g or y, and y beyond exp's overflow (log_softmax_backward), go
+    # through the same pass.
+    ncols = 1025
+    nrows = -(-(8 << 20) // (ncols * np.dtype(dtype).itemsize)) + 1
+    forward = fs.softmax if name == "softmax_backward" else fs.log_softmax
+    y = forward(_data((nrows, ncols), dtype, seed=1))
+    g = _data((nrows, ncols), dtype, seed=2, scale=1.0)
+    scale = np.max(np.abs(_oracle(name, g, y)))  # of the finite data, before the specials
+    g[3, 5], y[7, 0], y[11, 1024], g[13, 512] = np.inf, -np.inf, np.nan, np.nan
+    y[17, 3] = 100.0 if dtype == np.float32 else 800.0  # exp(y) overflows
+    y[19, 2], y[19, 600] = np.inf, -1e4
+    with np.errstate(all="ignore"):
+        got = getattr(fs, name)(g, y)
+        want = getattr(ref, name)(g, y)
+    assert np.isfinite(scale)
+    _assert_close(got, want, PARITY_RTOL[dtype], 8 * PARITY_RTOL[dtype] * scale)
+
+
 @pytest.mark.parametrize("n", [64, 128, 1000], ids=lambda n: f"n{n}")
 @pytest.mark.parametrize("name", BACKWARD)
 def test_float32_backward_sum_of_one_huge_and_many_large_terms(name, n):

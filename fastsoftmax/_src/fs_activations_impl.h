@@ -514,27 +514,27 @@ static inline FS_T FS_FN(block_sum)(const FS_T *g, ptrdiff_t n)
     return FS_FN(lanes_total)(acc);
 }
 
-static void FS_FN(softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
+/* One row of softmax_backward (log_out = 0) or log_softmax_backward: the sum, then the last
+   pass (on AVX-512 fs512_backward_pass_T, streaming when `stream`). */
+static void FS_FN(backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n, int log_out, int stream)
 {
     fs_block_total s = {0.0, 0.0};
-    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
-        fs_block_total_add(&s, (double)FS_FN(block_dot)(g + b, y + b, b + FS_BLOCK < n ? FS_BLOCK : n - b));
-    FS_T st = (FS_T)fs_block_total_value(&s);
-    FS_OMP_SIMD
-    for (ptrdiff_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - st);
-}
-
-static void FS_FN(log_softmax_backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n)
-{
-    fs_block_total s = {0.0, 0.0};
-    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK)
-        fs_block_total_add(&s, (double)FS_FN(block_sum)(g + b, b + FS_BLOCK < n ? FS_BLOCK : n - b));
+    for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
+        const ptrdiff_t len = b + FS_BLOCK < n ? FS_BLOCK : n - b;
+        fs_block_total_add(&s, (double)(log_out ? FS_FN(block_sum)(g + b, len) : FS_FN(block_dot)(g + b, y + b, len)));
+    }
     FS_T st = (FS_T)fs_block_total_value(&s);
 #ifdef FS_USE_AVX512
-    FS_CAT(fs512_sub_exp_scaled, FS_SUF)(g, y, st, gx, n);
+    FS_CAT(fs512_backward_pass, FS_SUF)(g, y, st, gx, n, log_out ? FS512_BWD_LOG_SOFTMAX : FS512_BWD_SOFTMAX, stream);
 #else
-    FS_OMP_SIMD
-    for (ptrdiff_t i = 0; i < n; i++) gx[i] = g[i] - FS_EXP(y[i], 0) * st;
+    (void)stream;
+    if (log_out) {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) gx[i] = g[i] - FS_EXP(y[i], 0) * st;
+    } else {
+        FS_OMP_SIMD
+        for (ptrdiff_t i = 0; i < n; i++) gx[i] = y[i] * (g[i] - st);
+    }
 #endif
 }
 
@@ -781,18 +781,39 @@ static void FS_FN(logsumexp_rows)(const FS_T *x, FS_T *out, ptrdiff_t nrows, ptr
     FS_ROWS_FOR(r, nrows, out[r] = FS_FN(logsumexp_row)(x + r * ncols, ncols));
 }
 
+#ifdef FS_USE_AVX512
+/* Rows [r0, r1) of a result too large for the caches, streamed, then fenced. */
+static void FS_FN(backward_stream_span)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t r0, ptrdiff_t r1,
+                                        ptrdiff_t ncols, int log_out)
+{
+    for (ptrdiff_t r = r0; r < r1; r++) FS_FN(backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols, log_out, 1);
+    _mm_sfence(); /* this thread's streamed rows are complete */
+}
+#endif
+
+static void FS_FN(backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows, ptrdiff_t ncols,
+                                 int nthreads, int log_out)
+{
+    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+#ifdef FS_USE_AVX512
+    if (nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES) {
+        FS_ROWS_FOR(k, nt, FS_FN(backward_stream_span)(g, y, gx, nrows * k / nt, nrows * (k + 1) / nt, ncols, log_out));
+        return;
+    }
+#endif
+    FS_ROWS_FOR(r, nrows, FS_FN(backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols, log_out, 0));
+}
+
 static void FS_FN(softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows,
                                          ptrdiff_t ncols, int nthreads)
 {
-    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-    FS_ROWS_FOR(r, nrows, FS_FN(softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols));
+    FS_FN(backward_rows)(g, y, gx, nrows, ncols, nthreads, 0);
 }
 
 static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t nrows,
                                              ptrdiff_t ncols, int nthreads)
 {
-    int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-    FS_ROWS_FOR(r, nrows, FS_FN(log_softmax_backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols));
+    FS_FN(backward_rows)(g, y, gx, nrows, ncols, nthreads, 1);
 }
 
 #undef FS_FN

@@ -700,24 +700,6 @@ static inline void fs512_sub_const_f32(const float *src, float c, float *y, ptrd
     }
 }
 
-/* log_softmax_backward's last pass, gx = g - exp(y) * s, rounded as written (the product,
-   then the difference), for any y: clamped at 89 (exp overflows before it: +inf stays +inf),
-   NaN kept (vminps returns its second operand, y, for a NaN), below -104 0. */
-static inline void fs512_sub_exp_scaled_f32(const float *g, const float *y, float s, float *gx, ptrdiff_t n)
-{
-    const __m512 vs = _mm512_set1_ps(s), top = _mm512_set1_ps(89.0f);
-    ptrdiff_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m512 e = fs512_exp_nonpos_ps(_mm512_min_ps(top, _mm512_loadu_ps(y + i)));
-        _mm512_storeu_ps(gx + i, _mm512_sub_ps(_mm512_loadu_ps(g + i), _mm512_mul_ps(e, vs)));
-    }
-    if (i < n) {
-        const __mmask16 k = fs512_mask16(n - i);
-        const __m512 e = fs512_exp_nonpos_keep_ps(_mm512_min_ps(top, _mm512_maskz_loadu_ps(k, y + i)), k);
-        _mm512_mask_storeu_ps(gx + i, k, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, g + i), _mm512_mul_ps(e, vs)));
-    }
-}
-
 static inline void fs512_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
 {
     const __m512 vs = _mm512_set1_ps(s);
@@ -901,22 +883,6 @@ static inline void fs512_sub_const_f64(const double *src, double c, double *y, p
     }
 }
 
-/* The same in float64 (clamped at 710; below -746 0). */
-static inline void fs512_sub_exp_scaled_f64(const double *g, const double *y, double s, double *gx, ptrdiff_t n)
-{
-    const __m512d vs = _mm512_set1_pd(s), top = _mm512_set1_pd(710.0);
-    ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m512d e = fs512_exp_nonpos_keep_pd(_mm512_min_pd(top, _mm512_loadu_pd(y + i)), 0xFF);
-        _mm512_storeu_pd(gx + i, _mm512_sub_pd(_mm512_loadu_pd(g + i), _mm512_mul_pd(e, vs)));
-    }
-    if (i < n) {
-        const __mmask8 k = fs512_mask8(n - i);
-        const __m512d e = fs512_exp_nonpos_keep_pd(_mm512_min_pd(top, _mm512_maskz_loadu_pd(k, y + i)), k);
-        _mm512_mask_storeu_pd(gx + i, k, _mm512_sub_pd(_mm512_maskz_loadu_pd(k, g + i), _mm512_mul_pd(e, vs)));
-    }
-}
-
 static inline void fs512_scale_f64(const double *src, double s, double *y, ptrdiff_t n)
 {
     const __m512d vs = _mm512_set1_pd(s);
@@ -1049,6 +1015,82 @@ static inline double fs512_exp_store_sum_split_piped_f64(const double *x, double
                                                          double *at_max, fs512_pending_f64 *pend, const double *pf)
 {
     return fs512_exp_store_sum_split_impl_f64(x, m, y, n, at_max, pend, pf);
+}
+
+/* ---------------------------------------------------------------- backward passes
+ *
+ * The last pass over a row: gx = y * (g - s) (softmax_backward) or g - exp(y) * s
+ * (log_softmax_backward), rounded as written (a product, a difference).  exp takes any y:
+ * clamped at 89 / 710 (exp overflows before: +inf stays +inf), NaN kept (vminps returns its
+ * second operand, y, for a NaN), 0 below -104 / -746.  With `stream` (a large result) the
+ * whole lines of gx go out with streaming stores, so they are not read from memory before
+ * being written (a quarter of the traffic of this pass); the caller fences (_mm_sfence).
+ */
+enum { FS512_BWD_SOFTMAX = 0, FS512_BWD_LOG_SOFTMAX = 1 };
+
+FS512_INLINE __m512 fs512_backward_value_ps(__m512 g, __m512 y, __m512 s, int op)
+{
+    if (op == FS512_BWD_SOFTMAX) return _mm512_mul_ps(y, _mm512_sub_ps(g, s));
+    return _mm512_sub_ps(g, _mm512_mul_ps(fs512_exp_nonpos_ps(_mm512_min_ps(_mm512_set1_ps(89.0f), y)), s));
+}
+
+FS512_INLINE __m512d fs512_backward_value_pd(__m512d g, __m512d y, __m512d s, int op)
+{
+    if (op == FS512_BWD_SOFTMAX) return _mm512_mul_pd(y, _mm512_sub_pd(g, s));
+    const __m512d e = fs512_exp_nonpos_keep_pd(_mm512_min_pd(_mm512_set1_pd(710.0), y), 0xFF);
+    return _mm512_sub_pd(g, _mm512_mul_pd(e, s));
+}
+
+/* Elements before gx's first line boundary (masked), whole vectors streamed from there, the
+   rest masked; everything with ordinary stores when !stream or gx is not element-aligned. */
+static inline void fs512_backward_pass_f32(const float *g, const float *y, float s, float *gx, ptrdiff_t n, int op,
+                                           int stream)
+{
+    const __m512 vs = _mm512_set1_ps(s);
+    const ptrdiff_t head = stream ? fs512_stream_head(gx, sizeof(float), n) : n;
+    ptrdiff_t i = 0;
+    if (head < n) {
+        if (head > 0) {
+            const __mmask16 k = fs512_mask16(head);
+            _mm512_mask_storeu_ps(gx, k, fs512_backward_value_ps(_mm512_maskz_loadu_ps(k, g),
+                                                                 _mm512_maskz_loadu_ps(k, y), vs, op));
+        }
+        for (i = head; i + 16 <= n; i += 16)
+            _mm512_stream_ps(gx + i, fs512_backward_value_ps(_mm512_loadu_ps(g + i), _mm512_loadu_ps(y + i), vs, op));
+    } else {
+        for (; i + 16 <= n; i += 16)
+            _mm512_storeu_ps(gx + i, fs512_backward_value_ps(_mm512_loadu_ps(g + i), _mm512_loadu_ps(y + i), vs, op));
+    }
+    if (i < n) {
+        const __mmask16 k = fs512_mask16(n - i);
+        _mm512_mask_storeu_ps(gx + i, k, fs512_backward_value_ps(_mm512_maskz_loadu_ps(k, g + i),
+                                                                 _mm512_maskz_loadu_ps(k, y + i), vs, op));
+    }
+}
+
+static inline void fs512_backward_pass_f64(const double *g, const double *y, double s, double *gx, ptrdiff_t n,
+                                           int op, int stream)
+{
+    const __m512d vs = _mm512_set1_pd(s);
+    const ptrdiff_t head = stream ? fs512_stream_head(gx, sizeof(double), n) : n;
+    ptrdiff_t i = 0;
+    if (head < n) {
+        if (head > 0) {
+            const __mmask8 k = fs512_mask8(head);
+            _mm512_mask_storeu_pd(gx, k, fs512_backward_value_pd(_mm512_maskz_loadu_pd(k, g),
+                                                                 _mm512_maskz_loadu_pd(k, y), vs, op));
+        }
+        for (i = head; i + 8 <= n; i += 8)
+            _mm512_stream_pd(gx + i, fs512_backward_value_pd(_mm512_loadu_pd(g + i), _mm512_loadu_pd(y + i), vs, op));
+    } else {
+        for (; i + 8 <= n; i += 8)
+            _mm512_storeu_pd(gx + i, fs512_backward_value_pd(_mm512_loadu_pd(g + i), _mm512_loadu_pd(y + i), vs, op));
+    }
+    if (i < n) {
+        const __mmask8 k = fs512_mask8(n - i);
+        _mm512_mask_storeu_pd(gx + i, k, fs512_backward_value_pd(_mm512_maskz_loadu_pd(k, g + i),
+                                                                 _mm512_maskz_loadu_pd(k, y + i), vs, op));
+    }
 }
 
 /* ---------------------------------------------------------------- medium rows (float32 softmax)
