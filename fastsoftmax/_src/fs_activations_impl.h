@@ -521,7 +521,11 @@ static void FS_FN(backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_
     fs_block_total s = {0.0, 0.0};
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
         const ptrdiff_t len = b + FS_BLOCK < n ? FS_BLOCK : n - b;
+#ifdef FS_USE_AVX512
+        fs_block_total_add(&s, (double)FS_CAT(fs512_block_dot, FS_SUF)(g + b, log_out ? NULL : y + b, len));
+#else
         fs_block_total_add(&s, (double)(log_out ? FS_FN(block_sum)(g + b, len) : FS_FN(block_dot)(g + b, y + b, len)));
+#endif
     }
     FS_T st = (FS_T)fs_block_total_value(&s);
 #ifdef FS_USE_AVX512
