@@ -8,10 +8,10 @@
  * with one accumulator per SIMD lane (a loop the compiler vectorises), across blocks in
  * double, so the float32 error does not grow with the row length; a row's chunks
  * (FS_CHUNK) are added with compensation (fs_block_total), so neither does the float64
- * one.  Passes over a row: max (read), exp + store + sum (read, write), scale (in cache).  On AVX-512: results too large
- * for the caches are written with streaming stores during the next row's exp pass
- * (softmax_like_stream_span); float32 softmax rows of 33..128 go 16 rows a block
- * (softmax_medium_span); short rows and log_softmax's medium rows have block paths of their
+ * one.  Passes over a row: max (read), exp + store + sum (read, write), scale (in cache).
+ * On AVX-512: results too large for the caches are written with streaming stores during
+ * the next row's exp pass (softmax_like_stream_span); float32 softmax rows of 33..128 go
+ * 16 rows a block (softmax_medium_span); short rows and log_softmax's medium rows have block paths of their
  * own.  Large float32 results in medium rows of a whole number of vectors are streamed too,
  * a block (batch) behind the sums (softmax_medium_stream_span, log_softmax_medium_stream_span).
  * A row whose max is not finite is all NaN (SPEC section 2).
@@ -148,7 +148,8 @@ static inline double FS_FN(row_log_sum_exp_shifted_f64)(const FS_T *restrict x, 
     double at_max = 0.0;
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         double k;
-        fs_block_total_add(&rest, FS_FN(lse_chunk_sums)(x + c, n - c < FS_CHUNK ? n - c : FS_CHUNK, (double)m, &k));
+        const double chunk = FS_FN(lse_chunk_sums)(x + c, n - c < FS_CHUNK ? n - c : FS_CHUNK, (double)m, &k);
+        fs_block_total_add_at(&rest, chunk, c == 0);
         at_max += k;
     }
     return log1p((at_max - 1.0) + fs_block_total_value(&rest));
@@ -182,9 +183,9 @@ static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #if defined(FS_USE_AVX512) && FS_IS_F32
-        if (!exact) { fs_block_total_add(&s, fs512_exp_store_sum_fast_f32(x + c, m, y + c, len)); continue; }
+        if (!exact) { fs_block_total_add_at(&s, fs512_exp_store_sum_fast_f32(x + c, m, y + c, len), c == 0); continue; }
 #endif
-        fs_block_total_add(&s, FS_EXP_STORE_SUM(x + c, m, y + c, len));
+        fs_block_total_add_at(&s, FS_EXP_STORE_SUM(x + c, m, y + c, len), c == 0);
     }
     (void)exact;
     FS_SCALE(y, (FS_T)(1.0 / fs_block_total_value(&s)), y, n);
@@ -227,7 +228,7 @@ static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-        fs_block_total_add(&rest, FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k));
+        fs_block_total_add_at(&rest, FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k), c == 0);
         at_max += k;
     }
     FS_FN(log_softmax_finish)(x, m, (FS_T)log1p((at_max - 1.0) + fs_block_total_value(&rest)), y, n);
@@ -304,13 +305,14 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
                 FS_T cmax = 0, cmin = 0;
                 if (log_out) {
                     double k = 0.0;
-                    fs_block_total_add(&sum, FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr + c, m, len, &k, &pend, pfc,
-                                                                                       aheadc, &cmax));
+                    const double chunk = FS_CAT(fs512_exp_sum_split_piped, FS_SUF)(xr + c, m, len, &k, &pend, pfc,
+                                                                                   aheadc, &cmax);
+                    fs_block_total_add_at(&sum, chunk, c == 0);
                     at_max += k;
                 } else {
-                    fs_block_total_add(&sum, FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr + c, m, e + c, len, exact,
-                                                                                       &pend, pfc, aheadc, &cmax,
-                                                                                       &cmin));
+                    const double chunk = FS_CAT(fs512_exp_store_sum_piped, FS_SUF)(xr + c, m, e + c, len, exact, &pend,
+                                                                                   pfc, aheadc, &cmax, &cmin);
+                    fs_block_total_add_at(&sum, chunk, c == 0);
                 }
                 if (ahead != NULL) { /* exact in any order (a NaN may be dropped: the row is NaN anyway) */
                     next_max = cmax > next_max ? cmax : next_max;
@@ -522,10 +524,11 @@ static void FS_FN(backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
         const ptrdiff_t len = b + FS_BLOCK < n ? FS_BLOCK : n - b;
 #ifdef FS_USE_AVX512
-        fs_block_total_add(&s, (double)FS_CAT(fs512_block_dot, FS_SUF)(g + b, log_out ? NULL : y + b, len));
+        const FS_T block = FS_CAT(fs512_block_dot, FS_SUF)(g + b, log_out ? NULL : y + b, len);
 #else
-        fs_block_total_add(&s, (double)(log_out ? FS_FN(block_sum)(g + b, len) : FS_FN(block_dot)(g + b, y + b, len)));
+        const FS_T block = log_out ? FS_FN(block_sum)(g + b, len) : FS_FN(block_dot)(g + b, y + b, len);
 #endif
+        fs_block_total_add_at(&s, (double)block, b == 0);
     }
     FS_T st = (FS_T)fs_block_total_value(&s);
 #ifdef FS_USE_AVX512
@@ -788,7 +791,8 @@ static void FS_FN(logsumexp_rows)(const FS_T *x, FS_T *out, ptrdiff_t nrows, ptr
 static void FS_FN(backward_stream_span)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t r0, ptrdiff_t r1,
                                         ptrdiff_t ncols, int log_out)
 {
-    for (ptrdiff_t r = r0; r < r1; r++) FS_FN(backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols, log_out, 1);
+    for (ptrdiff_t r = r0; r < r1; r++)
+        FS_FN(backward_row)(g + r * ncols, y + r * ncols, gx + r * ncols, ncols, log_out, 1);
     _mm_sfence(); /* this thread's streamed rows are complete */
 }
 #endif

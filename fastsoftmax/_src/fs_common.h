@@ -65,6 +65,14 @@ static inline void fs_block_total_add(fs_block_total *t, double v)
     t->s = s;
 }
 
+/* The same, for the row's first block (`first`): the total starts at v, without the
+   compensation's dependency chain (a row of one chunk or block ends sooner). */
+static inline void fs_block_total_add_at(fs_block_total *t, double v, int first)
+{
+    if (first) *t = (fs_block_total){v, 0.0};
+    else fs_block_total_add(t, v);
+}
+
 static inline double fs_block_total_value(const fs_block_total *t)
 {
     return isfinite(t->s) ? t->s + t->c : t->s;

@@ -234,18 +234,19 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         double k;
 #ifdef FS_USE_AVX512
         if (e != g) {
-            fs_block_total_add(&sums, FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x + c, m, e + c, len, &k, pend,
-                                                                                      next != NULL ? next + c : NULL));
+            const double chunk = FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x + c, m, e + c, len, &k, pend,
+                                                                                 next != NULL ? next + c : NULL);
+            fs_block_total_add_at(&sums, chunk, c == 0);
             cnt += k;
             continue;
         }
 #endif
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
 #ifdef FS_USE_AVX512
-        if (!want_grad) fs_block_total_add(&sums, FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k));
+        if (!want_grad) fs_block_total_add_at(&sums, FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k), c == 0);
         else
 #endif
-            fs_block_total_add(&sums, FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, e + c, len, &k));
+            fs_block_total_add_at(&sums, FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, e + c, len, &k), c == 0);
         cnt += k;
     }
     const double rest = fs_block_total_value(&sums) + (cnt - 1.0);
