@@ -517,14 +517,16 @@ static inline FS_T FS_FN(block_sum)(const FS_T *g, ptrdiff_t n)
 }
 
 /* One row of softmax_backward (log_out = 0) or log_softmax_backward: the sum, then the last
-   pass (on AVX-512 fs512_backward_pass_T, streaming when `stream`). */
+   pass (fs512_backward_pass_T on AVX-512, streaming when `stream`; fs256_backward_pass_T on AVX2). */
 static void FS_FN(backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_t n, int log_out, int stream)
 {
     fs_block_total s = {0.0, 0.0};
     for (ptrdiff_t b = 0; b < n; b += FS_BLOCK) {
         const ptrdiff_t len = b + FS_BLOCK < n ? FS_BLOCK : n - b;
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512)
         const FS_T block = FS_CAT(fs512_block_dot, FS_SUF)(g + b, log_out ? NULL : y + b, len);
+#elif defined(FS_USE_AVX2)
+        const FS_T block = FS_CAT(fs256_block_dot, FS_SUF)(g + b, log_out ? NULL : y + b, len);
 #else
         const FS_T block = log_out ? FS_FN(block_sum)(g + b, len) : FS_FN(block_dot)(g + b, y + b, len);
 #endif
@@ -533,6 +535,9 @@ static void FS_FN(backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_
     FS_T st = (FS_T)fs_block_total_value(&s);
 #ifdef FS_USE_AVX512
     FS_CAT(fs512_backward_pass, FS_SUF)(g, y, st, gx, n, log_out ? FS512_BWD_LOG_SOFTMAX : FS512_BWD_SOFTMAX, stream);
+#elif defined(FS_USE_AVX2)
+    (void)stream;
+    FS_CAT(fs256_backward_pass, FS_SUF)(g, y, st, gx, n, log_out);
 #else
     (void)stream;
     if (log_out) {

@@ -315,6 +315,128 @@ static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_
     return fs256_exp_split_impl_f64(x, m, NULL, n, at_max);
 }
 
+/* ---------------------------------------------------------------- backward passes
+ *
+ * As fs512_block_dot_T / fs512_backward_pass_T (fs_avx512.h) on 8 float / 4 double lanes.
+ * The block sums keep block_dot / block_sum's bits (fs_activations_impl.h): the 16 lanes
+ * are two (four) vectors, lane l adding terms l, l + 16, ... (a product, then a sum, as
+ * written; a tail's other lanes untouched, so a -0 stays -0), then the same tree (l + 8,
+ * l + 4, l + 2, l + 1).  The portable loops ran a scalar tree per block and, for
+ * log_softmax_backward, an exp the compiler left scalar: 0.17-0.61x torch's AVX2 speed.
+ */
+
+/* The tail of a block (0 < k < 8 elements) into lanes 0..k-1 of acc, the others untouched. */
+FS256_INLINE __m256 fs256_block_tail_add_ps(__m256 acc, const float *g, const float *y, ptrdiff_t k)
+{
+    const __m256i mk = fs256_tail_mask32(k);
+    __m256 v = _mm256_maskload_ps(g, mk);
+    if (y != NULL) v = _mm256_mul_ps(v, _mm256_maskload_ps(y, mk));
+    return _mm256_blendv_ps(acc, _mm256_add_ps(acc, v), _mm256_castsi256_ps(mk));
+}
+
+/* sum(g * y) over a block of at most FS_BLOCK elements (sum(g) when y is NULL). */
+static inline float fs256_block_dot_f32(const float *g, const float *y, ptrdiff_t n)
+{
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 v0 = _mm256_loadu_ps(g + i), v1 = _mm256_loadu_ps(g + i + 8);
+        if (y != NULL) {
+            v0 = _mm256_mul_ps(v0, _mm256_loadu_ps(y + i));
+            v1 = _mm256_mul_ps(v1, _mm256_loadu_ps(y + i + 8));
+        }
+        a0 = _mm256_add_ps(a0, v0);
+        a1 = _mm256_add_ps(a1, v1);
+    }
+    if (n - i >= 8) {
+        __m256 v = _mm256_loadu_ps(g + i);
+        if (y != NULL) v = _mm256_mul_ps(v, _mm256_loadu_ps(y + i));
+        a0 = _mm256_add_ps(a0, v);
+        i += 8;
+        if (i < n) a1 = fs256_block_tail_add_ps(a1, g + i, y != NULL ? y + i : NULL, n - i);
+    } else if (i < n) {
+        a0 = fs256_block_tail_add_ps(a0, g + i, y != NULL ? y + i : NULL, n - i);
+    }
+    const __m256 w8 = _mm256_add_ps(a0, a1);
+    __m128 w = _mm_add_ps(_mm256_castps256_ps128(w8), _mm256_extractf128_ps(w8, 1));
+    w = _mm_add_ps(w, _mm_movehl_ps(w, w));
+    return _mm_cvtss_f32(_mm_add_ss(w, _mm_movehdup_ps(w)));
+}
+
+FS256_INLINE __m256d fs256_block_tail_add_pd(__m256d acc, const double *g, const double *y, ptrdiff_t k)
+{
+    const __m256i mk = fs256_tail_mask64(k);
+    __m256d v = _mm256_maskload_pd(g, mk);
+    if (y != NULL) v = _mm256_mul_pd(v, _mm256_maskload_pd(y, mk));
+    return _mm256_blendv_pd(acc, _mm256_add_pd(acc, v), _mm256_castsi256_pd(mk));
+}
+
+static inline double fs256_block_dot_f64(const double *g, const double *y, ptrdiff_t n)
+{
+    __m256d a[4] = {_mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd(), _mm256_setzero_pd()};
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16)
+        for (int q = 0; q < 4; q++) {
+            __m256d v = _mm256_loadu_pd(g + i + 4 * q);
+            if (y != NULL) v = _mm256_mul_pd(v, _mm256_loadu_pd(y + i + 4 * q));
+            a[q] = _mm256_add_pd(a[q], v);
+        }
+    for (int q = 0; q < 4 && i < n; q++, i += 4) {
+        if (n - i >= 4) {
+            __m256d v = _mm256_loadu_pd(g + i);
+            if (y != NULL) v = _mm256_mul_pd(v, _mm256_loadu_pd(y + i));
+            a[q] = _mm256_add_pd(a[q], v);
+        } else {
+            a[q] = fs256_block_tail_add_pd(a[q], g + i, y != NULL ? y + i : NULL, n - i);
+        }
+    }
+    const __m256d w4 = _mm256_add_pd(_mm256_add_pd(a[0], a[2]), _mm256_add_pd(a[1], a[3]));
+    const __m128d w = _mm_add_pd(_mm256_castpd256_pd128(w4), _mm256_extractf128_pd(w4, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(w, _mm_unpackhi_pd(w, w)));
+}
+
+/* gx = y * (g - s) (log_out == 0) or g - exp(y) * s, rounded as written; exp takes any y
+   (clamped at 89 / 710: +inf gives inf, NaN kept as min returns its second operand). */
+FS256_INLINE __m256 fs256_backward_value_ps(__m256 g, __m256 y, __m256 s, int log_out)
+{
+    if (!log_out) return _mm256_mul_ps(y, _mm256_sub_ps(g, s));
+    return _mm256_sub_ps(g, _mm256_mul_ps(fs256_exp_nonpos_ps(_mm256_min_ps(_mm256_set1_ps(89.0f), y)), s));
+}
+
+static inline void fs256_backward_pass_f32(const float *g, const float *y, float s, float *gx, ptrdiff_t n,
+                                           int log_out)
+{
+    const __m256 vs = _mm256_set1_ps(s);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(gx + i, fs256_backward_value_ps(_mm256_loadu_ps(g + i), _mm256_loadu_ps(y + i), vs, log_out));
+    if (i < n) {
+        const __m256i k = fs256_tail_mask32(n - i);
+        _mm256_maskstore_ps(gx + i, k, fs256_backward_value_ps(_mm256_maskload_ps(g + i, k),
+                                                               _mm256_maskload_ps(y + i, k), vs, log_out));
+    }
+}
+
+FS256_INLINE __m256d fs256_backward_value_pd(__m256d g, __m256d y, __m256d s, int log_out)
+{
+    if (!log_out) return _mm256_mul_pd(y, _mm256_sub_pd(g, s));
+    return _mm256_sub_pd(g, _mm256_mul_pd(fs256_exp_pd(y), s));
+}
+
+static inline void fs256_backward_pass_f64(const double *g, const double *y, double s, double *gx, ptrdiff_t n,
+                                           int log_out)
+{
+    const __m256d vs = _mm256_set1_pd(s);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        _mm256_storeu_pd(gx + i, fs256_backward_value_pd(_mm256_loadu_pd(g + i), _mm256_loadu_pd(y + i), vs, log_out));
+    if (i < n) {
+        const __m256i k = fs256_tail_mask64(n - i);
+        _mm256_maskstore_pd(gx + i, k, fs256_backward_value_pd(_mm256_maskload_pd(g + i, k),
+                                                               _mm256_maskload_pd(y + i, k), vs, log_out));
+    }
+}
+
 #pragma GCC pop_options
 #endif /* FS_X86_MULTIVERSION */
 #endif /* FS_AVX2_H */
