@@ -106,8 +106,7 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 /* logsumexp's sums over n <= FS_CHUNK elements, in double whatever FS_T (its result can
    cancel, m + ln(sum) near 0, so float32 rows take their exps in double too): the sum of
    exp(x - m) over x != m, *at_max counting x == m.  On AVX-512 and AVX2 the float64 split sums
-   of log_softmax (float32 elements widened as they are loaded, or on AVX2 into a double chunk
-   in L1 first): the loop below, left to the compiler there, took 4.5x their time (4096x1000
+   of log_softmax (float32 elements widened as they are loaded): the loop below, left to the compiler there, took 4.5x their time (4096x1000
    float32, 12.6 ms against 2.8; float64 13.4 against 3.5).  Elsewhere that loop. */
 static inline double FS_FN(lse_chunk_sums)(const FS_T *restrict x, ptrdiff_t n, double md, double *at_max)
 {
@@ -115,15 +114,10 @@ static inline double FS_FN(lse_chunk_sums)(const FS_T *restrict x, ptrdiff_t n, 
     return fs512_exp_sum_split_widen_f32(x, md, n, at_max);
 #elif defined(FS_USE_AVX512)
     return fs512_exp_sum_split_f64(x, md, n, at_max);
+#elif defined(FS_USE_AVX2) && FS_IS_F32
+    return fs256_exp_sum_split_widen_f32(x, md, n, at_max);
 #elif defined(FS_USE_AVX2)
-#if FS_IS_F32
-    double wide[FS_CHUNK] __attribute__((aligned(32)));
-    FS_OMP_SIMD
-    for (ptrdiff_t i = 0; i < n; i++) wide[i] = (double)x[i];
-    return fs256_exp_sum_split_f64(wide, md, n, at_max);
-#else
     return fs256_exp_sum_split_f64(x, md, n, at_max);
-#endif
 #else
     double rest = 0.0, count = 0.0;
     FS_OMP_SIMD_SUM2(rest, count)

@@ -90,6 +90,36 @@ FS256_INLINE __m256d fs256_exp_pd(__m256d t)
     return _mm256_blendv_pd(y, t, _mm256_cmp_pd(t, t, _CMP_UNORD_Q));
 }
 
+/* exp(t) for t <= 0 or NaN (x - m, m the row max): as fs256_exp_pd, but a vector whose lanes
+   are all >= -708 (or NaN: it propagates through the polynomial) has 2^n >= 2^-1021 in one
+   factor, and needs neither the clamps nor the overflow blend: the same bits (p * 2^n rounded
+   once either way) in 25 instructions instead of 38. */
+FS256_INLINE __m256d fs256_exp_nonpos_pd(__m256d t)
+{
+    if (_mm256_movemask_pd(_mm256_cmp_pd(t, _mm256_set1_pd(-708.0), _CMP_LT_OQ)) != 0) return fs256_exp_pd(t);
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+    const __m256d nb = _mm256_fmadd_pd(t, _mm256_set1_pd(1.4426950408889634), magic);
+    const __m256d n = _mm256_sub_pd(nb, magic);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t);
+    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
+    __m256d p = _mm256_set1_pd(0x1.aed871c8d0d84p-26);
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.289086a0718d1p-22));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.71de3c6901054p-19));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a019b9e8a8767p-16));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a01a019956eb6p-13));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.6c16c1784dc5ep-10));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.1111111112169p-7));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555553e21p-5));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555555560p-3));
+    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.0000000000003p-1));
+    p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
+    p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
+    /* the low bits of nb are n: n + 1023 shifted into the exponent field is 2^n */
+    const __m256i e = _mm256_add_epi64(_mm256_sub_epi64(_mm256_castpd_si256(nb), _mm256_castpd_si256(magic)),
+                                       _mm256_set1_epi64x(1023));
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(e, 52)));
+}
+
 FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
 {
     __m256 t = _mm256_add_ps(x, negm);
@@ -214,8 +244,8 @@ static inline double fs256_exp_store_sum_f64(const double *x, double m, double *
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256d e0 = fs256_exp_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm));
-        __m256d e1 = fs256_exp_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm));
+        __m256d e0 = fs256_exp_nonpos_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm));
+        __m256d e1 = fs256_exp_nonpos_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm));
         _mm256_storeu_pd(y + i, e0);
         _mm256_storeu_pd(y + i + 4, e1);
         s0 = _mm256_add_pd(s0, e0);
@@ -223,7 +253,7 @@ static inline double fs256_exp_store_sum_f64(const double *x, double m, double *
     }
     for (; i < n; i += 4) {
         __m256i k = fs256_tail_mask64(n - i);
-        __m256d e = fs256_exp_pd(_mm256_sub_pd(_mm256_maskload_pd(x + i, k), vm));
+        __m256d e = fs256_exp_nonpos_pd(_mm256_sub_pd(_mm256_maskload_pd(x + i, k), vm));
         e = _mm256_and_pd(e, _mm256_castsi256_pd(k));
         if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
         s0 = _mm256_add_pd(s0, e);
@@ -277,22 +307,55 @@ FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, 
     return fs256_hsum_pd(s0);
 }
 
-FS256_INLINE double fs256_exp_split_impl_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+/* 4 doubles from x + i: float64, or float32 widened as loaded (`wide`, a constant after
+   inlining); the tail's lanes at or beyond k are 0. */
+FS256_INLINE __m256d fs256_load4_pd(const void *x, ptrdiff_t i, int wide)
+{
+    return wide ? _mm256_cvtps_pd(_mm_loadu_ps((const float *)x + i)) : _mm256_loadu_pd((const double *)x + i);
+}
+FS256_INLINE __m256d fs256_maskload4_pd(const void *x, ptrdiff_t i, __m256i k, int wide)
+{
+    if (!wide) return _mm256_maskload_pd((const double *)x + i, k);
+    /* the low 32 bits of each 64-bit mask lane are the lane's 32-bit mask */
+    const __m128i k32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(k, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
+    return _mm256_cvtps_pd(_mm_maskload_ps((const float *)x + i, k32));
+}
+
+/* Sum of exp(x - m) over x != m in double, *at_max counting x == m; y = exp(x - m) unless y
+   is NULL (float64 only).  x is float64, or float32 (`wide`: logsumexp's sums, in double
+   because its result can cancel).  Two accumulators and whole vectors in the main loop: with
+   one accumulator and a masked load per vector, 4096x1000 took 1.5x this time. */
+FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y, ptrdiff_t n, double *at_max,
+                                             int wide)
 {
     const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
-    __m256d s0 = _mm256_setzero_pd(), cnt = _mm256_setzero_pd();
-    for (ptrdiff_t i = 0; i < n; i += 4) {
-        __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
-        __m256d km = _mm256_castsi256_pd(k);
-        __m256d x0 = _mm256_maskload_pd(x + i, k);
-        __m256d e = _mm256_and_pd(fs256_exp_pd(_mm256_sub_pd(x0, vm)), km);
-        __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), km);
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd();
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256d x0 = fs256_load4_pd(x, i, wide), x1 = fs256_load4_pd(x, i + 4, wide);
+        const __m256d e0 = fs256_exp_nonpos_pd(_mm256_sub_pd(x0, vm)), e1 = fs256_exp_nonpos_pd(_mm256_sub_pd(x1, vm));
+        const __m256d q0 = _mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), q1 = _mm256_cmp_pd(x1, vm, _CMP_EQ_OQ);
+        if (y != NULL) {
+            _mm256_storeu_pd(y + i, e0);
+            _mm256_storeu_pd(y + i + 4, e1);
+        }
+        s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q0, e0));
+        s1 = _mm256_add_pd(s1, _mm256_andnot_pd(q1, e1));
+        c0 = _mm256_add_pd(c0, _mm256_and_pd(q0, one));
+        c1 = _mm256_add_pd(c1, _mm256_and_pd(q1, one));
+    }
+    for (; i < n; i += 4) {
+        const __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
+        const __m256d km = _mm256_castsi256_pd(k);
+        const __m256d x0 = fs256_maskload4_pd(x, i, k, wide);
+        const __m256d e = _mm256_and_pd(fs256_exp_nonpos_pd(_mm256_sub_pd(x0, vm)), km);
+        const __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), km);
         if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
         s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
-        cnt = _mm256_add_pd(cnt, _mm256_and_pd(q, one));
+        c0 = _mm256_add_pd(c0, _mm256_and_pd(q, one));
     }
-    *at_max = fs256_hsum_pd(cnt);
-    return fs256_hsum_pd(s0);
+    *at_max = fs256_hsum_pd(_mm256_add_pd(c0, c1));
+    return fs256_hsum_pd(_mm256_add_pd(s0, s1));
 }
 
 static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
@@ -307,12 +370,18 @@ static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
 
 static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
 {
-    return fs256_exp_split_impl_f64(x, m, y, n, at_max);
+    return fs256_exp_split_impl_f64(x, m, y, n, at_max, 0);
 }
 
 static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
 {
-    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max);
+    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 0);
+}
+
+/* The same sums of float32 elements, widened to double as they are loaded. */
+static inline double fs256_exp_sum_split_widen_f32(const float *x, double m, ptrdiff_t n, double *at_max)
+{
+    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 1);
 }
 
 /* ---------------------------------------------------------------- backward passes
