@@ -57,13 +57,14 @@ FS256_INLINE __m256 fs256_exp_nonpos_impl_ps(__m256 t, __m256 lo, int use_lo)
 
 FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t) { return fs256_exp_nonpos_impl_ps(t, t, 0); }
 
-/* exp(t) in float64 for any t (clamped to [-746, 710]; NaN propagates). */
-FS256_INLINE __m256d fs256_exp_pd(__m256d t)
+/* The shared part of the float64 exps: n = round(t / ln2) (returned in *n), and
+   e^r = 1 + r + r^2 (1/2 + ...), a degree-11 polynomial, for r = t - n ln2 (fdlibm's two-part
+   ln2). */
+FS256_INLINE __m256d fs256_exp_reduced_pd(__m256d t, __m256d *n_out)
 {
     const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    const __m256d tc = _mm256_max_pd(_mm256_min_pd(t, _mm256_set1_pd(710.0)), _mm256_set1_pd(-746.0));
-    __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(tc, _mm256_set1_pd(1.4426950408889634), magic), magic);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), tc);
+    const __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(t, _mm256_set1_pd(1.4426950408889634), magic), magic);
+    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t);
     r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
     __m256d p = _mm256_set1_pd(0x1.aed871c8d0d84p-26);
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.289086a0718d1p-22));
@@ -76,7 +77,16 @@ FS256_INLINE __m256d fs256_exp_pd(__m256d t)
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555555560p-3));
     p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.0000000000003p-1));
     p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
-    p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
+    *n_out = n;
+    return _mm256_add_pd(p, _mm256_set1_pd(1.0));
+}
+
+/* exp(t) in float64 for any t (clamped to [-746, 710]; NaN propagates). */
+FS256_INLINE __m256d fs256_exp_pd(__m256d t)
+{
+    const __m256d tc = _mm256_max_pd(_mm256_min_pd(t, _mm256_set1_pd(710.0)), _mm256_set1_pd(-746.0));
+    __m256d n;
+    const __m256d p = fs256_exp_reduced_pd(tc, &n);
     /* 2^n = 2^n1 * 2^n2, n1 = floor(n / 2): each factor's exponent bits come from the low bits
        of (n_i + 1023 + magic), shifted into place. */
     __m256d n1 = _mm256_floor_pd(_mm256_mul_pd(n, _mm256_set1_pd(0.5)));
@@ -97,27 +107,11 @@ FS256_INLINE __m256d fs256_exp_pd(__m256d t)
 FS256_INLINE __m256d fs256_exp_nonpos_pd(__m256d t)
 {
     if (_mm256_movemask_pd(_mm256_cmp_pd(t, _mm256_set1_pd(-708.0), _CMP_LT_OQ)) != 0) return fs256_exp_pd(t);
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    const __m256d nb = _mm256_fmadd_pd(t, _mm256_set1_pd(1.4426950408889634), magic);
-    const __m256d n = _mm256_sub_pd(nb, magic);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t);
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    __m256d p = _mm256_set1_pd(0x1.aed871c8d0d84p-26);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.289086a0718d1p-22));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.71de3c6901054p-19));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a019b9e8a8767p-16));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a01a019956eb6p-13));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.6c16c1784dc5ep-10));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.1111111112169p-7));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555553e21p-5));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555555560p-3));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.0000000000003p-1));
-    p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
-    p = _mm256_add_pd(p, _mm256_set1_pd(1.0));
-    /* the low bits of nb are n: n + 1023 shifted into the exponent field is 2^n */
-    const __m256i e = _mm256_add_epi64(_mm256_sub_epi64(_mm256_castpd_si256(nb), _mm256_castpd_si256(magic)),
-                                       _mm256_set1_epi64x(1023));
-    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(e, 52)));
+    __m256d n;
+    const __m256d p = fs256_exp_reduced_pd(t, &n);
+    /* n + 1023 (exact in double) in the exponent field is 2^n */
+    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n, bias)), 52)));
 }
 
 FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
