@@ -558,6 +558,15 @@ static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, con
     else FS_FN(softmax_row)(x, y, ncols, next);
 }
 
+#if defined(FS_USE_AVX2) && FS_IS_F32
+/* `len` short rows: blocks of 8, then the rest one row at a time. */
+static void FS_FN(short_rows_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t ncols, int log_out)
+{
+    ptrdiff_t done = fs256_short_rows_f32(x, y, len, ncols, log_out);
+    for (ptrdiff_t r = done; r < len; r++) FS_FN(softmax_like_row)(x + r * ncols, y + r * ncols, ncols, NULL, log_out);
+}
+#endif
+
 #ifdef FS_USE_AVX512
 /* `len` short rows: blocks of 16 (8), then the rest one row at a time. */
 static void FS_FN(short_rows_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t ncols, int log_out)
@@ -723,6 +732,16 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
     if (ncols >= FS_STREAM_MIN_COLS && nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES) {
         FS_ROWS_FOR(k, nt,
                     FS_FN(softmax_like_stream_span)(x, y, nrows * k / nt, nrows * (k + 1) / nt, nrows, ncols, log_out));
+        return;
+    }
+#endif
+#if defined(FS_USE_AVX2) && FS_IS_F32
+    if (ncols > 0 && ncols <= FS256_SHORT_MAX && nrows >= 8) {
+        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 8 */
+        FS_ROWS_FOR(t, (nrows + slice - 1) / slice,
+                    ptrdiff_t r0 = t * slice;
+                    FS_FN(short_rows_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
+                                            ncols, log_out));
         return;
     }
 #endif
