@@ -342,6 +342,11 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
 }
 #endif
 
+/* Rows per batch of log_softmax_row_batch and logsumexp_row_batch. */
+#ifndef FS_LSM_BATCH
+#define FS_LSM_BATCH 16
+#endif
+
 #ifdef FS_USE_AVX512
 /* log_softmax of FS_LSM_BATCH consecutive rows (at most; `count`) of a medium length: the
    max and the sums of every row first, then one vector log1p for all of them, then the
@@ -349,7 +354,6 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
    as much as the rest of a 128-element float32 row.  Only for rows of at most
    FS_LSM_BATCH_MAX_BYTES: beyond, the batch leaves L1 and the one-row path is faster
    (measured: 10-25% slower at 2-4 KB rows, 30% faster at 512 B). */
-#define FS_LSM_BATCH 16
 #ifndef FS_LSM_BATCH_MAX_BYTES
 #define FS_LSM_BATCH_MAX_BYTES 1024
 #endif
@@ -760,9 +764,10 @@ static void FS_FN(log_softmax_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, ptr
     FS_FN(softmax_like_rows)(x, y, nrows, ncols, nthreads, 1);
 }
 
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
 /* logsumexp of `count` (at most FS_LSM_BATCH) rows of at most FS_CHUNK elements: every row's
-   max and sums, then one vector log1p for the batch, as log_softmax_row_batch does.  One row
+   max and sums, then one vector log1p for the batch (AVX-512: 8 lanes; AVX2: 4, the same
+   arithmetic), as log_softmax_row_batch does.  One row
    after another (a dependency chain each, and libm's log1p) took 65536x10 float32 6.7 ms,
    batched with libm's log1p 3.4, with the vector log1p 1.7 (torch 1.9).  float64 takes its
    accurate form: over random rows of 2-1024 elements the result is within 1.9-3.0 ulps of
@@ -780,10 +785,17 @@ static void FS_FN(logsumexp_row_batch)(const FS_T *x, FS_T *out, ptrdiff_t count
         const double rest = FS_FN(lse_chunk_sums)(x + k * n, n, (double)m[k], &at_max);
         u[k] = (at_max - 1.0) + rest;
     }
+#ifdef FS_USE_AVX512
     for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 8) {
         const __m512d uk = _mm512_loadu_pd(u + k);
         _mm512_storeu_pd(c + k, FS_IS_F32 ? fs512_log1p_pd(uk) : fs512_log1p_accurate_pd(uk));
     }
+#else
+    for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 4) {
+        const __m256d uk = _mm256_loadu_pd(u + k);
+        _mm256_storeu_pd(c + k, FS_IS_F32 ? fs256_log1p_pd(uk) : fs256_log1p_accurate_pd(uk));
+    }
+#endif
     for (ptrdiff_t k = 0; k < count; k++)
         out[k] = isfinite(m[k]) ? (FS_T)((double)m[k] + c[k]) : FS_FN(logsumexp_row)(x + k * n, n);
 }
@@ -792,7 +804,7 @@ static void FS_FN(logsumexp_row_batch)(const FS_T *x, FS_T *out, ptrdiff_t count
 static void FS_FN(logsumexp_rows)(const FS_T *x, FS_T *out, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     if (ncols <= FS_CHUNK) { /* every row in a batch (the last one short), whatever the threads */
         FS_ROWS_FOR(b, (nrows + FS_LSM_BATCH - 1) / FS_LSM_BATCH,
                     ptrdiff_t r0 = b * FS_LSM_BATCH;

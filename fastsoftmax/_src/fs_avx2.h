@@ -536,6 +536,53 @@ FS256_INLINE __m256 fs256_log1p_ps(__m256 u)
     return _mm256_blendv_ps(_mm256_mul_ps(logw, _mm256_div_ps(u, wm1)), u, exact);
 }
 
+/* log1p(u) in float64 for 0 <= u < 2^1000 (NaN propagates), fs512_log1p_impl_pd's arithmetic
+   (see there) with its getexp / scalef done on exponent bits; `accurate` (a constant after
+   inlining) divides for the quotient's correction where AVX-512 takes a 14-bit reciprocal. */
+FS256_INLINE __m256d fs256_log1p_impl_pd(__m256d u, int accurate)
+{
+    const __m256d one = _mm256_set1_pd(1.0);
+    const __m256d w = _mm256_add_pd(u, one);
+    /* e = floor(log2(w * 4/3)) from the exponent field: as a double via 2^52's bits */
+    const __m256i eb = _mm256_srli_epi64(_mm256_castpd_si256(_mm256_mul_pd(w, _mm256_set1_pd(4.0 / 3.0))), 52);
+    const __m256d two52 = _mm256_set1_pd(4503599627370496.0);
+    const __m256d e = _mm256_sub_pd(_mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(eb, _mm256_castpd_si256(two52))), two52),
+                                    _mm256_set1_pd(1023.0));
+    const __m256d m = _mm256_mul_pd(w, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_sub_epi64(_mm256_set1_epi64x(2046), eb), 52)));
+    const __m256d num = _mm256_sub_pd(m, one), d = _mm256_add_pd(m, one);
+    __m256d f = _mm256_div_pd(num, d);
+    if (accurate) {
+        const __m256d bb = _mm256_sub_pd(d, one);
+        const __m256d dl = _mm256_add_pd(_mm256_sub_pd(one, _mm256_sub_pd(d, bb)), _mm256_sub_pd(m, bb));
+        f = _mm256_add_pd(f, _mm256_div_pd(_mm256_fnmadd_pd(f, dl, _mm256_fnmadd_pd(f, d, num)), d));
+    }
+    const __m256d f2 = _mm256_mul_pd(f, f);
+    __m256d p = _mm256_set1_pd(1.0 / 23.0);
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 21.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 19.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 17.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 15.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 13.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 11.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 9.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 7.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 5.0));
+    p = _mm256_fmadd_pd(p, f2, _mm256_set1_pd(1.0 / 3.0));
+    const __m256d twof = _mm256_add_pd(f, f);
+    const __m256d logm = _mm256_fmadd_pd(_mm256_mul_pd(twof, f2), p, twof);
+    const __m256d hi = _mm256_set1_pd(6.93147180369123816490e-01), lo = _mm256_set1_pd(1.90821492927058770002e-10);
+    const __m256d logw = accurate ? _mm256_fmadd_pd(e, hi, _mm256_fmadd_pd(e, lo, logm))
+                                  : _mm256_fmadd_pd(e, lo, _mm256_fmadd_pd(e, hi, logm));
+    const __m256d wm1 = _mm256_sub_pd(w, one);
+    const __m256d exact = _mm256_cmp_pd(wm1, _mm256_setzero_pd(), _CMP_EQ_OQ);
+    const __m256d r = accurate ? _mm256_add_pd(logw, _mm256_div_pd(_mm256_sub_pd(u, wm1), w))
+                               : _mm256_mul_pd(logw, _mm256_div_pd(u, wm1));
+    return _mm256_blendv_pd(r, u, exact);
+}
+
+FS256_INLINE __m256d fs256_log1p_pd(__m256d u) { return fs256_log1p_impl_pd(u, 0); }
+FS256_INLINE __m256d fs256_log1p_accurate_pd(__m256d u) { return fs256_log1p_impl_pd(u, 1); }
+
 /* The lanes of v that are not finite (NaN, +-inf), as bits. */
 FS256_INLINE int fs256_nonfinite_ps(__m256 v)
 {
