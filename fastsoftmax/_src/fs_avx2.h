@@ -658,6 +658,100 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
     return r0;
 }
 
+/* Cross-entropy with class-index targets, no label smoothing, for rows of n <= FS256_SHORT_MAX
+   float32 classes, 8 rows at a time: fs512_ce_short_rows_f32's maths on 8 lanes (see there:
+   loss = w_t (lse + m - x_t), 0 for an ignored row, NaN for a row whose max is not finite;
+   grad = gs w_t (softmax - onehot), p_t - 1 taken as -rest/s when x_t is the only maximum;
+   the target column NaN where w_t gs is infinite), with the target column written lane by
+   lane (AVX2 has no scatter).  Returns how many rows it did (a multiple of 8). */
+static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *target, const float *w,
+                                                ptrdiff_t nrows, ptrdiff_t n, float *grad, double gs,
+                                                double *row_loss)
+{
+    __m256i rowof[FS256_SHORT_MAX], gidx;
+    fs256_short_layout(n, rowof, &gidx);
+    float scratch[8 * FS256_SHORT_MAX];
+    const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(INFINITY);
+    ptrdiff_t r0 = 0;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        const float *xb = x + r0 * n;
+        float *gb = grad != NULL ? grad + r0 * n : scratch;
+        int32_t t32[8], valid32[8];
+        for (int l = 0; l < 8; l++) {
+            const int64_t t = target[r0 + l];
+            const int ok = t >= 0 && t < (int64_t)n;
+            t32[l] = ok ? (int32_t)t : 0;
+            valid32[l] = ok ? -1 : 0;
+        }
+        const __m256i tcol = _mm256_loadu_si256((const __m256i *)t32);
+        const __m256 valid = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)valid32));
+        const int valid_bits = _mm256_movemask_ps(valid);
+        const __m256i tidx = _mm256_add_epi32(gidx, tcol);
+
+        __m256 v[FS256_SHORT_MAX];
+        __m256 mx = _mm256_set1_ps(-INFINITY);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            v[j] = _mm256_i32gather_ps(xb + j, gidx, 4);
+            mx = _mm256_max_ps(mx, v[j]);
+        }
+        const __m256 badv = _mm256_cmp_ps(_mm256_sub_ps(mx, mx), zero, _CMP_NEQ_UQ);
+        const int bad = _mm256_movemask_ps(badv);
+        mx = _mm256_blendv_ps(mx, zero, badv);
+        const __m256 negm = _mm256_sub_ps(zero, mx);
+        /* the target logits, read before gb (which may be xb itself: out=logits) is written */
+        const __m256 xt = _mm256_mask_i32gather_ps(zero, xb, tidx, valid, 4);
+        for (ptrdiff_t k = 0; k < n; k++)
+            _mm256_storeu_ps(gb + 8 * k, fs256_exp_nonpos_ps(_mm256_add_ps(_mm256_loadu_ps(xb + 8 * k),
+                                                                           _mm256_permutevar8x32_ps(negm, rowof[k]))));
+        __m256 rest0 = zero, rest1 = zero, cnt = zero;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            const __m256 e = _mm256_i32gather_ps(gb + j, gidx, 4);
+            const __m256 at_max = _mm256_cmp_ps(v[j], mx, _CMP_EQ_OQ);
+            if (j & 1) rest1 = _mm256_add_ps(rest1, _mm256_andnot_ps(at_max, e));
+            else rest0 = _mm256_add_ps(rest0, _mm256_andnot_ps(at_max, e));
+            cnt = _mm256_add_ps(cnt, _mm256_and_ps(at_max, one));
+        }
+        const __m256 rest = _mm256_add_ps(_mm256_sub_ps(cnt, one), _mm256_add_ps(rest0, rest1));
+        const __m256 lse = fs256_log1p_ps(rest);
+        const __m256 wt = w != NULL ? _mm256_mask_i32gather_ps(zero, w, tcol, valid, 4) : _mm256_and_ps(valid, one);
+        const __m256 nll = _mm256_add_ps(lse, _mm256_sub_ps(mx, xt));
+        __m256 loss = _mm256_and_ps(valid, _mm256_mul_ps(wt, nll));
+        /* an infinite w_t at a row's max whose sum rounds to 1: torch's -log p_t is 0 (weighted_nll) */
+        const __m256 wt_inf = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), wt), inf, _CMP_EQ_OQ);
+        const __m256 nll0 = _mm256_and_ps(_mm256_and_ps(wt_inf, _mm256_cmp_ps(xt, mx, _CMP_EQ_OQ)),
+                                          _mm256_and_ps(valid, _mm256_cmp_ps(_mm256_add_ps(one, rest), one, _CMP_EQ_OQ)));
+        loss = _mm256_blendv_ps(loss, _mm256_mul_ps(wt, zero), nll0);
+        loss = _mm256_blendv_ps(loss, _mm256_set1_ps(NAN), _mm256_and_ps(badv, valid));
+        _mm256_storeu_pd(row_loss + r0, _mm256_cvtps_pd(_mm256_castps256_ps128(loss)));
+        _mm256_storeu_pd(row_loss + r0 + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(loss, 1)));
+        if (grad != NULL) {
+            const __m256 s = _mm256_add_ps(one, rest);
+            const __m256 wgs = _mm256_mul_ps(wt, _mm256_set1_ps((float)gs));
+            const __m256 k1 = _mm256_div_ps(wgs, s);
+            const __m256 et = _mm256_mask_i32gather_ps(zero, gb, tidx, valid, 4);
+            __m256 pt1 = _mm256_sub_ps(_mm256_div_ps(et, s), one);
+            const __m256 sole_max = _mm256_and_ps(_mm256_cmp_ps(xt, mx, _CMP_EQ_OQ), _mm256_cmp_ps(cnt, one, _CMP_EQ_OQ));
+            pt1 = _mm256_blendv_ps(pt1, _mm256_div_ps(_mm256_sub_ps(zero, rest), s), sole_max);
+            for (ptrdiff_t k = 0; k < n; k++)
+                _mm256_storeu_ps(gb + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(gb + 8 * k), _mm256_permutevar8x32_ps(k1, rowof[k])));
+            /* NaN where w_t gs is infinite, as torch (fs_losses_impl.h, target_grad) */
+            const __m256 wgs_inf = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), wgs), inf, _CMP_EQ_OQ);
+            float gt[8];
+            _mm256_storeu_ps(gt, _mm256_blendv_ps(_mm256_mul_ps(wgs, pt1), _mm256_set1_ps(NAN), wgs_inf));
+            for (int rows = valid_bits & ~bad; rows; rows &= rows - 1) {
+                const int lane = __builtin_ctz((unsigned)rows);
+                gb[lane * n + t32[lane]] = gt[lane];
+            }
+            for (int rows = (~valid_bits | bad) & 0xFF; rows; rows &= rows - 1) {
+                const int lane = __builtin_ctz((unsigned)rows);
+                const float fill = (valid_bits >> lane) & 1 ? NAN : 0.0f;
+                for (ptrdiff_t j = 0; j < n; j++) gb[lane * n + j] = fill;
+            }
+        }
+    }
+    return r0;
+}
+
 #pragma GCC pop_options
 #endif /* FS_X86_MULTIVERSION */
 #endif /* FS_AVX2_H */

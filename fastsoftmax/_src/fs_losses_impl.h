@@ -530,15 +530,24 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
     return 0;
 }
 
+#if defined(FS_USE_AVX512) || (defined(FS_USE_AVX2) && FS_IS_F32)
 #ifdef FS_USE_AVX512
-/* `len` short rows, class indices, no smoothing: blocks of 16 (8) rows, then the rest one
-   row at a time. */
+#define FS_CE_SHORT_ROWS FS_CAT(fs512_ce_short_rows, FS_SUF)
+#define FS_CE_SHORT_MAX FS512_SHORT_MAX
+#define FS_CE_SHORT_BLOCK 16
+#else
+#define FS_CE_SHORT_ROWS fs256_ce_short_rows_f32
+#define FS_CE_SHORT_MAX FS256_SHORT_MAX
+#define FS_CE_SHORT_BLOCK 8
+#endif
+/* `len` short rows, class indices, no smoothing: blocks of FS_CE_SHORT_BLOCK rows (AVX-512
+   float64: 8), then the rest one row at a time. */
 static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, const FS_T *w, double wsum,
                                        ptrdiff_t len, ptrdiff_t ncols, double gs, FS_T *grad, double *row_loss)
 {
-    ptrdiff_t done = FS_CAT(fs512_ce_short_rows, FS_SUF)(x, target, w, len, ncols, grad, gs, row_loss);
+    ptrdiff_t done = FS_CE_SHORT_ROWS(x, target, w, len, ncols, grad, gs, row_loss);
     for (ptrdiff_t r = done; r < len; r++) {
-        FS_T tmp[FS512_SHORT_MAX];
+        FS_T tmp[FS_CE_SHORT_MAX];
         row_loss[r] = FS_FN(ce_index_row_or_ignored)(x + r * ncols, target[r], ncols, w, wsum, 0.0,
                                                      grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, NULL,
                                                      NULL);
@@ -557,8 +566,8 @@ static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob
         for (ptrdiff_t i = 0; i < ncols; i++) wsum += (double)w[i];
     }
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
-#ifdef FS_USE_AVX512
-    if (prob == NULL && !(eps > 0.0) && ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
+#ifdef FS_CE_SHORT_ROWS
+    if (prob == NULL && !(eps > 0.0) && ncols > 0 && ncols <= FS_CE_SHORT_MAX && nrows >= FS_CE_SHORT_BLOCK) {
         const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
         FS_ROWS_FOR(sl, (nrows + slice - 1) / slice,
                     ptrdiff_t r0 = sl * slice;
@@ -610,3 +619,6 @@ static double FS_FN(total_weight)(const int64_t *target, const FS_T *w, ptrdiff_
 #undef FS_FN
 #undef FS_PENDING
 #undef FS_EXP
+#undef FS_CE_SHORT_ROWS
+#undef FS_CE_SHORT_MAX
+#undef FS_CE_SHORT_BLOCK
