@@ -347,7 +347,26 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
 #define FS_LSM_BATCH 16
 #endif
 
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
+/* c = log1p(u) for a batch of FS_LSM_BATCH sums, on vectors (AVX-512: 8 lanes; AVX2: 4, the
+   same arithmetic); `accurate` takes the accurate form (logsumexp of float64). */
+static inline void FS_FN(log1p_batch)(const double *u, double *c, int accurate)
+{
 #ifdef FS_USE_AVX512
+    for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 8) {
+        const __m512d uk = _mm512_loadu_pd(u + k);
+        _mm512_storeu_pd(c + k, accurate ? fs512_log1p_accurate_pd(uk) : fs512_log1p_pd(uk));
+    }
+#else
+    for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 4) {
+        const __m256d uk = _mm256_loadu_pd(u + k);
+        _mm256_storeu_pd(c + k, accurate ? fs256_log1p_accurate_pd(uk) : fs256_log1p_pd(uk));
+    }
+#endif
+}
+#endif
+
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
 /* log_softmax of FS_LSM_BATCH consecutive rows (at most; `count`) of a medium length: the
    max and the sums of every row first, then one vector log1p for all of them, then the
    subtraction pass (the rows are still in L1).  Saves the scalar log1p per row, which costs
@@ -372,13 +391,15 @@ static void FS_FN(log_softmax_row_batch)(const FS_T *x, FS_T *y, ptrdiff_t count
         double rest = FS_FN(log_softmax_sums)(row, m[k], y + k * n, n, &at_max);
         u[k] = (at_max - 1.0) + rest;
     }
-    for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 8)
-        _mm512_storeu_pd(c + k, fs512_log1p_pd(_mm512_loadu_pd(u + k)));
+    FS_FN(log1p_batch)(u, c, 0);
     for (ptrdiff_t k = 0; k < count; k++) {
         if (isfinite(m[k])) FS_FN(log_softmax_finish)(x + k * n, m[k], (FS_T)c[k], y + k * n, n);
         else FS_FN(fill_nan)(y + k * n, n);
     }
 }
+#endif
+
+#ifdef FS_USE_AVX512
 
 #if FS_IS_F32
 /* log_softmax_row_batch for a result too large for the caches (FS_STREAM_MIN_BYTES),
@@ -562,20 +583,22 @@ static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, con
     else FS_FN(softmax_row)(x, y, ncols, next);
 }
 
-#if defined(FS_USE_AVX2) && FS_IS_F32
-/* `len` short rows: blocks of 8, then the rest one row at a time. */
-static void FS_FN(short_rows_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t ncols, int log_out)
-{
-    ptrdiff_t done = fs256_short_rows_f32(x, y, len, ncols, log_out);
-    for (ptrdiff_t r = done; r < len; r++) FS_FN(softmax_like_row)(x + r * ncols, y + r * ncols, ncols, NULL, log_out);
-}
+#if defined(FS_USE_AVX512)
+#define FS_SHORT_ROWS FS_CAT(fs512_short_rows, FS_SUF)
+#define FS_SHORT_MAX FS512_SHORT_MAX
+#define FS_SHORT_BLOCK 16
+#elif defined(FS_USE_AVX2) && FS_IS_F32
+#define FS_SHORT_ROWS fs256_short_rows_f32
+#define FS_SHORT_MAX FS256_SHORT_MAX
+#define FS_SHORT_BLOCK 8
 #endif
 
-#ifdef FS_USE_AVX512
-/* `len` short rows: blocks of 16 (8), then the rest one row at a time. */
+#ifdef FS_SHORT_ROWS
+/* `len` short rows: blocks of FS_SHORT_BLOCK rows (AVX-512 float64: 8), then the rest one
+   row at a time. */
 static void FS_FN(short_rows_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t ncols, int log_out)
 {
-    ptrdiff_t done = FS_CAT(fs512_short_rows, FS_SUF)(x, y, len, ncols, log_out);
+    ptrdiff_t done = FS_SHORT_ROWS(x, y, len, ncols, log_out);
     for (ptrdiff_t r = done; r < len; r++) FS_FN(softmax_like_row)(x + r * ncols, y + r * ncols, ncols, NULL, log_out);
 }
 #endif
@@ -706,15 +729,17 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
 #endif
-#ifdef FS_USE_AVX512
-    if (ncols > 0 && ncols <= FS512_SHORT_MAX && nrows >= 16) {
-        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
+#ifdef FS_SHORT_ROWS
+    if (ncols > 0 && ncols <= FS_SHORT_MAX && nrows >= FS_SHORT_BLOCK) {
+        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block */
         FS_ROWS_FOR(t, (nrows + slice - 1) / slice,
                     ptrdiff_t r0 = t * slice;
                     FS_FN(short_rows_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
                                             ncols, log_out));
         return;
     }
+#endif
+#ifdef FS_USE_AVX512
 #if FS_IS_F32
     if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols)) {
         /* streamed as softmax's medium rows; spans of whole batches */
@@ -726,6 +751,8 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
 #endif
+#endif
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     if (log_out && ncols * (ptrdiff_t)sizeof(FS_T) <= FS_LSM_BATCH_MAX_BYTES && nrows >= FS_LSM_BATCH) {
         FS_ROWS_FOR(b, (nrows + FS_LSM_BATCH - 1) / FS_LSM_BATCH,
                     ptrdiff_t r0 = b * FS_LSM_BATCH;
@@ -733,19 +760,11 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
                     FS_FN(log_softmax_row_batch)(x + r0 * ncols, y + r0 * ncols, len, ncols, r0 + len < nrows));
         return;
     }
+#endif
+#ifdef FS_USE_AVX512
     if (ncols >= FS_STREAM_MIN_COLS && nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES) {
         FS_ROWS_FOR(k, nt,
                     FS_FN(softmax_like_stream_span)(x, y, nrows * k / nt, nrows * (k + 1) / nt, nrows, ncols, log_out));
-        return;
-    }
-#endif
-#if defined(FS_USE_AVX2) && FS_IS_F32
-    if (ncols > 0 && ncols <= FS256_SHORT_MAX && nrows >= 8) {
-        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 8 */
-        FS_ROWS_FOR(t, (nrows + slice - 1) / slice,
-                    ptrdiff_t r0 = t * slice;
-                    FS_FN(short_rows_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
-                                            ncols, log_out));
         return;
     }
 #endif
@@ -785,17 +804,7 @@ static void FS_FN(logsumexp_row_batch)(const FS_T *x, FS_T *out, ptrdiff_t count
         const double rest = FS_FN(lse_chunk_sums)(x + k * n, n, (double)m[k], &at_max);
         u[k] = (at_max - 1.0) + rest;
     }
-#ifdef FS_USE_AVX512
-    for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 8) {
-        const __m512d uk = _mm512_loadu_pd(u + k);
-        _mm512_storeu_pd(c + k, FS_IS_F32 ? fs512_log1p_pd(uk) : fs512_log1p_accurate_pd(uk));
-    }
-#else
-    for (ptrdiff_t k = 0; k < FS_LSM_BATCH; k += 4) {
-        const __m256d uk = _mm256_loadu_pd(u + k);
-        _mm256_storeu_pd(c + k, FS_IS_F32 ? fs256_log1p_pd(uk) : fs256_log1p_accurate_pd(uk));
-    }
-#endif
+    FS_FN(log1p_batch)(u, c, !FS_IS_F32);
     for (ptrdiff_t k = 0; k < count; k++)
         out[k] = isfinite(m[k]) ? (FS_T)((double)m[k] + c[k]) : FS_FN(logsumexp_row)(x + k * n, n);
 }
@@ -855,6 +864,9 @@ static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T 
 #undef FS_FN
 #undef FS_EXP
 #undef FS_TWO_SUM_ERR
+#undef FS_SHORT_ROWS
+#undef FS_SHORT_MAX
+#undef FS_SHORT_BLOCK
 #undef FS_ROW_MAX
 #undef FS_EXP_STORE_SUM
 #undef FS_EXP_SUM_SPLIT
