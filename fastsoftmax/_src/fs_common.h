@@ -151,12 +151,15 @@ static inline float fs_exp_f32(float x, float lo)
     p = p * r + FS_EXP_C2_F32;
     p = p * r + FS_EXP_C1_F32;
     p = p * r + 1.0f;
-    /* 2^n for n in [-150, 128], as 2^(n+adj) * 2^(-adj) so both factors are normal. */
+    /* 2^n for n in [-150, 128], as 2^n1 * 2^n2 with n1 = floor(n / 2), so that both factors
+       are normal: p * 2^n rounded once (by the second product).  Shifts and adds, no
+       comparison: SSE2 has no 64-bit compare, and the float64 twin's selects kept its loops
+       scalar there.  In unsigned arithmetic: a NaN x gives a meaningless ni, never undefined
+       behaviour. */
     int32_t ni = fs_bits_from_f32(nb) - fs_bits_from_f32(magic);
-    int32_t adj = ni < -100 ? 64 : (ni > 100 ? -64 : 0);
-    /* shifts in unsigned arithmetic: a NaN x gives a meaningless ni, never undefined behaviour */
-    float s1 = fs_f32_from_bits((int32_t)((uint32_t)(ni + adj + 127) << 23));
-    float s2 = fs_f32_from_bits((int32_t)((uint32_t)(127 - adj) << 23));
+    uint32_t n1 = ((uint32_t)(ni + 256) >> 1) - 128u, n2 = (uint32_t)ni - n1;
+    float s1 = fs_f32_from_bits((int32_t)((n1 + 127u) << 23));
+    float s2 = fs_f32_from_bits((int32_t)((n2 + 127u) << 23));
     float y = (p * s1) * s2;
     y = x < -104.0f ? 0.0f : y;
     y = x > 89.0f ? (float)INFINITY : y;
@@ -187,10 +190,11 @@ static inline double fs_exp_f64(double x, double lo)
     p = p * r + 1.0 / 6.0;
     p = p * r + 0.5;
     p = p * (r * r) + r + 1.0;
+    /* 2^n = 2^n1 * 2^n2, n1 = floor(n / 2), n in [-1077, 1024], as in fs_exp_f32 */
     int64_t ni = fs_bits_from_f64(nb) - fs_bits_from_f64(magic);
-    int64_t adj = ni < -1000 ? 512 : (ni > 1000 ? -512 : 0);
-    double s1 = fs_f64_from_bits((int64_t)((uint64_t)(ni + adj + 1023) << 52));
-    double s2 = fs_f64_from_bits((int64_t)((uint64_t)(1023 - adj) << 52));
+    uint64_t n1 = ((uint64_t)(ni + 2048) >> 1) - 1024u, n2 = (uint64_t)ni - n1;
+    double s1 = fs_f64_from_bits((int64_t)((n1 + 1023u) << 52));
+    double s2 = fs_f64_from_bits((int64_t)((n2 + 1023u) << 52));
     double y = (p * s1) * s2;
     y = x < -746.0 ? 0.0 : y;
     y = x > 710.0 ? (double)INFINITY : y;
