@@ -103,16 +103,23 @@ FS256_INLINE __m256d fs256_exp_pd(__m256d t)
 /* exp(t) for t <= 0 or NaN (x - m, m the row max): as fs256_exp_pd, but a vector whose lanes
    are all >= -708 (or NaN: it propagates through the polynomial) has 2^n >= 2^-1021 in one
    factor, and needs neither the clamps nor the overflow blend: the same bits (p * 2^n rounded
-   once either way) in 25 instructions instead of 38. */
-FS256_INLINE __m256d fs256_exp_nonpos_pd(__m256d t)
+   once either way) in 25 instructions instead of 38.  `any_sign` (a constant after inlining)
+   also sends vectors with a lane above 709 to fs256_exp_pd (2^n <= 2^1022 below it), for
+   log_softmax_backward's exp of its `output` argument, which may hold anything. */
+FS256_INLINE __m256d fs256_exp_fast_impl_pd(__m256d t, int any_sign)
 {
-    if (_mm256_movemask_pd(_mm256_cmp_pd(t, _mm256_set1_pd(-708.0), _CMP_LT_OQ)) != 0) return fs256_exp_pd(t);
+    __m256d out = _mm256_cmp_pd(t, _mm256_set1_pd(-708.0), _CMP_LT_OQ);
+    if (any_sign) out = _mm256_or_pd(out, _mm256_cmp_pd(t, _mm256_set1_pd(709.0), _CMP_GT_OQ));
+    if (_mm256_movemask_pd(out) != 0) return fs256_exp_pd(t);
     __m256d n;
     const __m256d p = fs256_exp_reduced_pd(t, &n);
     /* n + 1023 (exact in double) in the exponent field is 2^n */
     const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
     return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n, bias)), 52)));
 }
+
+FS256_INLINE __m256d fs256_exp_nonpos_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 0); }
+FS256_INLINE __m256d fs256_exp_any_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 1); }
 
 FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
 {
@@ -483,7 +490,7 @@ static inline void fs256_backward_pass_f32(const float *g, const float *y, float
 FS256_INLINE __m256d fs256_backward_value_pd(__m256d g, __m256d y, __m256d s, int log_out)
 {
     if (!log_out) return _mm256_mul_pd(y, _mm256_sub_pd(g, s));
-    return _mm256_sub_pd(g, _mm256_mul_pd(fs256_exp_pd(y), s));
+    return _mm256_sub_pd(g, _mm256_mul_pd(fs256_exp_any_pd(y), s));
 }
 
 static inline void fs256_backward_pass_f64(const double *g, const double *y, double s, double *gx, ptrdiff_t n,
