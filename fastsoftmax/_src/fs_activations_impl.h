@@ -11,9 +11,11 @@
  * one.  Passes over a row: max (read), exp + store + sum (read, write), scale (in cache).
  * On AVX-512: results too large for the caches are written with streaming stores during
  * the next row's exp pass (softmax_like_stream_span); float32 softmax rows of 33..128 go
- * 16 rows a block (softmax_medium_span); short rows and log_softmax's medium rows have block paths of their
- * own.  Large float32 results in medium rows of a whole number of vectors are streamed too,
- * a block (batch) behind the sums (softmax_medium_stream_span, log_softmax_medium_stream_span).
+ * 16 rows a block (softmax_medium_span); short rows and log_softmax's medium rows have block
+ * paths of their own.  Large float32 results in medium rows of a whole number of vectors are
+ * streamed too, a block (batch) behind the sums (softmax_medium_stream_span,
+ * log_softmax_medium_stream_span).  On AVX2: float32 short rows 8 rows a block, log_softmax's
+ * medium rows and logsumexp's rows batched as on AVX-512, nothing streamed.
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
@@ -106,8 +108,9 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 /* logsumexp's sums over n <= FS_CHUNK elements, in double whatever FS_T (its result can
    cancel, m + ln(sum) near 0, so float32 rows take their exps in double too): the sum of
    exp(x - m) over x != m, *at_max counting x == m.  On AVX-512 and AVX2 the float64 split sums
-   of log_softmax (float32 elements widened as they are loaded): the loop below, left to the compiler there, took 4.5x their time (4096x1000
-   float32, 12.6 ms against 2.8; float64 13.4 against 3.5).  Elsewhere that loop. */
+   of log_softmax (float32 elements widened as they are loaded): the loop below, left to the
+   compiler there, took 4.5x their time (4096x1000 float32, 12.6 ms against 2.8; float64 13.4
+   against 3.5).  Elsewhere that loop. */
 static inline double FS_FN(lse_chunk_sums)(const FS_T *restrict x, ptrdiff_t n, double md, double *at_max)
 {
 #if defined(FS_USE_AVX512) && FS_IS_F32

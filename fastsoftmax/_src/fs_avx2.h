@@ -1,11 +1,13 @@
 /*
  * fs_avx2.h -- hand-vectorised AVX2 + FMA row primitives (x86-64 machines without AVX-512).
  *
- * The long-row primitives of fs_avx512.h (row max, exp + store + sum, split sums, scale,
- * subtraction) on 8 float / 4 double lanes: no mask registers (blends instead), 2^n built
- * from exponent bits in two factors (so that subnormal results are right) instead of
- * vscalef, the float32 exp always with the TwoSum correction, the float64 exp a degree-11
- * polynomial, and no short-row blocks.
+ * The primitives of fs_avx512.h on 8 float / 4 double lanes: the long-row ones (row max,
+ * exp + store + sum, split sums, scale, subtraction), the backward passes, vector log1p for
+ * batches of rows, and float32 short-row blocks (softmax, log_softmax, cross-entropy; 8 rows
+ * a block).  No mask registers (blends and masked loads instead), 2^n built from exponent
+ * bits (in two factors where a result may be subnormal) instead of vscalef, the float32
+ * softmax exp always with the TwoSum correction, the float64 exp a degree-11 polynomial,
+ * no streaming stores.
  */
 #ifndef FS_AVX2_H
 #define FS_AVX2_H
