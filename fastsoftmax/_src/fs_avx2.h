@@ -592,10 +592,10 @@ FS256_INLINE __m256d fs256_log1p_impl_pd(__m256d u, int accurate)
 FS256_INLINE __m256d fs256_log1p_pd(__m256d u) { return fs256_log1p_impl_pd(u, 0); }
 FS256_INLINE __m256d fs256_log1p_accurate_pd(__m256d u) { return fs256_log1p_impl_pd(u, 1); }
 
-/* The lanes of v that are not finite (NaN, +-inf), as bits. */
-FS256_INLINE int fs256_nonfinite_ps(__m256 v)
+/* The lanes of v that are not finite (NaN, +-inf): all ones there (v - v is NaN), else 0. */
+FS256_INLINE __m256 fs256_nonfinite_ps(__m256 v)
 {
-    return _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ));
+    return _mm256_cmp_ps(_mm256_sub_ps(v, v), _mm256_setzero_ps(), _CMP_NEQ_UQ);
 }
 
 /* The row (lane) of each element of a block of 8 rows of n: rowof[k] for elements 8k..8k+7;
@@ -629,8 +629,9 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
             v[j] = _mm256_i32gather_ps(xb + j, gidx, 4);
             mx = _mm256_max_ps(mx, v[j]);
         }
-        const int bad = fs256_nonfinite_ps(mx);
-        if (bad) mx = _mm256_blendv_ps(mx, zero, _mm256_cmp_ps(_mm256_sub_ps(mx, mx), zero, _CMP_NEQ_UQ));
+        const __m256 badv = fs256_nonfinite_ps(mx);
+        const int bad = _mm256_movemask_ps(badv);
+        mx = _mm256_blendv_ps(mx, zero, badv);
         const __m256 negm = _mm256_sub_ps(zero, mx);
         if (log_out) {
             __m256 rest0 = zero, rest1 = zero, cnt = zero;
@@ -703,7 +704,7 @@ static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *t
             v[j] = _mm256_i32gather_ps(xb + j, gidx, 4);
             mx = _mm256_max_ps(mx, v[j]);
         }
-        const __m256 badv = _mm256_cmp_ps(_mm256_sub_ps(mx, mx), zero, _CMP_NEQ_UQ);
+        const __m256 badv = fs256_nonfinite_ps(mx);
         const int bad = _mm256_movemask_ps(badv);
         mx = _mm256_blendv_ps(mx, zero, badv);
         const __m256 negm = _mm256_sub_ps(zero, mx);
