@@ -59,6 +59,31 @@ FS256_INLINE __m256 fs256_exp_nonpos_impl_ps(__m256 t, __m256 lo, int use_lo)
 
 FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t) { return fs256_exp_nonpos_impl_ps(t, t, 0); }
 
+/* exp(t) for lanes with -FS_EXACT_SPREAD <= t <= 0 (t = x - m in a row within FS_EXACT_SPREAD
+   of its max m) or NaN: no clamp and no underflow test, 2^n in one factor (n >= -47 gives a
+   normal result), NaN propagating through the polynomial.  13 operations where
+   fs256_exp_nonpos_ps takes 25 and fs256_exp_minus_ps 31: the same value, p * 2^n rounded
+   once either way.  As on AVX-512 (fs512_exp_spread_keep_ps), a lane below -104 can only
+   come from a row holding a NaN that the min dropped: it may give +-inf or NaN instead of 0,
+   in a row whose sum, hence every result, is NaN anyway. */
+FS256_INLINE __m256 fs256_exp_spread_ps(__m256 t)
+{
+    const __m256 magic = _mm256_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    const __m256 nb = _mm256_fmadd_ps(t, _mm256_set1_ps(1.44269504088896341f), magic);
+    const __m256 n = _mm256_sub_ps(nb, magic);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FS_LN2_HI_F32), t);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(FS_LN2_LO_F32), r);
+    __m256 p = _mm256_set1_ps(FS_EXP_C5_F32);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C4_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C3_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C2_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(FS_EXP_C1_F32));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.0f));
+    /* nb's bits are 0x4B400000 + n: shifted left by 23, (n << 23) mod 2^32, the bias added */
+    const __m256i e = _mm256_add_epi32(_mm256_slli_epi32(_mm256_castps_si256(nb), 23), _mm256_set1_epi32(127 << 23));
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
 /* The shared part of the float64 exps: n = round(t / ln2) (returned in *n), and
    e^r = 1 + r + r^2 (1/2 + ...), a degree-11 polynomial, for r = t - n ln2 (fdlibm's two-part
    ln2). */
@@ -131,6 +156,13 @@ FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
     return fs256_exp_nonpos_impl_ps(t, lo, 1);
 }
 
+/* exp(x - m) for m >= x: with the TwoSum correction of x - m when `twosum` (a constant after
+   inlining), or for rows within FS_EXACT_SPREAD of m without it. */
+FS256_INLINE __m256 fs256_exp_x_minus_m_ps(__m256 x, __m256 negm, int twosum)
+{
+    return twosum ? fs256_exp_minus_ps(x, negm) : fs256_exp_spread_ps(_mm256_add_ps(x, negm));
+}
+
 FS256_INLINE __m256d fs256_widen_add(__m256d acc, __m256 v)
 {
     acc = _mm256_add_pd(acc, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
@@ -142,6 +174,13 @@ FS256_INLINE float fs256_hmax_ps(__m256 v)
     __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     m = _mm_max_ps(m, _mm_movehl_ps(m, m));
     m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+FS256_INLINE float fs256_hmin_ps(__m256 v)
+{
+    __m128 m = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_min_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_min_ss(m, _mm_movehdup_ps(m));
     return _mm_cvtss_f32(m);
 }
 FS256_INLINE double fs256_hmax_pd(__m256d v)
@@ -176,7 +215,54 @@ static inline float fs256_row_max_f32(const float *x, ptrdiff_t n)
     return m;
 }
 
-static inline double fs256_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
+/* Max and min of a row in one pass (the min tells whether exp(x - m) needs the TwoSum); a NaN
+   may be dropped from either, as in fs256_row_max_f32. */
+static inline float fs256_row_minmax_f32(const float *x, ptrdiff_t n, float *min_out)
+{
+    const __m256 ninf = _mm256_set1_ps(-INFINITY), pinf = _mm256_set1_ps(INFINITY);
+    __m256 a0 = ninf, a1 = ninf, a2 = ninf, a3 = ninf, b0 = pinf, b1 = pinf, b2 = pinf, b3 = pinf;
+    ptrdiff_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m256 v0 = _mm256_loadu_ps(x + i), v1 = _mm256_loadu_ps(x + i + 8);
+        const __m256 v2 = _mm256_loadu_ps(x + i + 16), v3 = _mm256_loadu_ps(x + i + 24);
+        a0 = _mm256_max_ps(a0, v0);
+        a1 = _mm256_max_ps(a1, v1);
+        a2 = _mm256_max_ps(a2, v2);
+        a3 = _mm256_max_ps(a3, v3);
+        b0 = _mm256_min_ps(b0, v0);
+        b1 = _mm256_min_ps(b1, v1);
+        b2 = _mm256_min_ps(b2, v2);
+        b3 = _mm256_min_ps(b3, v3);
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        a0 = _mm256_max_ps(a0, v);
+        b0 = _mm256_min_ps(b0, v);
+    }
+    float m = fs256_hmax_ps(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)));
+    float lo = fs256_hmin_ps(_mm256_min_ps(_mm256_min_ps(b0, b1), _mm256_min_ps(b2, b3)));
+    for (; i < n; i++) {
+        m = x[i] > m ? x[i] : m;
+        lo = x[i] < lo ? x[i] : lo;
+    }
+    *min_out = lo;
+    return m;
+}
+
+/* The max of a row, *bounded telling whether every element lies within FS_EXACT_SPREAD of it
+   (the exps may then be fs256_exp_spread_ps). */
+static inline float fs256_row_max_bounded_f32(const float *x, ptrdiff_t n, int *bounded)
+{
+    float lo;
+    const float m = fs256_row_minmax_f32(x, n, &lo);
+    *bounded = m - lo <= FS_EXACT_SPREAD;
+    return m;
+}
+
+/* y = exp(x - m), returns sum(y) in double; with `twosum` (a constant after inlining) the
+   rounding of x - m is fed back, without it (rows within FS_EXACT_SPREAD of m) the exp is
+   fs256_exp_spread_ps. */
+FS256_INLINE double fs256_exp_store_sum_impl_f32(const float *x, float m, float *y, ptrdiff_t n, int twosum)
 {
     const __m256 negm = _mm256_set1_ps(-m);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
@@ -185,8 +271,8 @@ static inline double fs256_exp_store_sum_f32(const float *x, float m, float *y, 
         __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
         ptrdiff_t end = i + 128 <= n ? i + 128 : n - n % 16;
         for (; i < end; i += 16) {
-            __m256 e0 = fs256_exp_minus_ps(_mm256_loadu_ps(x + i), negm);
-            __m256 e1 = fs256_exp_minus_ps(_mm256_loadu_ps(x + i + 8), negm);
+            __m256 e0 = fs256_exp_x_minus_m_ps(_mm256_loadu_ps(x + i), negm, twosum);
+            __m256 e1 = fs256_exp_x_minus_m_ps(_mm256_loadu_ps(x + i + 8), negm, twosum);
             _mm256_storeu_ps(y + i, e0);
             _mm256_storeu_ps(y + i + 8, e1);
             b0 = _mm256_add_ps(b0, e0);
@@ -197,12 +283,24 @@ static inline double fs256_exp_store_sum_f32(const float *x, float m, float *y, 
     }
     for (; i < n; i += 8) {
         __m256i k = fs256_tail_mask32(n - i); /* all lanes while 8 or more are left */
-        __m256 e = fs256_exp_minus_ps(_mm256_maskload_ps(x + i, k), negm);
-        e = _mm256_and_ps(e, _mm256_castsi256_ps(k));
+        __m256 e = fs256_exp_x_minus_m_ps(_mm256_maskload_ps(x + i, k), negm, twosum);
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(k)); /* the spread exp of a zero lane may be garbage */
         _mm256_maskstore_ps(y + i, k, e);
         s0 = fs256_widen_add(s0, e);
     }
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
+}
+
+/* With the TwoSum correction: as accurate as exp of the exact difference. */
+static inline double fs256_exp_store_sum_f32(const float *x, float m, float *y, ptrdiff_t n)
+{
+    return fs256_exp_store_sum_impl_f32(x, m, y, n, 1);
+}
+
+/* Without it, for rows within FS_EXACT_SPREAD of m (see FS_EXACT_SPREAD). */
+static inline double fs256_exp_store_sum_fast_f32(const float *x, float m, float *y, ptrdiff_t n)
+{
+    return fs256_exp_store_sum_impl_f32(x, m, y, n, 0);
 }
 
 static inline void fs256_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
@@ -283,31 +381,54 @@ static inline void fs256_sub_f64(const double *x, double m, double c, double *y,
 
 
 /* Sum of exp(x - m) over x != m, *at_max counting x == m; y = exp(x - m) unless y is NULL
-   (a constant after inlining).  See fs512_exp_store_sum_split_f32. */
-FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+   (a constant after inlining).  See fs512_exp_store_sum_split_f32.  `bounded` (a constant
+   too): every element lies within FS_EXACT_SPREAD of m (fs256_row_max_bounded_f32), and the
+   exp is fs256_exp_spread_ps (the same values).  Whole vectors and two accumulators in the
+   main loop, masks only in the tail: a masked store per vector (vmaskmovps, microcoded on
+   AMD Zen) made the cross-entropy's exp pass take about twice the time. */
+FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max,
+                                             int bounded)
 {
     const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
     const __m256 zero = _mm256_setzero_ps();
-    __m256d s0 = _mm256_setzero_pd();
+    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     __m256 cnt = zero;
     ptrdiff_t i = 0;
-    while (i < n) {
-        __m256 b0 = zero;
-        ptrdiff_t end = i + 128 <= n ? i + 128 : n;
-        for (; i < end; i += 8) {
-            __m256i k = end - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(end - i);
-            __m256 km = _mm256_castsi256_ps(k);
-            __m256 x0 = _mm256_maskload_ps(x + i, k);
-            __m256 e = _mm256_and_ps(fs256_exp_nonpos_ps(_mm256_add_ps(x0, negm)), km);
-            __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), km);
-            if (y != NULL) _mm256_maskstore_ps(y + i, k, e);
-            b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q, e));
-            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
+    while (i + 16 <= n) {
+        __m256 b0 = zero, b1 = zero;
+        const ptrdiff_t end = i + 128 <= n ? i + 128 : n - n % 16;
+        for (; i < end; i += 16) {
+            const __m256 x0 = _mm256_loadu_ps(x + i), x1 = _mm256_loadu_ps(x + i + 8);
+            const __m256 t0 = _mm256_add_ps(x0, negm), t1 = _mm256_add_ps(x1, negm);
+            const __m256 e0 = bounded ? fs256_exp_spread_ps(t0) : fs256_exp_nonpos_ps(t0);
+            const __m256 e1 = bounded ? fs256_exp_spread_ps(t1) : fs256_exp_nonpos_ps(t1);
+            const __m256 q0 = _mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), q1 = _mm256_cmp_ps(x1, vm, _CMP_EQ_OQ);
+            if (y != NULL) {
+                _mm256_storeu_ps(y + i, e0);
+                _mm256_storeu_ps(y + i + 8, e1);
+            }
+            b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q0, e0));
+            b1 = _mm256_add_ps(b1, _mm256_andnot_ps(q1, e1));
+            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q0, one));
+            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q1, one));
         }
         s0 = fs256_widen_add(s0, b0);
+        s1 = fs256_widen_add(s1, b1);
+    }
+    for (; i < n; i += 8) {
+        const __m256i k = n - i >= 8 ? _mm256_set1_epi32(-1) : fs256_tail_mask32(n - i);
+        const __m256 km = _mm256_castsi256_ps(k);
+        const __m256 x0 = _mm256_maskload_ps(x + i, k);
+        const __m256 t0 = _mm256_add_ps(x0, negm);
+        /* a zero lane's spread exp may be garbage: masked off */
+        const __m256 e = _mm256_and_ps(bounded ? fs256_exp_spread_ps(t0) : fs256_exp_nonpos_ps(t0), km);
+        const __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), km);
+        if (y != NULL) _mm256_maskstore_ps(y + i, k, e);
+        s0 = fs256_widen_add(s0, _mm256_andnot_ps(q, e));
+        cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
     }
     *at_max = fs256_hsum_pd(fs256_widen_add(_mm256_setzero_pd(), cnt));
-    return fs256_hsum_pd(s0);
+    return fs256_hsum_pd(_mm256_add_pd(s0, s1));
 }
 
 /* 4 doubles from x + i: float64, or float32 widened as loaded (`wide`, a constant after
@@ -361,14 +482,16 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
 }
 
-static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
+static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max,
+                                                   int bounded)
 {
-    return fs256_exp_split_impl_f32(x, m, y, n, at_max);
+    return bounded ? fs256_exp_split_impl_f32(x, m, y, n, at_max, 1) : fs256_exp_split_impl_f32(x, m, y, n, at_max, 0);
 }
 
-static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max)
+static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max, int bounded)
 {
-    return fs256_exp_split_impl_f32(x, m, NULL, n, at_max);
+    return bounded ? fs256_exp_split_impl_f32(x, m, NULL, n, at_max, 1)
+                   : fs256_exp_split_impl_f32(x, m, NULL, n, at_max, 0);
 }
 
 static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)

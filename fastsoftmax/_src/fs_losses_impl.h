@@ -196,6 +196,11 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
 #define FS_LOSS_EXP_STORE_SUM_SPLIT FS_CAT(fs256_exp_store_sum_split, FS_SUF)
 #define FS_LOSS_SCALE FS_CAT(fs256_scale, FS_SUF)
 #endif
+#if defined(FS_USE_AVX2) && FS_IS_F32
+#define FS_LOSS_BOUNDED , bounded
+#else
+#define FS_LOSS_BOUNDED
+#endif
 /* The common case (class index, no label smoothing; weights only scale the row) on the
    hand-vectorised primitives: max; e = exp(x - m) into g with the split sum; g *= k1; then
    the target column.  The same maths as ce_index_row below.
@@ -211,7 +216,12 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
                                         int want_grad, double gs, const FS_T *next, FS_T *stream,
                                         FS_PENDING *pend)
 {
+#if defined(FS_USE_AVX2) && FS_IS_F32
+    int bounded; /* the row within FS_EXACT_SPREAD of its max: the cheaper exp, the same values */
+    const FS_T m = fs256_row_max_bounded_f32(x, n, &bounded);
+#else
     const FS_T m = FS_LOSS_ROW_MAX(x, n);
+#endif
     const FS_T xt = x[t];
     if (!isfinite(m)) {
         if (want_grad) FS_FN(loss_fill)(g, n, (FS_T)NAN);
@@ -246,7 +256,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         if (!want_grad) fs_block_total_add_at(&sums, FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k), c == 0);
         else
 #endif
-            fs_block_total_add_at(&sums, FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, e + c, len, &k), c == 0);
+            fs_block_total_add_at(&sums, FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, e + c, len, &k FS_LOSS_BOUNDED), c == 0);
         cnt += k;
     }
     const double rest = fs_block_total_value(&sums) + (cnt - 1.0);
@@ -272,6 +282,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
 #undef FS_LOSS_ROW_MAX
 #undef FS_LOSS_EXP_STORE_SUM_SPLIT
 #undef FS_LOSS_SCALE
+#undef FS_LOSS_BOUNDED
 #endif
 
 static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
