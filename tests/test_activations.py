@@ -526,6 +526,33 @@ def test_special_values_inside_row_blocks(name, dtype, ncols):
     _assert_close(got, want, ORACLE_RTOL[dtype], TINY[dtype])
 
 
+def _nan_hiding_a_far_value(shape, dtype):
+    """Rows of 3 * N(0, 1) with, in lane order, -200 then NaN: a vector min takes -200, then
+    the NaN (minps returns its second operand), then drops it at the next element, so the
+    row can look as narrow as its other values.  The exp that narrow rows get (no clamp, no
+    underflow test: AVX2 and AVX-512 float32) then turns -200 into garbage; the NaN must
+    still make the whole row NaN.  Short rows take one row per lane (columns 0, 1); rows of
+    the one-row kernels 32 elements per accumulator step (elements j, j + 32, ...)."""
+    nrows, ncols = shape
+    x = _data(shape, dtype, seed=ncols)
+    step = 1 if ncols <= 32 else 32
+    for r in range(0, nrows, 3):
+        j = (r * 7) % (ncols - 2 * step) if ncols > 2 * step else 0
+        x[r, j], x[r, j + step] = -200.0, np.nan
+    return x
+
+
+@pytest.mark.parametrize("ncols", [10, 20, 128, 1000], ids=lambda n: f"C{n}")
+@pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_a_nan_the_min_drops_still_makes_the_row_nan(name, dtype, ncols):
+    x = _nan_hiding_a_far_value((48, ncols), dtype)
+    got = getattr(fs, name)(x)
+    nan_rows = np.isnan(x).any(axis=1)
+    assert np.isnan(got[nan_rows]).all()
+    _assert_close(got[~nan_rows], _oracle(name, x[~nan_rows]), ORACLE_RTOL[dtype], TINY[dtype])
+
+
 @pytest.mark.parametrize("impl", [fs, ref], ids=["kernel", "reference"])
 def test_empty_rows(impl):
     x = np.zeros((3, 0), np.float32)

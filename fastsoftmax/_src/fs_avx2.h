@@ -747,11 +747,15 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
         const float *xb = x + r0 * n;
         float *yb = y + r0 * n;
         __m256 v[FS256_SHORT_MAX];
-        __m256 mx = _mm256_set1_ps(-INFINITY);
+        __m256 mx = _mm256_set1_ps(-INFINITY), mn = _mm256_set1_ps(INFINITY);
         for (ptrdiff_t j = 0; j < n; j++) {
             v[j] = _mm256_i32gather_ps(xb + j, gidx, 4);
             mx = _mm256_max_ps(mx, v[j]);
+            mn = _mm256_min_ps(mn, v[j]);
         }
+        /* every row of the block within FS_EXACT_SPREAD of its max: the 13-operation exp */
+        const int bounded =
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(mx, mn), _mm256_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ)) == 0xFF;
         const __m256 badv = fs256_nonfinite_ps(mx);
         const int bad = _mm256_movemask_ps(badv);
         mx = _mm256_blendv_ps(mx, zero, badv);
@@ -761,7 +765,8 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
             for (ptrdiff_t j = 0; j < n; j++) {
                 const __m256 at_max = _mm256_cmp_ps(v[j], mx, _CMP_EQ_OQ);
                 /* only the sum (>= 1) needs these: no TwoSum (as fs256_exp_sum_split_f32) */
-                const __m256 e = _mm256_andnot_ps(at_max, fs256_exp_nonpos_ps(_mm256_add_ps(v[j], negm)));
+                const __m256 t = _mm256_add_ps(v[j], negm);
+                const __m256 e = _mm256_andnot_ps(at_max, bounded ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t));
                 if (j & 1) rest1 = _mm256_add_ps(rest1, e); else rest0 = _mm256_add_ps(rest0, e);
                 cnt = _mm256_add_ps(cnt, _mm256_and_ps(at_max, one));
             }
@@ -771,9 +776,10 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
                 _mm256_storeu_ps(yb + 8 * k, _mm256_sub_ps(xm, _mm256_permutevar8x32_ps(lse, rowof[k])));
             }
         } else {
-            for (ptrdiff_t k = 0; k < n; k++)
-                _mm256_storeu_ps(yb + 8 * k, fs256_exp_minus_ps(_mm256_loadu_ps(xb + 8 * k),
-                                                                _mm256_permutevar8x32_ps(negm, rowof[k])));
+            for (ptrdiff_t k = 0; k < n; k++) {
+                const __m256 xk = _mm256_loadu_ps(xb + 8 * k), nk = _mm256_permutevar8x32_ps(negm, rowof[k]);
+                _mm256_storeu_ps(yb + 8 * k, bounded ? fs256_exp_spread_ps(_mm256_add_ps(xk, nk)) : fs256_exp_minus_ps(xk, nk));
+            }
             __m256 s0 = zero, s1 = zero;
             for (ptrdiff_t j = 0; j < n; j++) {
                 const __m256 e = _mm256_i32gather_ps(yb + j, gidx, 4);
