@@ -828,20 +828,25 @@ static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *t
         const __m256i tidx = _mm256_add_epi32(gidx, tcol);
 
         __m256 v[FS256_SHORT_MAX];
-        __m256 mx = _mm256_set1_ps(-INFINITY);
+        __m256 mx = _mm256_set1_ps(-INFINITY), mn = inf;
         for (ptrdiff_t j = 0; j < n; j++) {
             v[j] = _mm256_i32gather_ps(xb + j, gidx, 4);
             mx = _mm256_max_ps(mx, v[j]);
+            mn = _mm256_min_ps(mn, v[j]);
         }
+        /* as in fs256_short_rows_f32: rows within FS_EXACT_SPREAD take the cheaper exp */
+        const int bounded =
+            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(mx, mn), _mm256_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ)) == 0xFF;
         const __m256 badv = fs256_nonfinite_ps(mx);
         const int bad = _mm256_movemask_ps(badv);
         mx = _mm256_blendv_ps(mx, zero, badv);
         const __m256 negm = _mm256_sub_ps(zero, mx);
         /* the target logits, read before gb (which may be xb itself: out=logits) is written */
         const __m256 xt = _mm256_mask_i32gather_ps(zero, xb, tidx, valid, 4);
-        for (ptrdiff_t k = 0; k < n; k++)
-            _mm256_storeu_ps(gb + 8 * k, fs256_exp_nonpos_ps(_mm256_add_ps(_mm256_loadu_ps(xb + 8 * k),
-                                                                           _mm256_permutevar8x32_ps(negm, rowof[k]))));
+        for (ptrdiff_t k = 0; k < n; k++) {
+            const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xb + 8 * k), _mm256_permutevar8x32_ps(negm, rowof[k]));
+            _mm256_storeu_ps(gb + 8 * k, bounded ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t));
+        }
         __m256 rest0 = zero, rest1 = zero, cnt = zero;
         for (ptrdiff_t j = 0; j < n; j++) {
             const __m256 e = _mm256_i32gather_ps(gb + j, gidx, 4);
