@@ -96,6 +96,12 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 #elif defined(FS_USE_AVX2)
 #define FS_ROW_MINMAX_F32 fs256_row_minmax_f32
 #define FS_EXP_STORE_SUM_FAST_F32 fs256_exp_store_sum_fast_f32
+/* rows within FS_EXACT_SPREAD (float32: no TwoSum) or FS_SPREAD_F64 (float64: no range test) */
+#if FS_IS_F32
+#define FS_EXP_STORE_SUM_BOUNDED fs256_exp_store_sum_fast_f32
+#else
+#define FS_EXP_STORE_SUM_BOUNDED fs256_exp_store_sum_bounded_f64
+#endif
 #define FS_ROW_MAX FS_CAT(fs256_row_max, FS_SUF)
 #define FS_EXP_STORE_SUM FS_CAT(fs256_exp_store_sum, FS_SUF)
 #define FS_EXP_SUM_SPLIT FS_CAT(fs256_exp_sum_split, FS_SUF)
@@ -124,7 +130,7 @@ static inline double FS_FN(lse_chunk_sums)(const FS_T *restrict x, ptrdiff_t n, 
 #elif defined(FS_USE_AVX2) && FS_IS_F32
     return fs256_exp_sum_split_widen_f32(x, md, n, at_max);
 #elif defined(FS_USE_AVX2)
-    return fs256_exp_sum_split_f64(x, md, n, at_max);
+    return fs256_exp_sum_split_f64(x, md, n, at_max, 0);
 #else
     double rest = 0.0, count = 0.0;
     FS_OMP_SIMD_SUM2(rest, count)
@@ -161,6 +167,20 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
     for (ptrdiff_t i = 0; i < n; i++) y[i] = (FS_T)NAN;
 }
 
+/* The max of a row, and on AVX2 whether every element lies within FS_EXACT_SPREAD (float32) or
+   FS_SPREAD_F64 (float64) of it (*bounded): the exps then take fs256_exp_spread_ps (the same
+   values for 13 operations instead of 25; softmax skips the TwoSum) or fs256_exp_bounded_pd
+   (no range test per vector); elsewhere *bounded = 0. */
+static inline FS_T FS_FN(row_max_bounded)(const FS_T *x, ptrdiff_t n, int *bounded)
+{
+#if defined(FS_USE_AVX2)
+    return FS_CAT(fs256_row_max_bounded, FS_SUF)(x, n, bounded);
+#else
+    *bounded = 0;
+    return FS_ROW_MAX(x, n);
+#endif
+}
+
 /* ---- row kernels ---- */
 
 /* Passes over one row: max (from memory), y = exp(x - m) with its sum (x from cache),
@@ -168,12 +188,17 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
    one is computed, so that the memory traffic of the max pass overlaps the exps. */
 static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *next)
 {
-#if (defined(FS_USE_AVX512) || defined(FS_USE_AVX2)) && FS_IS_F32
+#if defined(FS_USE_AVX512) && FS_IS_F32
     /* A row whose values all lie within FS_EXACT_SPREAD of its max does not need the
        TwoSum correction of x - m (see fs512_exp_store_sum_fast_f32). */
     float lowest;
     FS_T m = FS_ROW_MINMAX_F32(x, n, &lowest);
     int exact = !(m - lowest <= FS_EXACT_SPREAD);
+#elif defined(FS_USE_AVX2)
+    /* the same for float32; float64 rows within FS_SPREAD_F64 skip the exp's range test */
+    int bounded;
+    FS_T m = FS_FN(row_max_bounded)(x, n, &bounded);
+    int exact = !bounded;
 #else
     FS_T m = FS_ROW_MAX(x, n);
     const int exact = 1;
@@ -183,8 +208,10 @@ static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
-#if (defined(FS_USE_AVX512) || defined(FS_USE_AVX2)) && FS_IS_F32
+#if defined(FS_USE_AVX512) && FS_IS_F32
         if (!exact) { fs_block_total_add_at(&s, FS_EXP_STORE_SUM_FAST_F32(x + c, m, y + c, len), c == 0); continue; }
+#elif defined(FS_USE_AVX2)
+        if (!exact) { fs_block_total_add_at(&s, FS_EXP_STORE_SUM_BOUNDED(x + c, m, y + c, len), c == 0); continue; }
 #endif
         fs_block_total_add_at(&s, FS_EXP_STORE_SUM(x + c, m, y + c, len), c == 0);
     }
@@ -203,27 +230,15 @@ static inline double FS_FN(log_softmax_sums)(const FS_T *x, FS_T m, FS_T *y, ptr
     (void)bounded;
 #ifdef FS_USE_AVX512
     return FS_CAT(fs512_exp_sum_split_store, FS_SUF)(x, m, y, n, at_max);
-#elif defined(FS_USE_AVX2) && FS_IS_F32
+#elif defined(FS_USE_AVX2)
     (void)y;
-    return fs256_exp_sum_split_f32(x, m, n, at_max, bounded);
+    return FS_EXP_SUM_SPLIT(x, m, n, at_max, bounded);
 #else
     (void)y;
     return FS_EXP_SUM_SPLIT(x, m, n, at_max);
 #endif
 }
 
-/* The max of a row, and on AVX2 float32 whether every element lies within FS_EXACT_SPREAD of
-   it (*bounded; the split sums then take fs256_exp_spread_ps, the same values for 13
-   operations instead of 25); elsewhere *bounded = 0. */
-static inline FS_T FS_FN(row_max_bounded)(const FS_T *x, ptrdiff_t n, int *bounded)
-{
-#if defined(FS_USE_AVX2) && FS_IS_F32
-    return fs256_row_max_bounded_f32(x, n, bounded);
-#else
-    *bounded = 0;
-    return FS_ROW_MAX(x, n);
-#endif
-}
 
 /* y = (x - m) - c, after log_softmax_sums wrote its piece(s) of y. */
 static inline void FS_FN(log_softmax_finish)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t n)
@@ -897,6 +912,7 @@ static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T 
 #undef FS_ROW_MAX
 #undef FS_ROW_MINMAX_F32
 #undef FS_EXP_STORE_SUM_FAST_F32
+#undef FS_EXP_STORE_SUM_BOUNDED
 #undef FS_EXP_STORE_SUM
 #undef FS_EXP_SUM_SPLIT
 #undef FS_SCALE

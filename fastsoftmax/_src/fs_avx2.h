@@ -127,6 +127,18 @@ FS256_INLINE __m256d fs256_exp_pd(__m256d t)
     return _mm256_blendv_pd(y, t, _mm256_cmp_pd(t, t, _CMP_UNORD_Q));
 }
 
+/* exp(t) for lanes with -FS_SPREAD_F64 <= t <= 709 or NaN: 2^n in one factor (n + 1023, exact
+   in double, in the exponent field), NaN propagating through the polynomial.  A lane below
+   can only come from a row holding a NaN that the min dropped (fs256_row_max_bounded_f64):
+   garbage there, in a row that is NaN anyway. */
+FS256_INLINE __m256d fs256_exp_bounded_pd(__m256d t)
+{
+    __m256d n;
+    const __m256d p = fs256_exp_reduced_pd(t, &n);
+    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
+    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n, bias)), 52)));
+}
+
 /* exp(t) for t <= 0 or NaN (x - m, m the row max): as fs256_exp_pd, but a vector whose lanes
    are all >= -708 (or NaN: it propagates through the polynomial) has 2^n >= 2^-1021 in one
    factor, and needs neither the clamps nor the overflow blend: the same bits (p * 2^n rounded
@@ -138,14 +150,13 @@ FS256_INLINE __m256d fs256_exp_fast_impl_pd(__m256d t, int any_sign)
     __m256d out = _mm256_cmp_pd(t, _mm256_set1_pd(-708.0), _CMP_LT_OQ);
     if (any_sign) out = _mm256_or_pd(out, _mm256_cmp_pd(t, _mm256_set1_pd(709.0), _CMP_GT_OQ));
     if (_mm256_movemask_pd(out) != 0) return fs256_exp_pd(t);
-    __m256d n;
-    const __m256d p = fs256_exp_reduced_pd(t, &n);
-    /* n + 1023 (exact in double) in the exponent field is 2^n */
-    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
-    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n, bias)), 52)));
+    return fs256_exp_bounded_pd(t);
 }
 
 FS256_INLINE __m256d fs256_exp_nonpos_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 0); }
+/* exp(t), t <= 0: fs256_exp_bounded_pd when `bounded` (a constant after inlining), else
+   fs256_exp_nonpos_pd. */
+FS256_INLINE __m256d fs256_exp_t_pd(__m256d t, int bounded) { return bounded ? fs256_exp_bounded_pd(t) : fs256_exp_nonpos_pd(t); }
 FS256_INLINE __m256d fs256_exp_any_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 1); }
 
 FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
@@ -187,6 +198,12 @@ FS256_INLINE double fs256_hmax_pd(__m256d v)
 {
     __m128d m = _mm_max_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     m = _mm_max_sd(m, _mm_unpackhi_pd(m, m));
+    return _mm_cvtsd_f64(m);
+}
+FS256_INLINE double fs256_hmin_pd(__m256d v)
+{
+    __m128d m = _mm_min_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    m = _mm_min_sd(m, _mm_unpackhi_pd(m, m));
     return _mm_cvtsd_f64(m);
 }
 FS256_INLINE double fs256_hsum_pd(__m256d v)
@@ -256,6 +273,49 @@ static inline float fs256_row_max_bounded_f32(const float *x, ptrdiff_t n, int *
     float lo;
     const float m = fs256_row_minmax_f32(x, n, &lo);
     *bounded = m - lo <= FS_EXACT_SPREAD;
+    return m;
+}
+
+/* Max and min of a float64 row in one pass; a NaN may be dropped from either. */
+static inline double fs256_row_minmax_f64(const double *x, ptrdiff_t n, double *min_out)
+{
+    const __m256d ninf = _mm256_set1_pd(-INFINITY), pinf = _mm256_set1_pd(INFINITY);
+    __m256d a0 = ninf, a1 = ninf, a2 = ninf, a3 = ninf, b0 = pinf, b1 = pinf, b2 = pinf, b3 = pinf;
+    ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256d v0 = _mm256_loadu_pd(x + i), v1 = _mm256_loadu_pd(x + i + 4);
+        const __m256d v2 = _mm256_loadu_pd(x + i + 8), v3 = _mm256_loadu_pd(x + i + 12);
+        a0 = _mm256_max_pd(a0, v0);
+        a1 = _mm256_max_pd(a1, v1);
+        a2 = _mm256_max_pd(a2, v2);
+        a3 = _mm256_max_pd(a3, v3);
+        b0 = _mm256_min_pd(b0, v0);
+        b1 = _mm256_min_pd(b1, v1);
+        b2 = _mm256_min_pd(b2, v2);
+        b3 = _mm256_min_pd(b3, v3);
+    }
+    for (; i + 4 <= n; i += 4) {
+        const __m256d v = _mm256_loadu_pd(x + i);
+        a0 = _mm256_max_pd(a0, v);
+        b0 = _mm256_min_pd(b0, v);
+    }
+    double m = fs256_hmax_pd(_mm256_max_pd(_mm256_max_pd(a0, a1), _mm256_max_pd(a2, a3)));
+    double lo = fs256_hmin_pd(_mm256_min_pd(_mm256_min_pd(b0, b1), _mm256_min_pd(b2, b3)));
+    for (; i < n; i++) {
+        m = x[i] > m ? x[i] : m;
+        lo = x[i] < lo ? x[i] : lo;
+    }
+    *min_out = lo;
+    return m;
+}
+
+/* The max of a float64 row, *bounded telling whether every element lies within FS_SPREAD_F64
+   of it (the exps then need no range test: fs256_exp_bounded_pd). */
+static inline double fs256_row_max_bounded_f64(const double *x, ptrdiff_t n, int *bounded)
+{
+    double lo;
+    const double m = fs256_row_minmax_f64(x, n, &lo);
+    *bounded = m - lo <= FS_SPREAD_F64;
     return m;
 }
 
@@ -339,14 +399,16 @@ static inline double fs256_row_max_f64(const double *x, ptrdiff_t n)
     return m;
 }
 
-static inline double fs256_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+/* y = exp(x - m), returns sum(y); `bounded` (a constant after inlining): every element lies
+   within FS_SPREAD_F64 of m, and the exp needs no per-vector range test. */
+FS256_INLINE double fs256_exp_store_sum_impl_f64(const double *x, double m, double *y, ptrdiff_t n, int bounded)
 {
     const __m256d vm = _mm256_set1_pd(m);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
-        __m256d e0 = fs256_exp_nonpos_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm));
-        __m256d e1 = fs256_exp_nonpos_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm));
+        __m256d e0 = fs256_exp_t_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm), bounded);
+        __m256d e1 = fs256_exp_t_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm), bounded);
         _mm256_storeu_pd(y + i, e0);
         _mm256_storeu_pd(y + i + 4, e1);
         s0 = _mm256_add_pd(s0, e0);
@@ -354,12 +416,22 @@ static inline double fs256_exp_store_sum_f64(const double *x, double m, double *
     }
     for (; i < n; i += 4) {
         __m256i k = fs256_tail_mask64(n - i);
-        __m256d e = fs256_exp_nonpos_pd(_mm256_sub_pd(_mm256_maskload_pd(x + i, k), vm));
-        e = _mm256_and_pd(e, _mm256_castsi256_pd(k));
+        __m256d e = fs256_exp_t_pd(_mm256_sub_pd(_mm256_maskload_pd(x + i, k), vm), bounded);
+        e = _mm256_and_pd(e, _mm256_castsi256_pd(k)); /* a zero lane's bounded exp may be garbage */
         if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
         s0 = _mm256_add_pd(s0, e);
     }
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
+}
+
+static inline double fs256_exp_store_sum_f64(const double *x, double m, double *y, ptrdiff_t n)
+{
+    return fs256_exp_store_sum_impl_f64(x, m, y, n, 0);
+}
+
+static inline double fs256_exp_store_sum_bounded_f64(const double *x, double m, double *y, ptrdiff_t n)
+{
+    return fs256_exp_store_sum_impl_f64(x, m, y, n, 1);
 }
 
 static inline void fs256_scale_f64(const double *src, double s, double *y, ptrdiff_t n)
@@ -450,14 +522,15 @@ FS256_INLINE __m256d fs256_maskload4_pd(const void *x, ptrdiff_t i, __m256i k, i
    because its result can cancel).  Two accumulators and whole vectors in the main loop: with
    one accumulator and a masked load per vector, 4096x1000 took 1.5x this time. */
 FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y, ptrdiff_t n, double *at_max,
-                                             int wide)
+                                             int wide, int bounded)
 {
     const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd();
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256d x0 = fs256_load4_pd(x, i, wide), x1 = fs256_load4_pd(x, i + 4, wide);
-        const __m256d e0 = fs256_exp_nonpos_pd(_mm256_sub_pd(x0, vm)), e1 = fs256_exp_nonpos_pd(_mm256_sub_pd(x1, vm));
+        const __m256d e0 = fs256_exp_t_pd(_mm256_sub_pd(x0, vm), bounded);
+        const __m256d e1 = fs256_exp_t_pd(_mm256_sub_pd(x1, vm), bounded);
         const __m256d q0 = _mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), q1 = _mm256_cmp_pd(x1, vm, _CMP_EQ_OQ);
         if (y != NULL) {
             _mm256_storeu_pd(y + i, e0);
@@ -472,7 +545,7 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
         const __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
         const __m256d km = _mm256_castsi256_pd(k);
         const __m256d x0 = fs256_maskload4_pd(x, i, k, wide);
-        const __m256d e = _mm256_and_pd(fs256_exp_nonpos_pd(_mm256_sub_pd(x0, vm)), km);
+        const __m256d e = _mm256_and_pd(fs256_exp_t_pd(_mm256_sub_pd(x0, vm), bounded), km);
         const __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), km);
         if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
         s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
@@ -494,20 +567,22 @@ static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t 
                    : fs256_exp_split_impl_f32(x, m, NULL, n, at_max, 0);
 }
 
-static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max)
+static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max,
+                                                   int bounded)
 {
-    return fs256_exp_split_impl_f64(x, m, y, n, at_max, 0);
+    return bounded ? fs256_exp_split_impl_f64(x, m, y, n, at_max, 0, 1) : fs256_exp_split_impl_f64(x, m, y, n, at_max, 0, 0);
 }
 
-static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max)
+static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max, int bounded)
 {
-    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 0);
+    return bounded ? fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 0, 1)
+                   : fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 0, 0);
 }
 
 /* The same sums of float32 elements, widened to double as they are loaded. */
 static inline double fs256_exp_sum_split_widen_f32(const float *x, double m, ptrdiff_t n, double *at_max)
 {
-    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 1);
+    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 1, 0);
 }
 
 /* ---------------------------------------------------------------- backward passes

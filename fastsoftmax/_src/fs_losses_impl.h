@@ -196,7 +196,7 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
 #define FS_LOSS_EXP_STORE_SUM_SPLIT FS_CAT(fs256_exp_store_sum_split, FS_SUF)
 #define FS_LOSS_SCALE FS_CAT(fs256_scale, FS_SUF)
 #endif
-#if defined(FS_USE_AVX2) && FS_IS_F32
+#if defined(FS_USE_AVX2)
 #define FS_LOSS_BOUNDED , bounded
 #else
 #define FS_LOSS_BOUNDED
@@ -216,9 +216,9 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
                                         int want_grad, double gs, const FS_T *next, FS_T *stream,
                                         FS_PENDING *pend)
 {
-#if defined(FS_USE_AVX2) && FS_IS_F32
-    int bounded; /* the row within FS_EXACT_SPREAD of its max: the cheaper exp, the same values */
-    const FS_T m = fs256_row_max_bounded_f32(x, n, &bounded);
+#if defined(FS_USE_AVX2)
+    int bounded; /* the row within FS_EXACT_SPREAD (FS_SPREAD_F64) of its max: the cheaper exp, the same values */
+    const FS_T m = FS_CAT(fs256_row_max_bounded, FS_SUF)(x, n, &bounded);
 #else
     const FS_T m = FS_LOSS_ROW_MAX(x, n);
 #endif
