@@ -371,6 +371,15 @@ static inline void fs256_scale_f32(const float *src, float s, float *y, ptrdiff_
     for (; i < n; i++) y[i] = src[i] * s;
 }
 
+/* y = src - c */
+static inline void fs256_sub_const_f32(const float *src, float c, float *y, ptrdiff_t n)
+{
+    const __m256 vc = _mm256_set1_ps(c);
+    ptrdiff_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_loadu_ps(src + i), vc));
+    for (; i < n; i++) y[i] = src[i] - c;
+}
+
 static inline void fs256_sub_f32(const float *x, float m, float c, float *y, ptrdiff_t n)
 {
     const __m256 vm = _mm256_set1_ps(m), vc = _mm256_set1_ps(c);
@@ -442,6 +451,14 @@ static inline void fs256_scale_f64(const double *src, double s, double *y, ptrdi
     for (; i < n; i++) y[i] = src[i] * s;
 }
 
+static inline void fs256_sub_const_f64(const double *src, double c, double *y, ptrdiff_t n)
+{
+    const __m256d vc = _mm256_set1_pd(c);
+    ptrdiff_t i = 0;
+    for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_loadu_pd(src + i), vc));
+    for (; i < n; i++) y[i] = src[i] - c;
+}
+
 static inline void fs256_sub_f64(const double *x, double m, double c, double *y, ptrdiff_t n)
 {
     const __m256d vm = _mm256_set1_pd(m), vc = _mm256_set1_pd(c);
@@ -458,8 +475,8 @@ static inline void fs256_sub_f64(const double *x, double m, double c, double *y,
    exp is fs256_exp_spread_ps (the same values).  Whole vectors and two accumulators in the
    main loop, masks only in the tail: a masked store per vector (vmaskmovps, microcoded on
    AMD Zen) made the cross-entropy's exp pass take about twice the time. */
-FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max,
-                                             int bounded)
+FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, float *t_out, ptrdiff_t n,
+                                             double *at_max, int bounded)
 {
     const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
     const __m256 zero = _mm256_setzero_ps();
@@ -479,6 +496,10 @@ FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, 
                 _mm256_storeu_ps(y + i, e0);
                 _mm256_storeu_ps(y + i + 8, e1);
             }
+            if (t_out != NULL) {
+                _mm256_storeu_ps(t_out + i, t0);
+                _mm256_storeu_ps(t_out + i + 8, t1);
+            }
             b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q0, e0));
             b1 = _mm256_add_ps(b1, _mm256_andnot_ps(q1, e1));
             cnt = _mm256_add_ps(cnt, _mm256_and_ps(q0, one));
@@ -496,6 +517,7 @@ FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, 
         const __m256 e = _mm256_and_ps(bounded ? fs256_exp_spread_ps(t0) : fs256_exp_nonpos_ps(t0), km);
         const __m256 q = _mm256_and_ps(_mm256_cmp_ps(x0, vm, _CMP_EQ_OQ), km);
         if (y != NULL) _mm256_maskstore_ps(y + i, k, e);
+        if (t_out != NULL) _mm256_maskstore_ps(t_out + i, k, t0);
         s0 = fs256_widen_add(s0, _mm256_andnot_ps(q, e));
         cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
     }
@@ -521,20 +543,24 @@ FS256_INLINE __m256d fs256_maskload4_pd(const void *x, ptrdiff_t i, __m256i k, i
    is NULL (float64 only).  x is float64, or float32 (`wide`: logsumexp's sums, in double
    because its result can cancel).  Two accumulators and whole vectors in the main loop: with
    one accumulator and a masked load per vector, 4096x1000 took 1.5x this time. */
-FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y, ptrdiff_t n, double *at_max,
-                                             int wide, int bounded)
+FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y, double *t_out, ptrdiff_t n,
+                                             double *at_max, int wide, int bounded)
 {
     const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd();
     ptrdiff_t i = 0;
     for (; i + 8 <= n; i += 8) {
         const __m256d x0 = fs256_load4_pd(x, i, wide), x1 = fs256_load4_pd(x, i + 4, wide);
-        const __m256d e0 = fs256_exp_t_pd(_mm256_sub_pd(x0, vm), bounded);
-        const __m256d e1 = fs256_exp_t_pd(_mm256_sub_pd(x1, vm), bounded);
+        const __m256d t0 = _mm256_sub_pd(x0, vm), t1 = _mm256_sub_pd(x1, vm);
+        const __m256d e0 = fs256_exp_t_pd(t0, bounded), e1 = fs256_exp_t_pd(t1, bounded);
         const __m256d q0 = _mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), q1 = _mm256_cmp_pd(x1, vm, _CMP_EQ_OQ);
         if (y != NULL) {
             _mm256_storeu_pd(y + i, e0);
             _mm256_storeu_pd(y + i + 4, e1);
+        }
+        if (t_out != NULL) {
+            _mm256_storeu_pd(t_out + i, t0);
+            _mm256_storeu_pd(t_out + i + 4, t1);
         }
         s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q0, e0));
         s1 = _mm256_add_pd(s1, _mm256_andnot_pd(q1, e1));
@@ -545,9 +571,11 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
         const __m256i k = n - i >= 4 ? _mm256_set1_epi64x(-1) : fs256_tail_mask64(n - i);
         const __m256d km = _mm256_castsi256_pd(k);
         const __m256d x0 = fs256_maskload4_pd(x, i, k, wide);
-        const __m256d e = _mm256_and_pd(fs256_exp_t_pd(_mm256_sub_pd(x0, vm), bounded), km);
+        const __m256d t0 = _mm256_sub_pd(x0, vm);
+        const __m256d e = _mm256_and_pd(fs256_exp_t_pd(t0, bounded), km);
         const __m256d q = _mm256_and_pd(_mm256_cmp_pd(x0, vm, _CMP_EQ_OQ), km);
         if (y != NULL) _mm256_maskstore_pd(y + i, k, e);
+        if (t_out != NULL) _mm256_maskstore_pd(t_out + i, k, t0);
         s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
         c0 = _mm256_add_pd(c0, _mm256_and_pd(q, one));
     }
@@ -558,31 +586,50 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
 static inline double fs256_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max,
                                                    int bounded)
 {
-    return bounded ? fs256_exp_split_impl_f32(x, m, y, n, at_max, 1) : fs256_exp_split_impl_f32(x, m, y, n, at_max, 0);
+    return bounded ? fs256_exp_split_impl_f32(x, m, y, NULL, n, at_max, 1)
+                   : fs256_exp_split_impl_f32(x, m, y, NULL, n, at_max, 0);
 }
 
 static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max, int bounded)
 {
-    return bounded ? fs256_exp_split_impl_f32(x, m, NULL, n, at_max, 1)
-                   : fs256_exp_split_impl_f32(x, m, NULL, n, at_max, 0);
+    return bounded ? fs256_exp_split_impl_f32(x, m, NULL, NULL, n, at_max, 1)
+                   : fs256_exp_split_impl_f32(x, m, NULL, NULL, n, at_max, 0);
+}
+
+/* The split sums, storing t = x - m into t_out (log_softmax: its last pass then subtracts a
+   constant in cache, and the result's lines are fetched during this exp-heavy pass, as on
+   AVX-512). */
+static inline double fs256_exp_sum_split_store_f32(const float *x, float m, float *t_out, ptrdiff_t n, double *at_max,
+                                                   int bounded)
+{
+    return bounded ? fs256_exp_split_impl_f32(x, m, NULL, t_out, n, at_max, 1)
+                   : fs256_exp_split_impl_f32(x, m, NULL, t_out, n, at_max, 0);
 }
 
 static inline double fs256_exp_store_sum_split_f64(const double *x, double m, double *y, ptrdiff_t n, double *at_max,
                                                    int bounded)
 {
-    return bounded ? fs256_exp_split_impl_f64(x, m, y, n, at_max, 0, 1) : fs256_exp_split_impl_f64(x, m, y, n, at_max, 0, 0);
+    return bounded ? fs256_exp_split_impl_f64(x, m, y, NULL, n, at_max, 0, 1)
+                   : fs256_exp_split_impl_f64(x, m, y, NULL, n, at_max, 0, 0);
 }
 
 static inline double fs256_exp_sum_split_f64(const double *x, double m, ptrdiff_t n, double *at_max, int bounded)
 {
-    return bounded ? fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 0, 1)
-                   : fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 0, 0);
+    return bounded ? fs256_exp_split_impl_f64(x, m, NULL, NULL, n, at_max, 0, 1)
+                   : fs256_exp_split_impl_f64(x, m, NULL, NULL, n, at_max, 0, 0);
+}
+
+static inline double fs256_exp_sum_split_store_f64(const double *x, double m, double *t_out, ptrdiff_t n,
+                                                   double *at_max, int bounded)
+{
+    return bounded ? fs256_exp_split_impl_f64(x, m, NULL, t_out, n, at_max, 0, 1)
+                   : fs256_exp_split_impl_f64(x, m, NULL, t_out, n, at_max, 0, 0);
 }
 
 /* The same sums of float32 elements, widened to double as they are loaded. */
 static inline double fs256_exp_sum_split_widen_f32(const float *x, double m, ptrdiff_t n, double *at_max)
 {
-    return fs256_exp_split_impl_f64(x, m, NULL, n, at_max, 1, 0);
+    return fs256_exp_split_impl_f64(x, m, NULL, NULL, n, at_max, 1, 0);
 }
 
 /* ---------------------------------------------------------------- backward passes
