@@ -914,10 +914,10 @@ static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, con
 #define FS_SHORT_ROWS FS_CAT(fs512_short_rows, FS_SUF)
 #define FS_SHORT_MAX FS512_SHORT_MAX
 #define FS_SHORT_BLOCK 16
-#elif defined(FS_USE_AVX2) && FS_IS_F32
-#define FS_SHORT_ROWS fs256_short_rows_f32
+#elif defined(FS_USE_AVX2)
+#define FS_SHORT_ROWS FS_CAT(fs256_short_rows, FS_SUF)
 #define FS_SHORT_MAX FS256_SHORT_MAX
-#define FS_SHORT_BLOCK 8
+#define FS_SHORT_BLOCK (FS_IS_F32 ? 8 : 4)
 #endif
 
 #ifdef FS_SHORT_ROWS
