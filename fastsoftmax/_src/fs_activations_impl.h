@@ -498,10 +498,13 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
 /* Sums of a piece of row r (softmax: its exps, stored into e; log_softmax: the split sums,
    *at_max counting x == m), advancing the pending row r - 1 by a line per line of the piece
    and taking the max and min of the same piece of row r + 1 (`ahead`, or NULL) into *amax,
-   *amin.  `bounded` and `log_out` are constants after inlining. */
+   *amin, and asking for the same piece of row r + 2 (pf2, or NULL) to be brought into L2 (with
+   it, 4096x1000 float32 softmax took 0.80-0.84 ns an element against 0.92-1.08, 256x50257
+   0.79-0.82 against 0.92-0.93, in alternating processes).  `bounded` and `log_out` are
+   constants after inlining. */
 FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int log_out,
                                            double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax,
-                                           FS_T *amin)
+                                           FS_T *amin, const FS_T *pf2)
 {
     const FS256_V negm = FS256_SET1(-m), vm = FS256_SET1(m), one = FS256_SET1(1), zero = FS256_SETZERO();
     const FS256_V qnegm = FS256_SET1(-pend->m), qa = FS256_SET1(pend->a);
@@ -534,6 +537,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
             s1 = FS256_ADD(s1, e1);
 #endif
             j = FS_FN(pending_advance)(*pend, qnegm, qa, j);
+            if (pf2 != NULL) _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
             if (ahead != NULL) {
                 const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
                 am = FS256_MAX(FS256_MAX(am, a0), a1);
@@ -577,18 +581,18 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
 }
 
 static double FS_FN(piped_sums)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int log_out,
-                                double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax, FS_T *amin)
+                                double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax, FS_T *amin,
+                                const FS_T *pf2)
 {
-    if (log_out) return bounded ? FS_FN(piped_sums_impl)(x, m, e, n, 1, 1, at_max, pend, ahead, amax, amin)
-                                : FS_FN(piped_sums_impl)(x, m, e, n, 0, 1, at_max, pend, ahead, amax, amin);
-    return bounded ? FS_FN(piped_sums_impl)(x, m, e, n, 1, 0, at_max, pend, ahead, amax, amin)
-                   : FS_FN(piped_sums_impl)(x, m, e, n, 0, 0, at_max, pend, ahead, amax, amin);
+    if (log_out) return bounded ? FS_FN(piped_sums_impl)(x, m, e, n, 1, 1, at_max, pend, ahead, amax, amin, pf2)
+                                : FS_FN(piped_sums_impl)(x, m, e, n, 0, 1, at_max, pend, ahead, amax, amin, pf2);
+    return bounded ? FS_FN(piped_sums_impl)(x, m, e, n, 1, 0, at_max, pend, ahead, amax, amin, pf2)
+                   : FS_FN(piped_sums_impl)(x, m, e, n, 0, 0, at_max, pend, ahead, amax, amin, pf2);
 }
 
 static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,
                                             ptrdiff_t ncols, int log_out)
 {
-    (void)nrows;
     const ptrdiff_t stride = (ncols + 15) & ~(ptrdiff_t)15;
     FS_T *scratch = log_out || r0 >= r1 ? NULL : (FS_T *)malloc(sizeof(FS_T) * (size_t)(2 * stride));
     if (!log_out && scratch == NULL) {
@@ -601,6 +605,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
     FS_T m = 0, lo = 0, next_max = 0, next_min = 0;
     for (ptrdiff_t r = r0; r < r1; r++) {
         const FS_T *xr = x + r * ncols, *ahead = r + 1 < r1 ? xr + ncols : NULL;
+        const FS_T *pf2 = r + 2 < nrows ? xr + 2 * ncols : NULL; /* prefetched a line per line */
         FS_T *yr = y + r * ncols, *e = log_out ? NULL : scratch + (r & 1) * stride;
         if (known) {
             m = next_max;
@@ -621,7 +626,8 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
                 FS_T cmax = 0, cmin = 0;
                 double k = 0.0;
                 fs_block_total_add_at(&sum, FS_FN(piped_sums)(xr + c, m, log_out ? NULL : e + c, len, bounded, log_out,
-                                                              &k, &pend, ahead != NULL ? ahead + c : NULL, &cmax, &cmin),
+                                                              &k, &pend, ahead != NULL ? ahead + c : NULL, &cmax, &cmin,
+                                                              pf2 != NULL ? pf2 + c : NULL),
                                       c == 0);
                 at_max += k;
                 if (ahead != NULL) { /* exact in any order (a NaN may be dropped: the row is NaN anyway) */
