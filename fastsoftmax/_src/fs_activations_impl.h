@@ -385,210 +385,12 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
     _mm_sfence(); /* this thread's streamed rows are complete */
 }
 #elif defined(FS_USE_AVX2)
-/*
- * The same on AVX2, simpler: a pending row (pending_row) is y = src * a (softmax: src the
- * row's exps in a scratch row, two in turn) or (src - m) - a (log_softmax: src = x), the
- * values the in-cache paths write.  Its elements before y's first 64-byte boundary are written
- * when it starts (ordinary stores), then whole lines with streaming stores, one line per line
- * of the next row's exp pass (piped_sums), which also takes the max and min of the row after;
- * pending_finish writes the lines left and the partial last line (ordinary stores).  Rows
- * that share a line therefore meet in ordinary stores, and no line is written both ways.
- * The sums are those of the one-row kernels, in the same order (FS_CHUNK pieces; float32 in
- * blocks of 128 lanes-wise, float64 straight into two double accumulators): the same bits.
- * Measured on an AMD EPYC (Zen 3) in a C loop against the one-row kernels: float64 4096x1000
- * and 256x50256 10-20% faster, float32 0-15%.
- */
-#if FS_IS_F32
-#define FS256_V __m256
-#define FS256_LANES 8
-#define FS256_ADD _mm256_add_ps
-#define FS256_SUB _mm256_sub_ps
-#define FS256_MUL _mm256_mul_ps
-#define FS256_MAX _mm256_max_ps
-#define FS256_MIN _mm256_min_ps
-#define FS256_AND _mm256_and_ps
-#define FS256_ANDNOT _mm256_andnot_ps
-#define FS256_CMPEQ(a, b) _mm256_cmp_ps(a, b, _CMP_EQ_OQ)
-#define FS256_SET1 _mm256_set1_ps
-#define FS256_SETZERO _mm256_setzero_ps
-#define FS256_LOADU _mm256_loadu_ps
-#define FS256_STOREU _mm256_storeu_ps
-#define FS256_STREAM _mm256_stream_ps
-#define FS256_TAIL_MASK fs256_tail_mask32
-#define FS256_MASKF _mm256_castsi256_ps
-#define FS256_MASKLOAD _mm256_maskload_ps
-#define FS256_WIDEN_ADD fs256_widen_add
-#define FS256_HMAX fs256_hmax_ps
-#define FS256_HMIN fs256_hmin_ps
-#define FS256_EXP_SPLIT(t, bounded) ((bounded) ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t))
-#define FS256_EXP_SOFTMAX(x, negm, bounded) fs256_exp_x_minus_m_ps(x, negm, !(bounded))
-#define FS256_SPREAD FS_EXACT_SPREAD
-#else
-#define FS256_V __m256d
-#define FS256_LANES 4
-#define FS256_ADD _mm256_add_pd
-#define FS256_SUB _mm256_sub_pd
-#define FS256_MUL _mm256_mul_pd
-#define FS256_MAX _mm256_max_pd
-#define FS256_MIN _mm256_min_pd
-#define FS256_AND _mm256_and_pd
-#define FS256_ANDNOT _mm256_andnot_pd
-#define FS256_CMPEQ(a, b) _mm256_cmp_pd(a, b, _CMP_EQ_OQ)
-#define FS256_SET1 _mm256_set1_pd
-#define FS256_SETZERO _mm256_setzero_pd
-#define FS256_LOADU _mm256_loadu_pd
-#define FS256_STOREU _mm256_storeu_pd
-#define FS256_STREAM _mm256_stream_pd
-#define FS256_TAIL_MASK fs256_tail_mask64
-#define FS256_MASKF _mm256_castsi256_pd
-#define FS256_MASKLOAD _mm256_maskload_pd
-#define FS256_WIDEN_ADD _mm256_add_pd
-#define FS256_HMAX fs256_hmax_pd
-#define FS256_HMIN fs256_hmin_pd
-#define FS256_EXP_SPLIT(t, bounded) fs256_exp_t_pd(t, bounded)
-#define FS256_EXP_SOFTMAX(x, negm, bounded) fs256_exp_t_pd(_mm256_add_pd(x, negm), bounded)
-#define FS256_SPREAD FS_SPREAD_F64
-#endif
-#define FS256_LINE (64 / (ptrdiff_t)sizeof(FS_T)) /* elements per 64-byte line: two vectors */
-
-typedef struct {
-    const FS_T *src;
-    FS_T *y;
-    ptrdiff_t j, end, n; /* lines [j, end) still to stream, then [end, n) */
-    FS_T m, a;
-    int log_out;
-} FS_FN(pending_row);
-
-FS256_INLINE FS256_V FS_FN(pending_value)(FS256_V v, FS256_V negm, FS256_V a, int log_out)
-{
-    return log_out ? FS256_SUB(FS256_ADD(v, negm), a) : FS256_MUL(v, a);
-}
-
-static inline void FS_FN(pending_begin)(FS_FN(pending_row) *p, const FS_T *src, FS_T m, FS_T a, FS_T *y,
-                                        ptrdiff_t n, int log_out)
-{
-    const uintptr_t addr = (uintptr_t)y;
-    ptrdiff_t head = (ptrdiff_t)(((64 - (addr & 63)) & 63) / sizeof(FS_T));
-    if (addr % sizeof(FS_T) != 0 || head > n) head = n;
-    for (ptrdiff_t i = 0; i < head; i++) y[i] = log_out ? (src[i] + -m) - a : src[i] * a;
-    *p = (FS_FN(pending_row)){src, y, head, head + (n - head) / FS256_LINE * FS256_LINE, n, m, a, log_out};
-}
-
-/* One line of the pending row (a copy of the record, kept in registers), if any is left. */
-FS256_INLINE ptrdiff_t FS_FN(pending_advance)(FS_FN(pending_row) p, FS256_V negm, FS256_V va, ptrdiff_t j)
-{
-    if (j < p.end) {
-        FS256_STREAM(p.y + j, FS_FN(pending_value)(FS256_LOADU(p.src + j), negm, va, p.log_out));
-        FS256_STREAM(p.y + j + FS256_LANES, FS_FN(pending_value)(FS256_LOADU(p.src + j + FS256_LANES), negm, va, p.log_out));
-        j += FS256_LINE;
-    }
-    return j;
-}
-
-/* The rest of a pending row; then nothing is pending. */
-static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
-{
-    const FS256_V negm = FS256_SET1(-p->m), va = FS256_SET1(p->a);
-    ptrdiff_t j = p->j;
-    while (j < p->end) j = FS_FN(pending_advance)(*p, negm, va, j);
-    for (ptrdiff_t i = p->end; i < p->n; i++) p->y[i] = p->log_out ? (p->src[i] + -p->m) - p->a : p->src[i] * p->a;
-    p->j = p->end = p->n = 0;
-}
-
-/* Sums of a piece of row r (softmax: its exps, stored into e; log_softmax: the split sums,
-   *at_max counting x == m), advancing the pending row r - 1 by a line per line of the piece
-   and taking the max and min of the same piece of row r + 1 (`ahead`, or NULL) into *amax,
-   *amin, and asking for the same piece of row r + 2 (pf2, or NULL) to be brought into L2 (with
-   it, 4096x1000 float32 softmax took 0.80-0.84 ns an element against 0.92-1.08, 256x50257
-   0.79-0.82 against 0.92-0.93, in alternating processes).  `bounded` and `log_out` are
-   constants after inlining. */
-FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int log_out,
-                                           double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax,
-                                           FS_T *amin, const FS_T *pf2)
-{
-    const FS256_V negm = FS256_SET1(-m), vm = FS256_SET1(m), one = FS256_SET1(1), zero = FS256_SETZERO();
-    const FS256_V qnegm = FS256_SET1(-pend->m), qa = FS256_SET1(pend->a);
-    FS256_V am = FS256_SET1(-INFINITY), an = FS256_SET1(INFINITY), cnt = zero;
-    __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    ptrdiff_t i = 0, j = pend->j;
-    while (i + FS256_LINE <= n) {
-        FS256_V b0 = zero, b1 = zero;
-        const ptrdiff_t end = i + FS_BLOCK <= n ? i + FS_BLOCK : n - n % FS256_LINE;
-        for (; i < end; i += FS256_LINE) {
-            const FS256_V x0 = FS256_LOADU(x + i), x1 = FS256_LOADU(x + i + FS256_LANES);
-            FS256_V e0, e1;
-            if (log_out) {
-                const FS256_V q0 = FS256_CMPEQ(x0, vm), q1 = FS256_CMPEQ(x1, vm);
-                e0 = FS256_ANDNOT(q0, FS256_EXP_SPLIT(FS256_ADD(x0, negm), bounded));
-                e1 = FS256_ANDNOT(q1, FS256_EXP_SPLIT(FS256_ADD(x1, negm), bounded));
-                cnt = FS256_ADD(cnt, FS256_AND(q0, one));
-                cnt = FS256_ADD(cnt, FS256_AND(q1, one));
-            } else {
-                e0 = FS256_EXP_SOFTMAX(x0, negm, bounded);
-                e1 = FS256_EXP_SOFTMAX(x1, negm, bounded);
-                FS256_STOREU(e + i, e0);
-                FS256_STOREU(e + i + FS256_LANES, e1);
-            }
-#if FS_IS_F32
-            b0 = FS256_ADD(b0, e0);
-            b1 = FS256_ADD(b1, e1);
-#else /* float64 sums go straight into double, as the one-row kernels' do */
-            s0 = FS256_ADD(s0, e0);
-            s1 = FS256_ADD(s1, e1);
-#endif
-            j = FS_FN(pending_advance)(*pend, qnegm, qa, j);
-            if (pf2 != NULL) _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
-            if (ahead != NULL) {
-                const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
-                am = FS256_MAX(FS256_MAX(am, a0), a1);
-                an = FS256_MIN(FS256_MIN(an, a0), a1);
-            }
-        }
-#if FS_IS_F32
-        s0 = FS256_WIDEN_ADD(s0, b0);
-        s1 = FS256_WIDEN_ADD(s1, b1);
-#else
-        (void)b0;
-        (void)b1;
-#endif
-    }
-    for (; i < n; i += FS256_LANES) { /* the last piece, shorter than a line */
-        const __m256i k = FS256_TAIL_MASK(n - i);
-        const FS256_V km = FS256_MASKF(k), x0 = FS256_MASKLOAD(x + i, k);
-        FS256_V e0;
-        if (log_out) {
-            const FS256_V q0 = FS256_AND(FS256_CMPEQ(x0, vm), km);
-            e0 = FS256_ANDNOT(q0, FS256_AND(FS256_EXP_SPLIT(FS256_ADD(x0, negm), bounded), km));
-            cnt = FS256_ADD(cnt, FS256_AND(q0, one));
-        } else {
-            e0 = FS256_AND(FS256_EXP_SOFTMAX(x0, negm, bounded), km);
-            FS256_STOREU(e + i, e0); /* the scratch row has room for whole vectors */
-        }
-        s0 = FS256_WIDEN_ADD(s0, e0);
-    }
-    pend->j = j;
-    if (ahead != NULL) {
-        FS_T mx = FS256_HMAX(am), mn = FS256_HMIN(an);
-        for (ptrdiff_t k = n - n % FS256_LINE; k < n; k++) {
-            mx = ahead[k] > mx ? ahead[k] : mx;
-            mn = ahead[k] < mn ? ahead[k] : mn;
-        }
-        *amax = mx;
-        *amin = mn;
-    }
-    if (log_out) *at_max = fs256_hsum_pd(FS256_WIDEN_ADD(_mm256_setzero_pd(), cnt));
-    return fs256_hsum_pd(_mm256_add_pd(s0, s1));
-}
-
-static double FS_FN(piped_sums)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int log_out,
-                                double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax, FS_T *amin,
-                                const FS_T *pf2)
-{
-    if (log_out) return bounded ? FS_FN(piped_sums_impl)(x, m, e, n, 1, 1, at_max, pend, ahead, amax, amin, pf2)
-                                : FS_FN(piped_sums_impl)(x, m, e, n, 0, 1, at_max, pend, ahead, amax, amin, pf2);
-    return bounded ? FS_FN(piped_sums_impl)(x, m, e, n, 1, 0, at_max, pend, ahead, amax, amin, pf2)
-                   : FS_FN(piped_sums_impl)(x, m, e, n, 0, 0, at_max, pend, ahead, amax, amin, pf2);
-}
+/* The same on AVX2, simpler (the pending rows and piped sums of fs_avx2_stream_impl.h): row r's
+   sums (softmax's exps into a scratch row, two in turn), during which row r - 1 is streamed
+   out, the max and min of row r + 1 are taken and row r + 2 is prefetched.  The same bits as
+   the one-row kernels.  Measured on an AMD EPYC (Zen 3) in a C loop against the one-row
+   kernels: float64 4096x1000 and 256x50256 10-20% faster, float32 0-15%. */
+#include "fs_avx2_stream_impl.h"
 
 static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,
                                             ptrdiff_t ncols, int log_out)
@@ -616,7 +418,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
         known = 0;
         double a = 0.0;
         if (isfinite(m)) {
-            const int bounded = m - lo <= FS256_SPREAD;
+            const int bounded = m - lo <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64);
             fs_block_total sum = {0.0, 0.0};
             double at_max = 0.0;
             next_max = -(FS_T)INFINITY;
@@ -641,37 +443,12 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
         }
         FS_FN(pending_finish)(&pend); /* the rest of row r - 1 */
         if (!isfinite(m)) FS_FN(fill_nan)(yr, ncols);
-        else FS_FN(pending_begin)(&pend, log_out ? xr : e, m, (FS_T)a, yr, ncols, log_out);
+        else FS_FN(pending_begin)(&pend, log_out ? xr : e, m, (FS_T)a, yr, ncols, log_out, -1, 0);
     }
     FS_FN(pending_finish)(&pend);
     free(scratch);
     _mm_sfence(); /* this thread's streamed rows are complete */
 }
-#undef FS256_V
-#undef FS256_LANES
-#undef FS256_ADD
-#undef FS256_SUB
-#undef FS256_MUL
-#undef FS256_MAX
-#undef FS256_MIN
-#undef FS256_AND
-#undef FS256_ANDNOT
-#undef FS256_CMPEQ
-#undef FS256_SET1
-#undef FS256_SETZERO
-#undef FS256_LOADU
-#undef FS256_STOREU
-#undef FS256_STREAM
-#undef FS256_TAIL_MASK
-#undef FS256_MASKF
-#undef FS256_MASKLOAD
-#undef FS256_WIDEN_ADD
-#undef FS256_HMAX
-#undef FS256_HMIN
-#undef FS256_EXP_SPLIT
-#undef FS256_EXP_SOFTMAX
-#undef FS256_SPREAD
-#undef FS256_LINE
 #endif
 
 /* Rows per batch of log_softmax_row_batch and logsumexp_row_batch. */

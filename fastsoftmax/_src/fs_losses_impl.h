@@ -42,9 +42,13 @@
  * does, not inf * 0.  Ignored rows have loss 0 and gradient 0 whatever their values.
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
-/* A streamed gradient row still being written (AVX-512, fs512_pending_*); elsewhere unused. */
+/* A streamed gradient row still being written (AVX-512: fs512_pending_*; AVX2: pending_row of
+   fs_avx2_stream_impl.h); elsewhere unused. */
 #ifdef FS_USE_AVX512
 #define FS_PENDING FS_CAT(fs512_pending, FS_SUF)
+#elif defined(FS_USE_AVX2)
+#include "fs_avx2_stream_impl.h"
+#define FS_PENDING FS_FN(pending_row)
 #else
 #define FS_PENDING void
 #endif
@@ -230,7 +234,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     /* exps in chunks, each with a prefetch of the same span of the next row, so that the next
        row's max pass finds it in cache (the streamed gradient: spread over the chunk, which
        also advances the pending row) */
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     FS_T *e = want_grad && stream != NULL ? stream : g; /* where the exps go, if anywhere */
 #else
     FS_T *e = g;
@@ -246,6 +250,15 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         if (e != g) {
             const double chunk = FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x + c, m, e + c, len, &k, pend,
                                                                                  next != NULL ? next + c : NULL);
+            fs_block_total_add_at(&sums, chunk, c == 0);
+            cnt += k;
+            continue;
+        }
+#elif defined(FS_USE_AVX2)
+        if (e != g) { /* the exps into the scratch row, the previous row's gradient streamed meanwhile */
+            FS_T unused_max, unused_min;
+            const double chunk = FS_FN(piped_sums)(x + c, m, e + c, len, bounded, FS256_PIPE_CE, &k, pend, NULL,
+                                                   &unused_max, &unused_min, next != NULL ? next + c : NULL);
             fs_block_total_add_at(&sums, chunk, c == 0);
             cnt += k;
             continue;
@@ -272,6 +285,12 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     if (e != g) { /* the target column goes out with the streamed row */
         FS_CAT(fs512_pending_finish, FS_SUF)(pend); /* the rest of the previous row */
         FS_CAT(fs512_pending_begin, FS_SUF)(pend, e, m, k1, g, n, t, gt, FS512_SCALE);
+        return loss;
+    }
+#elif defined(FS_USE_AVX2)
+    if (e != g) { /* the target column goes out with the streamed row */
+        FS_FN(pending_finish)(pend); /* the rest of the previous row */
+        FS_FN(pending_begin)(pend, e, m, k1, g, n, 0, t, gt);
         return loss;
     }
 #endif
@@ -497,7 +516,7 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
                                double eps, double gs, FS_T *grad, double *row_loss)
 {
     const int want_grad = grad != NULL;
-#ifdef FS_USE_AVX512 /* the common case only: class indices, no smoothing (ce_index_row_plain) */
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2) /* the common case only: class indices, no smoothing (ce_index_row_plain) */
     const int stream = want_grad && prob == NULL && !(eps > 0.0) && ncols >= FS_STREAM_MIN_COLS &&
                        nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
 #else
@@ -510,7 +529,7 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
         scratch = (FS_T *)malloc(sizeof(FS_T) * (size_t)(stream ? 2 * stride : ncols > 0 ? ncols : 1));
         if (scratch == NULL && !want_grad) return -1; /* a gradient can go without streaming */
     }
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     FS_PENDING pend = {0}; /* nothing pending */
     FS_PENDING *pending = &pend;
 #else
@@ -520,7 +539,7 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
         const FS_T *xr = x + r * ncols;
         FS_T *gr = want_grad ? grad + r * ncols : scratch;
         FS_T *row_scratch = NULL;
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
         /* not the scratch row of the pending gradient: ignored rows and rows whose max is not
            finite leave it pending */
         if (want_grad && scratch != NULL) row_scratch = pend.src == scratch ? scratch + stride : scratch;
@@ -533,9 +552,11 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
     }
 #ifdef FS_USE_AVX512
     FS_CAT(fs512_pending_finish, FS_SUF)(pending); /* the last streamed row's rest */
+#elif defined(FS_USE_AVX2)
+    FS_FN(pending_finish)(pending);
 #endif
     free(scratch);
-#ifdef FS_USE_AVX512
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     if (stream) _mm_sfence(); /* this thread's streamed rows are complete */
 #endif
     return 0;
