@@ -14,8 +14,11 @@
  * 16 rows a block (softmax_medium_span); short rows and log_softmax's medium rows have block
  * paths of their own.  Large float32 results in medium rows of a whole number of vectors are
  * streamed too, a block (batch) behind the sums (softmax_medium_stream_span,
- * log_softmax_medium_stream_span).  On AVX2: float32 short rows 8 rows a block, log_softmax's
- * medium rows and logsumexp's rows batched as on AVX-512, nothing streamed.
+ * log_softmax_medium_stream_span).  On AVX2: short rows 8 (float32, gathered) or 4 (float64,
+ * transposed in registers) rows a block, log_softmax's medium rows and logsumexp's rows
+ * batched as on AVX-512, long rows of large results streamed (softmax_like_stream_span on
+ * fs_avx2_stream_impl.h's pending rows); rows within a spread of their max take cheaper exps
+ * (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)

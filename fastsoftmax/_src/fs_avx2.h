@@ -1,13 +1,16 @@
 /*
  * fs_avx2.h -- hand-vectorised AVX2 + FMA row primitives (x86-64 machines without AVX-512).
  *
- * The primitives of fs_avx512.h on 8 float / 4 double lanes: the long-row ones (row max,
- * exp + store + sum, split sums, scale, subtraction), the backward passes, vector log1p for
- * batches of rows, and float32 short-row blocks (softmax, log_softmax, cross-entropy; 8 rows
- * a block).  No mask registers (blends and masked loads instead), 2^n built from exponent
- * bits (in two factors where a result may be subnormal) instead of vscalef, the float32
- * softmax exp always with the TwoSum correction, the float64 exp a degree-11 polynomial,
- * no streaming stores.
+ * The primitives of fs_avx512.h on 8 float / 4 double lanes: the long-row ones (row max and
+ * min, exp + store + sum, split sums, scale, subtraction), the backward passes, vector log1p
+ * for batches of rows, and short-row blocks (float32 softmax, log_softmax, cross-entropy: 8
+ * rows a block, gathered; float64 softmax, log_softmax: 4 rows a block, transposed in
+ * registers).  No mask registers (blends and masked loads instead; no masked store in a main
+ * loop: vmaskmovps / vmaskmovpd stores are microcoded on AMD Zen), 2^n built from exponent
+ * bits (in two factors where a result may be subnormal) instead of vscalef; rows within a
+ * spread of their max (FS_EXACT_SPREAD, FS_SPREAD_F64) take exps without range tests
+ * (fs256_exp_spread_ps, fs256_exp_bounded_pd), float32 softmax without the TwoSum there; the
+ * float64 exp a degree-11 polynomial.  Streamed rows: fs_avx2_stream_impl.h.
  */
 #ifndef FS_AVX2_H
 #define FS_AVX2_H
@@ -761,7 +764,8 @@ static inline void fs256_backward_pass_f64(const double *g, const double *y, dou
  * Column j of the block is gathered (max, sums: vertical, lane = row); the elementwise work
  * runs over the block's contiguous memory, each lane's row max / scale fetched by a
  * permutation.  A row whose max is not finite is filled with NaN.  One row at a time,
- * 65536x10 float32 log_softmax took 2.8x torch's AVX2 time.
+ * 65536x10 float32 log_softmax took 2.8x torch's AVX2 time.  float64 rows (up to the same
+ * length) go 4 rows a block transposed in registers instead (fs256_short_rows_f64).
  */
 #define FS256_SHORT_MAX 32
 

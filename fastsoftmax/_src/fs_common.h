@@ -225,9 +225,9 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
 #define FS_SPREAD_F64 708.0
 
 /* softmax / log_softmax results and cross-entropy gradients of at least FS_STREAM_MIN_BYTES,
-   in rows of at least FS_STREAM_MIN_COLS, are written with streaming stores (AVX-512), which
-   bypass the caches, each row during the next row's exp pass (software pipelining, see
-   fs512_pending_f32).  Measured in Python on the project's machine (one thread, calls
+   in rows of at least FS_STREAM_MIN_COLS, are written with streaming stores (AVX-512 and
+   AVX2), which bypass the caches, each row during the next row's exp pass (software
+   pipelining, see fs512_pending_f32 and fs_avx2_stream_impl.h).  Measured in Python on the project's machine (one thread, calls
    repeated as in a loop, time over np.copyto of the same array in the same process; two
    builds in alternating processes): streamed, 2048x1000 float64 (16 MB) 1.0-1.2 vs 1.3-1.7,
    6144x1000 float32 (24 MB) 1.2-1.4 vs 1.4-1.9, 4096x1000 float32 (16 MB) 1.2-1.4 vs 1.2-1.7,
@@ -237,7 +237,10 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
    caches for whatever reads them next.  Rows of 128 were 30-60% slower streamed even
    pipelined (per-row setup), rows of 256 equal; float32 softmax / log_softmax of rows of
    33..128 are streamed a block of 16 rows at a time instead, when the rows are a whole
-   number of vectors (softmax_medium_stream_span, log_softmax_medium_stream_span). */
+   number of vectors (softmax_medium_stream_span, log_softmax_medium_stream_span).  On an AMD
+   EPYC (Zen 3, AVX2) the same thresholds held: 2100x1000 (streamed) against 2000x1000 (not),
+   float32 softmax 0.93 vs 1.02 ns an element, float64 1.87 vs 2.26; rows of 128 streamed
+   1.05-1.09 vs 0.92-1.00 (slower, as on AVX-512). */
 #ifndef FS_STREAM_MIN_BYTES
 #define FS_STREAM_MIN_BYTES ((ptrdiff_t)8 << 20)
 #endif
