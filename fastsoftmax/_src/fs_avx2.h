@@ -860,7 +860,8 @@ FS256_INLINE void fs256_short_layout(ptrdiff_t n, __m256i *rowof, __m256i *gidx)
 
 /* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float32
    elements, 8 rows at a time.  Returns how many rows it did (a multiple of 8).  softmax: the
-   exps (TwoSum-corrected, as fs256_exp_store_sum_f32) into y, gathered back for the sums, then
+   exps (TwoSum-corrected as fs256_exp_store_sum_f32, or fs256_exp_spread_ps when the block's
+   rows are all within FS_EXACT_SPREAD of their maxima) into y, gathered back for the sums, then
    scaled; log_softmax: the split sums (count of max elements, sum of the other exps) on the
    gathered columns, one vector log1p, then (x - max) - log. */
 static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
