@@ -97,8 +97,6 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 #define FS_ROW_MINMAX_F32 fs512_row_minmax_f32
 #define FS_EXP_STORE_SUM_FAST_F32 fs512_exp_store_sum_fast_f32
 #elif defined(FS_USE_AVX2)
-#define FS_ROW_MINMAX_F32 fs256_row_minmax_f32
-#define FS_EXP_STORE_SUM_FAST_F32 fs256_exp_store_sum_fast_f32
 /* rows within FS_EXACT_SPREAD (float32: no TwoSum) or FS_SPREAD_F64 (float64: no range test) */
 #if FS_IS_F32
 #define FS_EXP_STORE_SUM_BOUNDED fs256_exp_store_sum_fast_f32
@@ -107,9 +105,7 @@ static inline void FS_FN(sub)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t 
 #endif
 #define FS_ROW_MAX FS_CAT(fs256_row_max, FS_SUF)
 #define FS_EXP_STORE_SUM FS_CAT(fs256_exp_store_sum, FS_SUF)
-#define FS_EXP_SUM_SPLIT FS_CAT(fs256_exp_sum_split, FS_SUF)
 #define FS_SCALE FS_CAT(fs256_scale, FS_SUF)
-#define FS_SUB FS_CAT(fs256_sub, FS_SUF)
 #else
 #define FS_ROW_MAX FS_FN(row_max)
 #define FS_EXP_STORE_SUM FS_FN(exp_store_sum)

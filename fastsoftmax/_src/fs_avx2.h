@@ -383,15 +383,6 @@ static inline void fs256_sub_const_f32(const float *src, float c, float *y, ptrd
     for (; i < n; i++) y[i] = src[i] - c;
 }
 
-static inline void fs256_sub_f32(const float *x, float m, float c, float *y, ptrdiff_t n)
-{
-    const __m256 vm = _mm256_set1_ps(m), vc = _mm256_set1_ps(c);
-    ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), vc));
-    for (; i < n; i++) y[i] = (x[i] - m) - c;
-}
-
 /* ---------------------------------------------------------------- float64 rows */
 
 static inline double fs256_row_max_f64(const double *x, ptrdiff_t n)
@@ -460,15 +451,6 @@ static inline void fs256_sub_const_f64(const double *src, double c, double *y, p
     ptrdiff_t i = 0;
     for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_loadu_pd(src + i), vc));
     for (; i < n; i++) y[i] = src[i] - c;
-}
-
-static inline void fs256_sub_f64(const double *x, double m, double c, double *y, ptrdiff_t n)
-{
-    const __m256d vm = _mm256_set1_pd(m), vc = _mm256_set1_pd(c);
-    ptrdiff_t i = 0;
-    for (; i + 4 <= n; i += 4)
-        _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm), vc));
-    for (; i < n; i++) y[i] = (x[i] - m) - c;
 }
 
 
@@ -591,12 +573,6 @@ static inline double fs256_exp_store_sum_split_f32(const float *x, float m, floa
 {
     return bounded ? fs256_exp_split_impl_f32(x, m, y, NULL, n, at_max, 1)
                    : fs256_exp_split_impl_f32(x, m, y, NULL, n, at_max, 0);
-}
-
-static inline double fs256_exp_sum_split_f32(const float *x, float m, ptrdiff_t n, double *at_max, int bounded)
-{
-    return bounded ? fs256_exp_split_impl_f32(x, m, NULL, NULL, n, at_max, 1)
-                   : fs256_exp_split_impl_f32(x, m, NULL, NULL, n, at_max, 0);
 }
 
 /* The split sums, storing t = x - m into t_out (log_softmax: its last pass then subtracts a
@@ -891,7 +867,7 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
             __m256 rest0 = zero, rest1 = zero, cnt = zero;
             for (ptrdiff_t j = 0; j < n; j++) {
                 const __m256 at_max = _mm256_cmp_ps(v[j], mx, _CMP_EQ_OQ);
-                /* only the sum (>= 1) needs these: no TwoSum (as fs256_exp_sum_split_f32) */
+                /* only the sum (>= 1) needs these: no TwoSum (as fs256_exp_sum_split_store_f32) */
                 const __m256 t = _mm256_add_ps(v[j], negm);
                 const __m256 e = _mm256_andnot_ps(at_max, bounded ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t));
                 if (j & 1) rest1 = _mm256_add_ps(rest1, e); else rest0 = _mm256_add_ps(rest0, e);

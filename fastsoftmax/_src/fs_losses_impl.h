@@ -195,8 +195,7 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
 #define FS_LOSS_ROW_MAX FS_CAT(fs512_row_max, FS_SUF)
 #define FS_LOSS_EXP_STORE_SUM_SPLIT FS_CAT(fs512_exp_store_sum_split, FS_SUF)
 #define FS_LOSS_SCALE FS_CAT(fs512_scale, FS_SUF)
-#else
-#define FS_LOSS_ROW_MAX FS_CAT(fs256_row_max, FS_SUF)
+#else /* AVX2 takes fs256_row_max_bounded_T instead of a row max */
 #define FS_LOSS_EXP_STORE_SUM_SPLIT FS_CAT(fs256_exp_store_sum_split, FS_SUF)
 #define FS_LOSS_SCALE FS_CAT(fs256_scale, FS_SUF)
 #endif
