@@ -2,7 +2,8 @@
  * fs_avx2_stream_impl.h -- streamed rows on AVX2, for one element type: included by
  * fs_activations_impl.h (softmax_like_stream_span) and fs_losses_impl.h (the cross-entropy
  * gradient, ce_index_row_plain) under FS_USE_AVX2, with FS_T, FS_SUF, FS_IS_F32 and FS_FN
- * defined.  No include guard: once per element type.
+ * defined.  Guarded per element type (FS256_STREAM_F32 / _F64), so that a translation unit
+ * including both fs_activations.h and fs_losses.h gets one copy of each.
  *
  * A pending row (pending_row) is y = src * a (softmax: src the row's exps in a scratch row,
  * two in turn; the cross-entropy gradient: the same, with the target column `patch` set to
@@ -15,6 +16,12 @@
  * (FS_CHUNK pieces; float32 in blocks of 128 lane-wise, float64 straight into two double
  * accumulators): the same bits.
  */
+#if FS_IS_F32 ? !defined(FS256_STREAM_F32) : !defined(FS256_STREAM_F64)
+#if FS_IS_F32
+#define FS256_STREAM_F32
+#else
+#define FS256_STREAM_F64
+#endif
 #if FS_IS_F32
 #define FS256_V __m256
 #define FS256_LANES 8
@@ -273,3 +280,4 @@ static double FS_FN(piped_sums)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int
 #undef FS256_EXP_SOFTMAX
 #undef FS256_SPREAD
 #undef FS256_LINE
+#endif /* per element type */
