@@ -7,8 +7,9 @@ serial calls, and they release the GIL.
   Parameters are per thread (SGD writes them); their gradients are shared and read-only.
 - The GIL is released: with ``set_num_threads(1)`` (so OpenMP does not already use both
   cores), two Python threads doing the same large work finish in clearly less time than
-  one thread doing both halves in turn (concurrent < 0.8 x serial, best of several tries to
-  ride out noise from other processes; with the GIL held it would be about 1.0).  And,
+  one thread doing both halves in turn (concurrent < 0.8 x serial in most of several rounds,
+  each judged against a GIL-free control measured right after it, to ride out noise from
+  other processes; with the GIL held it would be about 1.0).  And,
   independent of the machine's load: while one thread is inside a long kernel call, another
   thread keeps running Python code, which a control call that holds the GIL prevents.
 """
@@ -221,17 +222,13 @@ def _concurrent(fn, calls):
     return time.perf_counter() - start
 
 
-def _ratio(fn, calls, repeats=8):
-    """Best concurrent time over best serial time, measured alternately: the minimum of each
-    is the run least disturbed by other processes on the machine (stops early once below
-    0.8 after three rounds)."""
-    serial, concurrent = [], []
-    for i in range(repeats):
-        serial.append(_serial(fn, calls))
-        concurrent.append(_concurrent(fn, calls))
-        if i >= 2 and min(concurrent) / min(serial) < 0.8:
-            break
-    return min(concurrent) / min(serial), serial, concurrent
+def _pair(fn, calls, first_serial=True):
+    """Two-thread over serial time of `calls` calls of `fn`, measured back to back."""
+    if first_serial:
+        serial = _serial(fn, calls)
+        return _concurrent(fn, calls) / serial
+    concurrent = _concurrent(fn, calls)
+    return concurrent / _serial(fn, calls)
 
 
 @pytest.fixture(scope="module")
@@ -239,56 +236,51 @@ def two_threads_run_at_once():
     """Whether this machine runs two threads at the same time right now, measured with a
     NumPy ufunc that releases the GIL (np.exp over 64K doubles: like the workloads below it
     stays in each core's L2, so it measures the cores, not the shared memory bandwidth, which
-    np.exp over 16 MB arrays saturates with one thread).  On a VM whose vCPUs share one
-    physical core (seen on this project's CI machine: a plain two-thread OpenMP loop no faster
-    than one thread) no code can show a two-thread speed-up; the GIL test below then skips,
-    and test_python_runs_during_a_kernel still shows the GIL is released."""
-    return _np_exp_ratio()
+    np.exp over 16 MB arrays saturates with one thread): the median of 5 two-thread over serial
+    times.  On a VM whose vCPUs share one physical core (seen on this project's CI machine: a
+    plain two-thread OpenMP loop no faster than one thread) no code can show a two-thread
+    speed-up; the GIL test below then skips, and test_python_runs_during_a_kernel still shows
+    the GIL is released."""
+    control, calls = _np_exp_control()
+    return float(np.median([_pair(control, calls, i % 2 == 0) for i in range(5)]))
 
 
-def _np_exp_ratio():
-    """Two-thread over serial time of np.exp over 64K doubles (see above)."""
+def _np_exp_control():
+    """np.exp over 64K doubles (see above), and how many calls take about 0.1 s."""
     a = np.random.default_rng(5).standard_normal(1 << 16)
     outs = [np.empty_like(a), np.empty_like(a)]
 
     def control(k):
         np.exp(a, out=outs[k])
 
-    ratio, _, _ = _ratio(control, _calls_for(control))
-    return ratio
+    return control, _calls_for(control, seconds=0.1)
 
 
-def _gil_verdict(fn, calls, attempts=3):
-    """("released" | "held" | "no two threads", what was measured).
+def _gil_verdict(fn, calls, rounds=9):
+    """("released" | "held" | "no two threads", the rounds measured).
 
-    "released": two threads ran `fn` in < 0.8 x the serial time, or in less than halfway
-    between the serial time and the GIL-free control's speed-up measured right after it,
-    when that control shows two threads running at once (< 0.8 x its serial time).  A
-    call that holds the GIL takes about the serial time (ratio ~1) whatever the machine's
-    load; a call that releases it can still miss for a few seconds while other tenants take
-    a core (CI saw SGD.step at 0.84 x, the control at 0.57 x just after), so a miss is
-    measured again, kernel and control together, up to `attempts` times: "held" means it
-    missed every time that the control showed two threads running at once."""
-    measured = []  # (ratio, control or None, best serial s, best concurrent s, calls)
-    for _ in range(attempts):
-        ratio, serial, concurrent = _ratio(fn, calls)
-        if ratio < 0.8:
-            return "released", measured + [(ratio, None, min(serial), min(concurrent), calls)]
-        control = _np_exp_ratio()
-        measured.append((ratio, control, min(serial), min(concurrent), calls))
-        if control < 0.8 and ratio < (1.0 + control) / 2:
-            return "released", measured
-    if all(m[1] >= 0.8 for m in measured):
-        return "no two threads", measured
-    return "held", measured
+    A round times `fn` on two threads against one thread doing both halves in turn (ratio
+    ~1 for a call that holds the GIL, ~0.5 for one that releases it on an idle machine), and
+    right after it the GIL-free control np.exp the same way.  Other tenants of the machine come
+    and go within seconds (CI once saw SGD.step at 0.84 x, the control at 0.57 x just after),
+    so each round is judged against its own control: a round counts when its control or `fn`
+    ran two threads at once (< 0.8 x), and says "released" when `fn` came in below 0.8 or below
+    halfway between 1 and the control's ratio.  The verdict is the majority of the rounds that
+    count; with fewer than 3 of them, "no two threads"."""
+    control, control_calls = _np_exp_control()
+    rounds_measured = []  # (ratio of fn, ratio of the control)
+    for i in range(rounds):
+        rounds_measured.append((_pair(fn, calls, i % 2 == 0), _pair(control, control_calls, i % 2 == 1)))
+    counting = [(r, c) for r, c in rounds_measured if c < 0.8 or r < 0.8]
+    if len(counting) < 3:
+        return "no two threads", rounds_measured
+    released = sum(r < max(0.8, (1.0 + c) / 2) for r, c in counting)
+    return ("released" if 2 * released > len(counting) else "held"), rounds_measured
 
 
-def _describe(measured):
-    return "; ".join(
-        f"two threads {ratio:.2f} x the serial time ({calls} calls each; best serial {serial:.3f} s, "
-        f"best concurrent {concurrent:.3f} s)" + ("" if control is None else f", np.exp {control:.2f} x")
-        for ratio, control, serial, concurrent, calls in measured
-    )
+def _describe(measured, calls):
+    return f"{calls} calls a half; two-thread / serial time of the call, of np.exp, by round: " + ", ".join(
+        f"{r:.2f} / {c:.2f}" for r, c in measured)
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
@@ -300,10 +292,11 @@ def test_kernels_release_the_gil(name, one_openmp_thread, two_threads_run_at_onc
             "serial time: this machine is not running two threads at once"
         )
     fn = _gil_workloads()[name]
-    verdict, measured = _gil_verdict(fn, _calls_for(fn))
+    calls = _calls_for(fn)
+    verdict, measured = _gil_verdict(fn, calls)
     if verdict == "no two threads":
-        pytest.skip(f"np.exp's two threads ran no faster than one in every try: {_describe(measured)}")
-    assert verdict == "released", f"is the GIL held in the kernel? {_describe(measured)}"
+        pytest.skip(f"np.exp's two threads ran no faster than one in most rounds: {_describe(measured, calls)}")
+    assert verdict == "released", f"is the GIL held in the kernel? {_describe(measured, calls)}"
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
@@ -318,11 +311,14 @@ def test_gil_verdict_catches_a_call_that_holds_the_gil(two_threads_run_at_once):
 
     # Windows of 0.1 s, as long as the kernels' (0.15): with 0.02 s (about 0.04 s a round) a
     # busy moment during the serial rounds once made the concurrent best 0.80 x the serial best
-    # (CI, a README-only commit), ending _ratio's early exit on a false "released".
-    verdict, measured = _gil_verdict(held, _calls_for(held, seconds=0.1), attempts=2)
+    # (CI, a README-only commit); and with the best-of-each ratio then used, under the load of a
+    # second test run on the machine, one quiet concurrent window made it 0.75-0.80 x: hence the
+    # rounds judged each against its own control, by majority.
+    calls = _calls_for(held, seconds=0.1)
+    verdict, measured = _gil_verdict(held, calls)
     if verdict == "no two threads":
-        pytest.skip(f"np.exp's two threads ran no faster than one in every try: {_describe(measured)}")
-    assert verdict == "held", _describe(measured)
+        pytest.skip(f"np.exp's two threads ran no faster than one in most rounds: {_describe(measured, calls)}")
+    assert verdict == "held", _describe(measured, calls)
 
 
 @pytest.fixture(scope="module")
