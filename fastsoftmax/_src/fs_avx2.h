@@ -735,13 +735,16 @@ static inline void fs256_backward_pass_f64(const double *g, const double *y, dou
 
 /* ---------------------------------------------------------------- short rows
  *
- * As fs512_short_rows_T (fs_avx512.h): rows of at most FS256_SHORT_MAX float32 elements go 8
- * rows a block, one per lane, so that no per-row horizontal reduction or scalar log is paid.
- * Column j of the block is gathered (max, sums: vertical, lane = row); the elementwise work
- * runs over the block's contiguous memory, each lane's row max / scale fetched by a
- * permutation.  A row whose max is not finite is filled with NaN.  One row at a time,
- * 65536x10 float32 log_softmax took 2.8x torch's AVX2 time.  float64 rows (up to the same
- * length) go 4 rows a block transposed in registers instead (fs256_short_rows_f64).
+ * As fs512_short_rows_T (fs_avx512.h): rows of at most FS256_SHORT_MAX elements go 8 (float64:
+ * 4) rows a block, one per lane, so that no per-row horizontal reduction or scalar log is paid:
+ * the max, the exps and the sums are vertical (lane = row).  The block is transposed in
+ * registers (fs256_load_columns8_ps: 8x8 blocks of floats, 4x4 of doubles), the results
+ * transposed back; AMD Zen's gathers cost several times the shuffles.  Rows of 1-7 float32
+ * elements (log_softmax) or 1-2 (softmax) keep the gathered form (fs256_short_rows_gathered_f32:
+ * columns gathered for the reductions, the elementwise work over the block's contiguous memory,
+ * each lane's constants fetched by a permutation), measured faster there.  A row whose max is
+ * not finite is filled with NaN.  One row at a time, 65536x10 float32 log_softmax took 2.8x
+ * torch's AVX2 time.
  */
 #define FS256_SHORT_MAX 32
 
@@ -834,13 +837,14 @@ FS256_INLINE void fs256_short_layout(ptrdiff_t n, __m256i *rowof, __m256i *gidx)
     *gidx = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int32_t)n));
 }
 
-/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float32
-   elements, 8 rows at a time.  Returns how many rows it did (a multiple of 8).  softmax: the
+/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n float32 elements, 8 rows at a
+   time, the columns gathered (fs256_short_rows_f32 takes this form for rows shorter than it
+   transposes).  Returns how many rows it did (a multiple of 8).  softmax: the
    exps (TwoSum-corrected as fs256_exp_store_sum_f32, or fs256_exp_spread_ps when the block's
    rows are all within FS_EXACT_SPREAD of their maxima) into y, gathered back for the sums, then
    scaled; log_softmax: the split sums (count of max elements, sum of the other exps) on the
    gathered columns, one vector log1p, then (x - max) - log. */
-static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+static inline ptrdiff_t fs256_short_rows_gathered_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
     __m256i rowof[FS256_SHORT_MAX], gidx;
     fs256_short_layout(n, rowof, &gidx);
@@ -899,6 +903,171 @@ static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t
     }
     return r0;
 }
+
+/* Rows of 8 floats of a block in, columns out (and back: the transpose is its own inverse). */
+FS256_INLINE void fs256_transpose8_ps(__m256 r[8])
+{
+    __m256 t[8], u[8];
+    for (int k = 0; k < 8; k += 2) {
+        t[k] = _mm256_unpacklo_ps(r[k], r[k + 1]);     /* a0 b0 a1 b1 | a4 b4 a5 b5 */
+        t[k + 1] = _mm256_unpackhi_ps(r[k], r[k + 1]); /* a2 b2 a3 b3 | a6 b6 a7 b7 */
+    }
+    for (int k = 0; k < 8; k += 4) {
+        u[k] = _mm256_shuffle_ps(t[k], t[k + 2], 0x44);     /* a0 b0 c0 d0 | a4 b4 c4 d4 */
+        u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], 0xEE); /* a1 b1 c1 d1 | a5 b5 c5 d5 */
+        u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0x44);
+        u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], 0xEE);
+    }
+    for (int k = 0; k < 4; k++) {
+        r[k] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+        r[k + 4] = _mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+    }
+}
+
+/* The first `k` (1..7) floats of v to dst, by ordinary stores (vmaskmovps is microcoded on AMD). */
+FS256_INLINE void fs256_store_head_ps(float *dst, __m256 v, ptrdiff_t k)
+{
+    __m128 h = _mm256_castps256_ps128(v);
+    if (k & 4) {
+        _mm_storeu_ps(dst, h);
+        h = _mm256_extractf128_ps(v, 1);
+        dst += 4;
+    }
+    if (k & 2) {
+        _mm_storel_pi((__m64 *)dst, h);
+        h = _mm_movehl_ps(h, h);
+        dst += 2;
+    }
+    if (k & 1) _mm_store_ss(dst, h);
+}
+
+/* Rows k and k + 4 (k = 0..3) of 4 floats in the two halves of r[k] in, columns out (lane k of
+   column j: row k's element j), and back: a 4x4 transpose within each 128-bit half. */
+FS256_INLINE void fs256_transpose4x2_ps(__m256 r[4])
+{
+    const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+    const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+    r[0] = _mm256_shuffle_ps(t0, t2, 0x44);
+    r[1] = _mm256_shuffle_ps(t0, t2, 0xEE);
+    r[2] = _mm256_shuffle_ps(t1, t3, 0x44);
+    r[3] = _mm256_shuffle_ps(t1, t3, 0xEE);
+}
+
+/* A block of 8 rows of n <= FS256_SHORT_MAX floats at xb, transposed into c[0..n) (c[j]: column
+   j, lane k = row k): 8x8 blocks, the last group of columns read with masked loads; rows of up
+   to 4, 4x4 blocks in each half (rows k and k + 4 in one register), rows 4-7 read masked when
+   a row is shorter than 4 (nothing past the block is read). */
+FS256_INLINE void fs256_load_columns8_ps(const float *xb, ptrdiff_t n, __m256 *c)
+{
+    if (n <= 4) {
+        const __m128i tail = _mm256_castsi256_si128(fs256_tail_mask32(n));
+        for (int k = 0; k < 4; k++) {
+            const __m128 hi = n == 4 ? _mm_loadu_ps(xb + (k + 4) * n) : _mm_maskload_ps(xb + (k + 4) * n, tail);
+            c[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(xb + k * n)), hi, 1);
+        }
+        fs256_transpose4x2_ps(c);
+        return;
+    }
+    const ptrdiff_t groups = (n + 7) / 8, last = n - 8 * (groups - 1);
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        if (g + 1 < groups || last == 8) {
+            for (int k = 0; k < 8; k++) c[8 * g + k] = _mm256_loadu_ps(xb + k * n + 8 * g);
+        } else {
+            const __m256i tail = fs256_tail_mask32(last);
+            for (int k = 0; k < 8; k++) c[8 * g + k] = _mm256_maskload_ps(xb + k * n + 8 * g, tail);
+        }
+        fs256_transpose8_ps(c + 8 * g);
+    }
+}
+
+/* The inverse: columns c[0..n) of a block of 8 rows back to rows of n at yb (c is clobbered);
+   the last 1-7 columns of each row by ordinary stores, so nothing outside the block is written. */
+FS256_INLINE void fs256_store_columns8_ps(float *yb, ptrdiff_t n, __m256 *c)
+{
+    if (n <= 4) {
+        for (ptrdiff_t j = n; j < 4; j++) c[j] = _mm256_setzero_ps();
+        fs256_transpose4x2_ps(c);
+        for (int k = 0; k < 4; k++) {
+            fs256_store_head_ps(yb + k * n, c[k], n);
+            fs256_store_head_ps(yb + (k + 4) * n, _mm256_castps128_ps256(_mm256_extractf128_ps(c[k], 1)), n);
+        }
+        return;
+    }
+    const ptrdiff_t groups = (n + 7) / 8, last = n - 8 * (groups - 1);
+    for (ptrdiff_t j = n; j < 8 * groups; j++) c[j] = _mm256_setzero_ps();
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        fs256_transpose8_ps(c + 8 * g);
+        for (int k = 0; k < 8; k++) {
+            if (g + 1 < groups || last == 8) _mm256_storeu_ps(yb + k * n + 8 * g, c[8 * g + k]);
+            else fs256_store_head_ps(yb + k * n + 8 * g, c[8 * g + k], last);
+        }
+    }
+}
+
+/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float32
+   elements, 8 rows a block, one per lane, transposed in registers (fs256_load_columns8_ps) so
+   that the max, the exps and the sums are vertical.  softmax: the exps (TwoSum-corrected as
+   fs256_exp_store_sum_f32, or fs256_exp_spread_ps when the block's rows are all within
+   FS_EXACT_SPREAD of their maxima), scaled by 1 / sum; log_softmax: the split sums (count of
+   max elements, sum of the other exps), one vector log1p, then (x - max) - log.  A row whose
+   max is not finite is filled with NaN.  Returns how many rows it did (a multiple of 8). */
+/* The lanes' maxima over columns c[0..n) into *mx (0 where not finite: *badv all ones there);
+   returns whether every lane is within FS_EXACT_SPREAD of its max (the 13-operation exp). */
+FS256_INLINE int fs256_columns_max8_ps(const __m256 *c, ptrdiff_t n, __m256 *mx, __m256 *badv)
+{
+    __m256 hi = _mm256_set1_ps(-INFINITY), lo = _mm256_set1_ps(INFINITY);
+    for (ptrdiff_t j = 0; j < n; j++) {
+        hi = _mm256_max_ps(hi, c[j]);
+        lo = _mm256_min_ps(lo, c[j]);
+    }
+    const int bounded =
+        _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(hi, lo), _mm256_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ)) == 0xFF;
+    *badv = fs256_nonfinite_ps(hi);
+    *mx = _mm256_blendv_ps(hi, _mm256_setzero_ps(), *badv);
+    return bounded;
+}
+
+/* c[0..n) is written by fs256_load_columns8_ps, which GCC does not always see */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+static inline ptrdiff_t fs256_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+{
+    if (n < (log_out ? 8 : 3)) return fs256_short_rows_gathered_f32(x, y, nrows, n, log_out);
+    const __m256 zero = _mm256_setzero_ps(), one = _mm256_set1_ps(1.0f), nan = _mm256_set1_ps(NAN);
+    ptrdiff_t r0 = 0;
+    for (; r0 + 8 <= nrows; r0 += 8) {
+        __m256 c[FS256_SHORT_MAX];
+        fs256_load_columns8_ps(x + r0 * n, n, c);
+        __m256 mx, badv;
+        const int bounded = fs256_columns_max8_ps(c, n, &mx, &badv);
+        const __m256 negm = _mm256_sub_ps(zero, mx);
+        __m256 s0 = zero, s1 = zero, cnt = zero;
+        if (log_out) {
+            for (ptrdiff_t j = 0; j < n; j++) {
+                const __m256 at_max = _mm256_cmp_ps(c[j], mx, _CMP_EQ_OQ);
+                /* only the sum (>= 1) needs these: no TwoSum (as fs256_exp_sum_split_store_f32) */
+                const __m256 t = _mm256_add_ps(c[j], negm);
+                const __m256 e = _mm256_andnot_ps(at_max, bounded ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t));
+                if (j & 1) s1 = _mm256_add_ps(s1, e); else s0 = _mm256_add_ps(s0, e);
+                cnt = _mm256_add_ps(cnt, _mm256_and_ps(at_max, one));
+                c[j] = t;
+            }
+            const __m256 lse = fs256_log1p_ps(_mm256_add_ps(_mm256_sub_ps(cnt, one), _mm256_add_ps(s0, s1)));
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = _mm256_blendv_ps(_mm256_sub_ps(c[j], lse), nan, badv);
+        } else {
+            for (ptrdiff_t j = 0; j < n; j++) {
+                const __m256 e = bounded ? fs256_exp_spread_ps(_mm256_add_ps(c[j], negm)) : fs256_exp_minus_ps(c[j], negm);
+                if (j & 1) s1 = _mm256_add_ps(s1, e); else s0 = _mm256_add_ps(s0, e);
+                c[j] = e;
+            }
+            const __m256 inv = _mm256_div_ps(one, _mm256_add_ps(s0, s1));
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = _mm256_blendv_ps(_mm256_mul_ps(c[j], inv), nan, badv);
+        }
+        fs256_store_columns8_ps(y + r0 * n, n, c);
+    }
+    return r0;
+}
+#pragma GCC diagnostic pop
 
 /* Rows of 4 doubles of a block in, columns out (and back: the transpose is its own inverse). */
 FS256_INLINE void fs256_transpose4_pd(__m256d r[4])
@@ -991,62 +1160,48 @@ static inline ptrdiff_t fs256_short_rows_f64(const double *x, double *y, ptrdiff
 }
 
 /* Cross-entropy with class-index targets, no label smoothing, for rows of n <= FS256_SHORT_MAX
-   float32 classes, 8 rows at a time: fs512_ce_short_rows_f32's maths on 8 lanes (see there:
-   loss = w_t (lse + m - x_t), 0 for an ignored row, NaN for a row whose max is not finite;
-   grad = gs w_t (softmax - onehot), p_t - 1 taken as -rest/s when x_t is the only maximum;
-   the target column NaN where w_t gs is infinite), with the target column written lane by
-   lane (AVX2 has no scatter).  Returns how many rows it did (a multiple of 8). */
+   float32 classes, 8 rows a block, one per lane: fs512_ce_short_rows_f32's maths on 8 lanes
+   (see there: loss = w_t (lse + m - x_t), 0 for an ignored row, NaN for a row whose max is not
+   finite; grad = gs w_t (softmax - onehot), p_t - 1 taken as -rest/s when x_t is the only
+   maximum; the target column NaN where w_t gs is infinite).  The block is transposed in
+   registers (8x8 blocks: 24 shuffles per 64 elements, where the gathered form took about 2n + 3
+   gathers a block, several times that on AMD Zen), so the max, the exps, the sums, the target's
+   logit and exp (a compare per column, no gather) and the gradient's target column are all
+   vertical; the gradient is transposed back.  Returns how many rows it did (a multiple of 8). */
 static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *target, const float *w,
                                                 ptrdiff_t nrows, ptrdiff_t n, float *grad, double gs,
                                                 double *row_loss)
 {
-    __m256i rowof[FS256_SHORT_MAX], gidx;
-    fs256_short_layout(n, rowof, &gidx);
-    float scratch[8 * FS256_SHORT_MAX];
     const __m256 one = _mm256_set1_ps(1.0f), zero = _mm256_setzero_ps(), inf = _mm256_set1_ps(INFINITY);
+    const __m256 nan = _mm256_set1_ps(NAN), absmask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     ptrdiff_t r0 = 0;
     for (; r0 + 8 <= nrows; r0 += 8) {
         const float *xb = x + r0 * n;
-        float *gb = grad != NULL ? grad + r0 * n : scratch;
-        int32_t t32[8], valid32[8];
+        int32_t t32[8];
         for (int l = 0; l < 8; l++) {
             const int64_t t = target[r0 + l];
-            const int ok = t >= 0 && t < (int64_t)n;
-            t32[l] = ok ? (int32_t)t : 0;
-            valid32[l] = ok ? -1 : 0;
+            t32[l] = t >= 0 && t < (int64_t)n ? (int32_t)t : -1; /* -1: ignored, matches no column */
         }
         const __m256i tcol = _mm256_loadu_si256((const __m256i *)t32);
-        const __m256 valid = _mm256_castsi256_ps(_mm256_loadu_si256((const __m256i *)valid32));
-        const int valid_bits = _mm256_movemask_ps(valid);
-        const __m256i tidx = _mm256_add_epi32(gidx, tcol);
+        const __m256 valid = _mm256_castsi256_ps(_mm256_cmpgt_epi32(tcol, _mm256_set1_epi32(-1)));
 
-        __m256 v[FS256_SHORT_MAX];
-        __m256 mx = _mm256_set1_ps(-INFINITY), mn = inf;
-        for (ptrdiff_t j = 0; j < n; j++) {
-            v[j] = _mm256_i32gather_ps(xb + j, gidx, 4);
-            mx = _mm256_max_ps(mx, v[j]);
-            mn = _mm256_min_ps(mn, v[j]);
-        }
-        /* as in fs256_short_rows_f32: rows within FS_EXACT_SPREAD take the cheaper exp */
-        const int bounded =
-            _mm256_movemask_ps(_mm256_cmp_ps(_mm256_sub_ps(mx, mn), _mm256_set1_ps(FS_EXACT_SPREAD), _CMP_LE_OQ)) == 0xFF;
-        const __m256 badv = fs256_nonfinite_ps(mx);
-        const int bad = _mm256_movemask_ps(badv);
-        mx = _mm256_blendv_ps(mx, zero, badv);
+        __m256 c[FS256_SHORT_MAX]; /* c[j]: column j of the block, lane k = row k */
+        fs256_load_columns8_ps(xb, n, c);
+        __m256 mx, badv;
+        const int bounded = fs256_columns_max8_ps(c, n, &mx, &badv);
         const __m256 negm = _mm256_sub_ps(zero, mx);
-        /* the target logits, read before gb (which may be xb itself: out=logits) is written */
-        const __m256 xt = _mm256_mask_i32gather_ps(zero, xb, tidx, valid, 4);
-        for (ptrdiff_t k = 0; k < n; k++) {
-            const __m256 t = _mm256_add_ps(_mm256_loadu_ps(xb + 8 * k), _mm256_permutevar8x32_ps(negm, rowof[k]));
-            _mm256_storeu_ps(gb + 8 * k, bounded ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t));
-        }
-        __m256 rest0 = zero, rest1 = zero, cnt = zero;
+        __m256 rest0 = zero, rest1 = zero, cnt = zero, xt = zero, et = zero;
         for (ptrdiff_t j = 0; j < n; j++) {
-            const __m256 e = _mm256_i32gather_ps(gb + j, gidx, 4);
-            const __m256 at_max = _mm256_cmp_ps(v[j], mx, _CMP_EQ_OQ);
+            const __m256 at_t = _mm256_castsi256_ps(_mm256_cmpeq_epi32(tcol, _mm256_set1_epi32((int32_t)j)));
+            xt = _mm256_blendv_ps(xt, c[j], at_t);
+            const __m256 t = _mm256_add_ps(c[j], negm);
+            const __m256 e = bounded ? fs256_exp_spread_ps(t) : fs256_exp_nonpos_ps(t);
+            const __m256 at_max = _mm256_cmp_ps(c[j], mx, _CMP_EQ_OQ);
             if (j & 1) rest1 = _mm256_add_ps(rest1, _mm256_andnot_ps(at_max, e));
             else rest0 = _mm256_add_ps(rest0, _mm256_andnot_ps(at_max, e));
             cnt = _mm256_add_ps(cnt, _mm256_and_ps(at_max, one));
+            et = _mm256_blendv_ps(et, e, at_t);
+            c[j] = e;
         }
         const __m256 rest = _mm256_add_ps(_mm256_sub_ps(cnt, one), _mm256_add_ps(rest0, rest1));
         const __m256 lse = fs256_log1p_ps(rest);
@@ -1054,37 +1209,31 @@ static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *t
         const __m256 nll = _mm256_add_ps(lse, _mm256_sub_ps(mx, xt));
         __m256 loss = _mm256_and_ps(valid, _mm256_mul_ps(wt, nll));
         /* an infinite w_t at a row's max whose sum rounds to 1: torch's -log p_t is 0 (weighted_nll) */
-        const __m256 wt_inf = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), wt), inf, _CMP_EQ_OQ);
+        const __m256 wt_inf = _mm256_cmp_ps(_mm256_and_ps(absmask, wt), inf, _CMP_EQ_OQ);
         const __m256 nll0 = _mm256_and_ps(_mm256_and_ps(wt_inf, _mm256_cmp_ps(xt, mx, _CMP_EQ_OQ)),
                                           _mm256_and_ps(valid, _mm256_cmp_ps(_mm256_add_ps(one, rest), one, _CMP_EQ_OQ)));
         loss = _mm256_blendv_ps(loss, _mm256_mul_ps(wt, zero), nll0);
-        loss = _mm256_blendv_ps(loss, _mm256_set1_ps(NAN), _mm256_and_ps(badv, valid));
+        loss = _mm256_blendv_ps(loss, nan, _mm256_and_ps(badv, valid));
         _mm256_storeu_pd(row_loss + r0, _mm256_cvtps_pd(_mm256_castps256_ps128(loss)));
         _mm256_storeu_pd(row_loss + r0 + 4, _mm256_cvtps_pd(_mm256_extractf128_ps(loss, 1)));
-        if (grad != NULL) {
-            const __m256 s = _mm256_add_ps(one, rest);
-            const __m256 wgs = _mm256_mul_ps(wt, _mm256_set1_ps((float)gs));
-            const __m256 k1 = _mm256_div_ps(wgs, s);
-            const __m256 et = _mm256_mask_i32gather_ps(zero, gb, tidx, valid, 4);
-            __m256 pt1 = _mm256_sub_ps(_mm256_div_ps(et, s), one);
-            const __m256 sole_max = _mm256_and_ps(_mm256_cmp_ps(xt, mx, _CMP_EQ_OQ), _mm256_cmp_ps(cnt, one, _CMP_EQ_OQ));
-            pt1 = _mm256_blendv_ps(pt1, _mm256_div_ps(_mm256_sub_ps(zero, rest), s), sole_max);
-            for (ptrdiff_t k = 0; k < n; k++)
-                _mm256_storeu_ps(gb + 8 * k, _mm256_mul_ps(_mm256_loadu_ps(gb + 8 * k), _mm256_permutevar8x32_ps(k1, rowof[k])));
-            /* NaN where w_t gs is infinite, as torch (fs_losses_impl.h, target_grad) */
-            const __m256 wgs_inf = _mm256_cmp_ps(_mm256_andnot_ps(_mm256_set1_ps(-0.0f), wgs), inf, _CMP_EQ_OQ);
-            float gt[8];
-            _mm256_storeu_ps(gt, _mm256_blendv_ps(_mm256_mul_ps(wgs, pt1), _mm256_set1_ps(NAN), wgs_inf));
-            for (int rows = valid_bits & ~bad; rows; rows &= rows - 1) {
-                const int lane = __builtin_ctz((unsigned)rows);
-                gb[lane * n + t32[lane]] = gt[lane];
-            }
-            for (int rows = (~valid_bits | bad) & 0xFF; rows; rows &= rows - 1) {
-                const int lane = __builtin_ctz((unsigned)rows);
-                const float fill = (valid_bits >> lane) & 1 ? NAN : 0.0f;
-                for (ptrdiff_t j = 0; j < n; j++) gb[lane * n + j] = fill;
-            }
+        if (grad == NULL) continue;
+        const __m256 s = _mm256_add_ps(one, rest);
+        const __m256 wgs = _mm256_mul_ps(wt, _mm256_set1_ps((float)gs));
+        const __m256 k1 = _mm256_div_ps(wgs, s);
+        __m256 pt1 = _mm256_sub_ps(_mm256_div_ps(et, s), one);
+        const __m256 sole_max = _mm256_and_ps(_mm256_cmp_ps(xt, mx, _CMP_EQ_OQ), _mm256_cmp_ps(cnt, one, _CMP_EQ_OQ));
+        pt1 = _mm256_blendv_ps(pt1, _mm256_div_ps(_mm256_sub_ps(zero, rest), s), sole_max);
+        /* NaN where w_t gs is infinite, as torch (fs_losses_impl.h, target_grad) */
+        const __m256 wgs_inf = _mm256_cmp_ps(_mm256_and_ps(absmask, wgs), inf, _CMP_EQ_OQ);
+        const __m256 gt = _mm256_blendv_ps(_mm256_mul_ps(wgs, pt1), nan, wgs_inf);
+        /* whole rows: 0 where ignored, NaN where the max is not finite */
+        const __m256 fill = _mm256_or_ps(_mm256_andnot_ps(valid, _mm256_castsi256_ps(_mm256_set1_epi32(-1))), badv);
+        const __m256 fill_value = _mm256_and_ps(valid, nan);
+        for (ptrdiff_t j = 0; j < n; j++) {
+            const __m256 at_t = _mm256_castsi256_ps(_mm256_cmpeq_epi32(tcol, _mm256_set1_epi32((int32_t)j)));
+            c[j] = _mm256_blendv_ps(_mm256_blendv_ps(_mm256_mul_ps(c[j], k1), gt, at_t), fill_value, fill);
         }
+        fs256_store_columns8_ps(grad + r0 * n, n, c);
     }
     return r0;
 }
