@@ -954,29 +954,30 @@ FS256_INLINE void fs256_transpose4x2_ps(__m256 r[4])
 }
 
 /* A block of 8 rows of n <= FS256_SHORT_MAX floats at xb, transposed into c[0..n) (c[j]: column
-   j, lane k = row k): 8x8 blocks, the last group of columns read with masked loads; rows of up
-   to 4, 4x4 blocks in each half (rows k and k + 4 in one register), rows 4-7 read masked when
-   a row is shorter than 4 (nothing past the block is read). */
+   j, lane k = row k), 8 columns at a time by 8x8 transposes; a last group of 1-4 columns by a
+   4x4 transpose in each half (rows k and k + 4 in one register: 8 shuffles, not 24), rows 4-7
+   read masked when it has fewer than 4 (nothing past the block is read); a last group of 5-7
+   columns read masked. */
 FS256_INLINE void fs256_load_columns8_ps(const float *xb, ptrdiff_t n, __m256 *c)
 {
-    if (n <= 4) {
-        const __m128i tail = _mm256_castsi256_si128(fs256_tail_mask32(n));
-        for (int k = 0; k < 4; k++) {
-            const __m128 hi = n == 4 ? _mm_loadu_ps(xb + (k + 4) * n) : _mm_maskload_ps(xb + (k + 4) * n, tail);
-            c[k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(xb + k * n)), hi, 1);
-        }
-        fs256_transpose4x2_ps(c);
-        return;
-    }
     const ptrdiff_t groups = (n + 7) / 8, last = n - 8 * (groups - 1);
     for (ptrdiff_t g = 0; g < groups; g++) {
+        const float *xg = xb + 8 * g;
         if (g + 1 < groups || last == 8) {
-            for (int k = 0; k < 8; k++) c[8 * g + k] = _mm256_loadu_ps(xb + k * n + 8 * g);
+            for (int k = 0; k < 8; k++) c[8 * g + k] = _mm256_loadu_ps(xg + k * n);
+            fs256_transpose8_ps(c + 8 * g);
+        } else if (last <= 4) {
+            const __m128i tail = _mm256_castsi256_si128(fs256_tail_mask32(last));
+            for (int k = 0; k < 4; k++) {
+                const __m128 hi = last == 4 ? _mm_loadu_ps(xg + (k + 4) * n) : _mm_maskload_ps(xg + (k + 4) * n, tail);
+                c[8 * g + k] = _mm256_insertf128_ps(_mm256_castps128_ps256(_mm_loadu_ps(xg + k * n)), hi, 1);
+            }
+            fs256_transpose4x2_ps(c + 8 * g);
         } else {
             const __m256i tail = fs256_tail_mask32(last);
-            for (int k = 0; k < 8; k++) c[8 * g + k] = _mm256_maskload_ps(xb + k * n + 8 * g, tail);
+            for (int k = 0; k < 8; k++) c[8 * g + k] = _mm256_maskload_ps(xg + k * n, tail);
+            fs256_transpose8_ps(c + 8 * g);
         }
-        fs256_transpose8_ps(c + 8 * g);
     }
 }
 
@@ -984,33 +985,26 @@ FS256_INLINE void fs256_load_columns8_ps(const float *xb, ptrdiff_t n, __m256 *c
    the last 1-7 columns of each row by ordinary stores, so nothing outside the block is written. */
 FS256_INLINE void fs256_store_columns8_ps(float *yb, ptrdiff_t n, __m256 *c)
 {
-    if (n <= 4) {
-        for (ptrdiff_t j = n; j < 4; j++) c[j] = _mm256_setzero_ps();
-        fs256_transpose4x2_ps(c);
-        for (int k = 0; k < 4; k++) {
-            fs256_store_head_ps(yb + k * n, c[k], n);
-            fs256_store_head_ps(yb + (k + 4) * n, _mm256_castps128_ps256(_mm256_extractf128_ps(c[k], 1)), n);
-        }
-        return;
-    }
     const ptrdiff_t groups = (n + 7) / 8, last = n - 8 * (groups - 1);
     for (ptrdiff_t j = n; j < 8 * groups; j++) c[j] = _mm256_setzero_ps();
     for (ptrdiff_t g = 0; g < groups; g++) {
-        fs256_transpose8_ps(c + 8 * g);
-        for (int k = 0; k < 8; k++) {
-            if (g + 1 < groups || last == 8) _mm256_storeu_ps(yb + k * n + 8 * g, c[8 * g + k]);
-            else fs256_store_head_ps(yb + k * n + 8 * g, c[8 * g + k], last);
+        float *yg = yb + 8 * g;
+        if (g + 1 < groups || last == 8) {
+            fs256_transpose8_ps(c + 8 * g);
+            for (int k = 0; k < 8; k++) _mm256_storeu_ps(yg + k * n, c[8 * g + k]);
+        } else if (last <= 4) {
+            fs256_transpose4x2_ps(c + 8 * g);
+            for (int k = 0; k < 4; k++) {
+                fs256_store_head_ps(yg + k * n, c[8 * g + k], last);
+                fs256_store_head_ps(yg + (k + 4) * n, _mm256_castps128_ps256(_mm256_extractf128_ps(c[8 * g + k], 1)), last);
+            }
+        } else {
+            fs256_transpose8_ps(c + 8 * g);
+            for (int k = 0; k < 8; k++) fs256_store_head_ps(yg + k * n, c[8 * g + k], last);
         }
     }
 }
 
-/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float32
-   elements, 8 rows a block, one per lane, transposed in registers (fs256_load_columns8_ps) so
-   that the max, the exps and the sums are vertical.  softmax: the exps (TwoSum-corrected as
-   fs256_exp_store_sum_f32, or fs256_exp_spread_ps when the block's rows are all within
-   FS_EXACT_SPREAD of their maxima), scaled by 1 / sum; log_softmax: the split sums (count of
-   max elements, sum of the other exps), one vector log1p, then (x - max) - log.  A row whose
-   max is not finite is filled with NaN.  Returns how many rows it did (a multiple of 8). */
 /* The lanes' maxima over columns c[0..n) into *mx (0 where not finite: *badv all ones there);
    returns whether every lane is within FS_EXACT_SPREAD of its max (the 13-operation exp). */
 FS256_INLINE int fs256_columns_max8_ps(const __m256 *c, ptrdiff_t n, __m256 *mx, __m256 *badv)
