@@ -1094,6 +1094,41 @@ FS256_INLINE void fs256_transpose4_pd(__m256d r[4])
     r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
+/* A block of 4 rows of n <= FS256_SHORT_MAX doubles at xb, transposed into c[0..n) (c[j]: column
+   j, lane k = row k) by 4x4 transposes, the last group of columns read with masked loads. */
+FS256_INLINE void fs256_load_columns4_pd(const double *xb, ptrdiff_t n, __m256d *c)
+{
+    const ptrdiff_t groups = (n + 3) / 4, last = n - 4 * (groups - 1); /* columns in the last group: 1..4 */
+    const __m256i tail = fs256_tail_mask64(last);
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        for (int k = 0; k < 4; k++)
+            c[4 * g + k] = g + 1 < groups ? _mm256_loadu_pd(xb + k * n + 4 * g) : _mm256_maskload_pd(xb + k * n + 4 * g, tail);
+        fs256_transpose4_pd(c + 4 * g);
+    }
+}
+
+/* The inverse: columns c[0..n) of a block of 4 rows back to rows of n at yb (c is clobbered), the
+   last 1-3 columns by ordinary stores (vmaskmovpd is microcoded on AMD): nothing outside the
+   block is written. */
+FS256_INLINE void fs256_store_columns4_pd(double *yb, ptrdiff_t n, __m256d *c)
+{
+    const ptrdiff_t groups = (n + 3) / 4, last = n - 4 * (groups - 1);
+    for (ptrdiff_t g = 0; g < groups; g++) {
+        fs256_transpose4_pd(c + 4 * g);
+        for (int k = 0; k < 4; k++) {
+            double *dst = yb + k * n + 4 * g;
+            if (g + 1 < groups || last == 4) {
+                _mm256_storeu_pd(dst, c[4 * g + k]);
+            } else {
+                const __m128d lo = _mm256_castpd256_pd128(c[4 * g + k]);
+                if (last == 1) _mm_store_sd(dst, lo);
+                else _mm_storeu_pd(dst, lo);
+                if (last == 3) _mm_store_sd(dst + 2, _mm256_extractf128_pd(c[4 * g + k], 1));
+            }
+        }
+    }
+}
+
 /* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float64
    elements, 4 rows a block, one per lane.  The block is transposed in registers (4x4 blocks of
    doubles: 8 shuffles per 16 elements, where AMD Zen's gathers cost several times that), so
@@ -1105,20 +1140,12 @@ FS256_INLINE void fs256_transpose4_pd(__m256d r[4])
    a time, 65536x10 float64 softmax took 1.1x JAX's time on an AMD EPYC (Zen 3). */
 FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
-    const ptrdiff_t groups = (n + 3) / 4, last = n - 4 * (groups - 1); /* columns in the last group: 1..4 */
-    const __m256i tail = fs256_tail_mask64(last);
     const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
     ptrdiff_t r0 = 0;
     for (; r0 + 4 <= nrows; r0 += 4) {
-        const double *xb = x + r0 * n;
         double *yb = y + r0 * n;
         __m256d c[FS256_SHORT_MAX]; /* c[j]: column j of the block, lane k = row k */
-        for (ptrdiff_t g = 0; g < groups; g++) {
-            for (int k = 0; k < 4; k++)
-                c[4 * g + k] = g + 1 < groups ? _mm256_loadu_pd(xb + k * n + 4 * g)
-                                              : _mm256_maskload_pd(xb + k * n + 4 * g, tail);
-            fs256_transpose4_pd(c + 4 * g);
-        }
+        fs256_load_columns4_pd(x + r0 * n, n, c);
         __m256d mx = _mm256_set1_pd(-INFINITY), mn = _mm256_set1_pd(INFINITY);
         for (ptrdiff_t j = 0; j < n; j++) {
             mx = _mm256_max_pd(mx, c[j]);
@@ -1150,20 +1177,7 @@ FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrd
             const __m256d inv = _mm256_div_pd(one, _mm256_add_pd(s0, s1));
             for (ptrdiff_t j = 0; j < n; j++) c[j] = _mm256_mul_pd(c[j], inv);
         }
-        for (ptrdiff_t g = 0; g < groups; g++) {
-            fs256_transpose4_pd(c + 4 * g);
-            for (int k = 0; k < 4; k++) {
-                double *dst = yb + k * n + 4 * g;
-                if (g + 1 < groups || last == 4) {
-                    _mm256_storeu_pd(dst, c[4 * g + k]);
-                } else { /* ordinary stores for the last 1-3 columns (vmaskmovpd is microcoded on AMD) */
-                    const __m128d lo = _mm256_castpd256_pd128(c[4 * g + k]);
-                    if (last == 1) _mm_store_sd(dst, lo);
-                    else _mm_storeu_pd(dst, lo);
-                    if (last == 3) _mm_store_sd(dst + 2, _mm256_extractf128_pd(c[4 * g + k], 1));
-                }
-            }
-        }
+        fs256_store_columns4_pd(yb, n, c);
         for (int rows = bad; rows; rows &= rows - 1) {
             const int lane = __builtin_ctz((unsigned)rows);
             for (ptrdiff_t j = 0; j < n; j++) yb[lane * n + j] = NAN;
@@ -1271,6 +1285,94 @@ static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *t
     switch (n) { FS256_CASES_1_2(FS256_CASE) FS256_CASES_3_7(FS256_CASE) FS256_CASES_8_16(FS256_CASE) default: break; }
 #undef FS256_CASE
     return fs256_ce_short_rows_any_f32(x, target, w, nrows, n, grad, gs, row_loss);
+}
+
+/* Cross-entropy with class-index targets, no label smoothing, for rows of n <= FS256_SHORT_MAX
+   float64 classes, 4 rows a block, one per lane, transposed in registers as fs256_short_rows_f64:
+   fs512_ce_short_rows_f64's maths (see fs256_ce_short_rows_f32 for the loss, the gradient and
+   their special rows), the exps of rows within FS_SPREAD_F64 of their maxima by
+   fs256_exp_bounded_pd.  Returns how many rows it did (a multiple of 4). */
+FS256_INLINE ptrdiff_t fs256_ce_short_rows_any_f64(const double *x, const int64_t *target, const double *w,
+                                                   ptrdiff_t nrows, ptrdiff_t n, double *grad, double gs,
+                                                   double *row_loss)
+{
+    const __m256d one = _mm256_set1_pd(1.0), zero = _mm256_setzero_pd(), inf = _mm256_set1_pd(INFINITY);
+    const __m256d nan = _mm256_set1_pd(NAN), absmask = _mm256_castsi256_pd(_mm256_set1_epi64x(0x7fffffffffffffffLL));
+    const __m256i one_i = _mm256_set1_epi64x(1), n_i = _mm256_set1_epi64x((long long)n), minus1 = _mm256_set1_epi64x(-1);
+    ptrdiff_t r0 = 0;
+    for (; r0 + 4 <= nrows; r0 += 4) {
+        __m256i tcol = _mm256_loadu_si256((const __m256i *)(target + r0));
+        const __m256d valid = _mm256_castsi256_pd(_mm256_and_si256(_mm256_cmpgt_epi64(tcol, minus1), _mm256_cmpgt_epi64(n_i, tcol)));
+        tcol = _mm256_blendv_epi8(minus1, tcol, _mm256_castpd_si256(valid)); /* -1: ignored, matches no column */
+        __m256d c[FS256_SHORT_MAX]; /* c[j]: column j of the block, lane k = row k */
+        fs256_load_columns4_pd(x + r0 * n, n, c);
+        __m256d mx = _mm256_set1_pd(-INFINITY), mn = inf;
+        for (ptrdiff_t j = 0; j < n; j++) {
+            mx = _mm256_max_pd(mx, c[j]);
+            mn = _mm256_min_pd(mn, c[j]);
+        }
+        const int bounded =
+            _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(mx, mn), _mm256_set1_pd(FS_SPREAD_F64), _CMP_LE_OQ)) == 0xF;
+        const __m256d badv = _mm256_cmp_pd(_mm256_sub_pd(mx, mx), zero, _CMP_NEQ_UQ); /* max not finite */
+        mx = _mm256_blendv_pd(mx, zero, badv);
+        __m256d rest0 = zero, rest1 = zero, cnt = zero, xt = zero, et = zero;
+        __m256i col = _mm256_setzero_si256();
+        for (ptrdiff_t j = 0; j < n; j++, col = _mm256_add_epi64(col, one_i)) {
+            const __m256d at_t = _mm256_castsi256_pd(_mm256_cmpeq_epi64(tcol, col));
+            xt = _mm256_blendv_pd(xt, c[j], at_t);
+            const __m256d t = _mm256_sub_pd(c[j], mx);
+            const __m256d e = bounded ? fs256_exp_bounded_pd(t) : fs256_exp_nonpos_pd(t);
+            const __m256d at_max = _mm256_cmp_pd(c[j], mx, _CMP_EQ_OQ);
+            if (j & 1) rest1 = _mm256_add_pd(rest1, _mm256_andnot_pd(at_max, e));
+            else rest0 = _mm256_add_pd(rest0, _mm256_andnot_pd(at_max, e));
+            cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));
+            et = _mm256_blendv_pd(et, e, at_t);
+            c[j] = e;
+        }
+        const __m256d rest = _mm256_add_pd(_mm256_sub_pd(cnt, one), _mm256_add_pd(rest0, rest1));
+        const __m256d lse = fs256_log1p_pd(rest);
+        const __m256d wt = w != NULL ? _mm256_mask_i64gather_pd(zero, w, tcol, valid, 8) : _mm256_and_pd(valid, one);
+        const __m256d nll = _mm256_add_pd(lse, _mm256_sub_pd(mx, xt));
+        __m256d loss = _mm256_and_pd(valid, _mm256_mul_pd(wt, nll));
+        /* an infinite w_t at a row's max whose sum rounds to 1: torch's -log p_t is 0 (weighted_nll) */
+        const __m256d wt_inf = _mm256_cmp_pd(_mm256_and_pd(absmask, wt), inf, _CMP_EQ_OQ);
+        const __m256d nll0 = _mm256_and_pd(_mm256_and_pd(wt_inf, _mm256_cmp_pd(xt, mx, _CMP_EQ_OQ)),
+                                           _mm256_and_pd(valid, _mm256_cmp_pd(_mm256_add_pd(one, rest), one, _CMP_EQ_OQ)));
+        loss = _mm256_blendv_pd(loss, _mm256_mul_pd(wt, zero), nll0);
+        loss = _mm256_blendv_pd(loss, nan, _mm256_and_pd(badv, valid));
+        _mm256_storeu_pd(row_loss + r0, loss);
+        if (grad == NULL) continue;
+        const __m256d s = _mm256_add_pd(one, rest);
+        const __m256d wgs = _mm256_mul_pd(wt, _mm256_set1_pd(gs));
+        const __m256d k1 = _mm256_div_pd(wgs, s);
+        __m256d pt1 = _mm256_sub_pd(_mm256_div_pd(et, s), one);
+        const __m256d sole_max = _mm256_and_pd(_mm256_cmp_pd(xt, mx, _CMP_EQ_OQ), _mm256_cmp_pd(cnt, one, _CMP_EQ_OQ));
+        pt1 = _mm256_blendv_pd(pt1, _mm256_div_pd(_mm256_sub_pd(zero, rest), s), sole_max);
+        /* NaN where w_t gs is infinite, as torch (fs_losses_impl.h, target_grad) */
+        const __m256d wgs_inf = _mm256_cmp_pd(_mm256_and_pd(absmask, wgs), inf, _CMP_EQ_OQ);
+        const __m256d gt = _mm256_blendv_pd(_mm256_mul_pd(wgs, pt1), nan, wgs_inf);
+        /* whole rows: 0 where ignored, NaN where the max is not finite */
+        const __m256d fill = _mm256_or_pd(_mm256_andnot_pd(valid, _mm256_castsi256_pd(minus1)), badv);
+        col = _mm256_setzero_si256();
+        for (ptrdiff_t j = 0; j < n; j++, col = _mm256_add_epi64(col, one_i))
+            c[j] = _mm256_blendv_pd(_mm256_mul_pd(c[j], k1), gt, _mm256_castsi256_pd(_mm256_cmpeq_epi64(tcol, col)));
+        if (_mm256_movemask_pd(fill)) {
+            const __m256d fill_value = _mm256_and_pd(valid, nan);
+            for (ptrdiff_t j = 0; j < n; j++) c[j] = _mm256_blendv_pd(c[j], fill_value, fill);
+        }
+        fs256_store_columns4_pd(grad + r0 * n, n, c);
+    }
+    return r0;
+}
+
+static inline ptrdiff_t fs256_ce_short_rows_f64(const double *x, const int64_t *target, const double *w,
+                                                ptrdiff_t nrows, ptrdiff_t n, double *grad, double gs,
+                                                double *row_loss)
+{
+#define FS256_CASE(k) case k: return fs256_ce_short_rows_any_f64(x, target, w, nrows, k, grad, gs, row_loss);
+    switch (n) { FS256_CASES_1_2(FS256_CASE) FS256_CASES_3_7(FS256_CASE) FS256_CASES_8_16(FS256_CASE) default: break; }
+#undef FS256_CASE
+    return fs256_ce_short_rows_any_f64(x, target, w, nrows, n, grad, gs, row_loss);
 }
 
 #pragma GCC pop_options

@@ -561,18 +561,18 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
     return 0;
 }
 
-#if defined(FS_USE_AVX512) || (defined(FS_USE_AVX2) && FS_IS_F32)
+#if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
 #ifdef FS_USE_AVX512
 #define FS_CE_SHORT_ROWS FS_CAT(fs512_ce_short_rows, FS_SUF)
 #define FS_CE_SHORT_MAX FS512_SHORT_MAX
 #define FS_CE_SHORT_BLOCK 16
 #else
-#define FS_CE_SHORT_ROWS fs256_ce_short_rows_f32
+#define FS_CE_SHORT_ROWS FS_CAT(fs256_ce_short_rows, FS_SUF)
 #define FS_CE_SHORT_MAX FS256_SHORT_MAX
-#define FS_CE_SHORT_BLOCK 8
+#define FS_CE_SHORT_BLOCK (FS_IS_F32 ? 8 : 4)
 #endif
 /* `len` short rows, class indices, no smoothing: blocks of FS_CE_SHORT_BLOCK rows (AVX-512
-   float64: 8), then the rest one row at a time. */
+   float64: 8; AVX2 float32 8, float64 4), then the rest one row at a time. */
 static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, const FS_T *w, double wsum,
                                        ptrdiff_t len, ptrdiff_t ncols, double gs, FS_T *grad, double *row_loss)
 {
