@@ -14,8 +14,8 @@
  * 16 rows a block (softmax_medium_span); short rows and log_softmax's medium rows have block
  * paths of their own.  Large float32 results in medium rows of a whole number of vectors are
  * streamed too, a block (batch) behind the sums (softmax_medium_stream_span,
- * log_softmax_medium_stream_span).  On AVX2: short rows 8 (float32, gathered) or 4 (float64,
- * transposed in registers) rows a block, log_softmax's medium rows and logsumexp's rows
+ * log_softmax_medium_stream_span).  On AVX2: short rows 8 (float32) or 4 (float64) rows a
+ * block, transposed in registers (fs_avx2.h), log_softmax's medium rows and logsumexp's rows
  * batched as on AVX-512, long rows of large results streamed (softmax_like_stream_span on
  * fs_avx2_stream_impl.h's pending rows); rows within a spread of their max take cheaper exps
  * (row_max_bounded).

@@ -4,8 +4,8 @@
  * The primitives of fs_avx512.h on 8 float / 4 double lanes: the long-row ones (row max and
  * min, exp + store + sum, split sums, scale, subtraction), the backward passes, vector log1p
  * for batches of rows, and short-row blocks (float32 softmax, log_softmax, cross-entropy: 8
- * rows a block, gathered; float64 softmax, log_softmax: 4 rows a block, transposed in
- * registers).  No mask registers (blends and masked loads instead; no masked store in a main
+ * rows a block; float64: 4; transposed in registers, rows of up to 16 by kernels compiled
+ * per length; float32 log_softmax of rows under 8 and softmax under 3 gathered).  No mask registers (blends and masked loads instead; no masked store in a main
  * loop: vmaskmovps / vmaskmovpd stores are microcoded on AMD Zen), 2^n built from exponent
  * bits (in two factors where a result may be subnormal) instead of vscalef; rows within a
  * spread of their max (FS_EXACT_SPREAD, FS_SPREAD_F64) take exps without range tests
