@@ -738,13 +738,13 @@ static inline void fs256_backward_pass_f64(const double *g, const double *y, dou
  * As fs512_short_rows_T (fs_avx512.h): rows of at most FS256_SHORT_MAX elements go 8 (float64:
  * 4) rows a block, one per lane, so that no per-row horizontal reduction or scalar log is paid:
  * the max, the exps and the sums are vertical (lane = row).  The block is transposed in
- * registers (fs256_load_columns8_ps: 8x8 blocks of floats, 4x4 of doubles), the results
- * transposed back; AMD Zen's gathers cost several times the shuffles.  Rows of 1-7 float32
- * elements (log_softmax) or 1-2 (softmax) keep the gathered form (fs256_short_rows_gathered_f32:
- * columns gathered for the reductions, the elementwise work over the block's contiguous memory,
- * each lane's constants fetched by a permutation), measured faster there.  A row whose max is
- * not finite is filled with NaN.  One row at a time, 65536x10 float32 log_softmax took 2.8x
- * torch's AVX2 time.
+ * registers (fs256_load_columns8_ps: 8x8 blocks of floats; fs256_load_columns4_pd: 4x4 of
+ * doubles), the results transposed back; AMD Zen's gathers cost several times the shuffles.
+ * Rows of 1-7 float32 elements (log_softmax) or 1-2 (softmax) keep the gathered form
+ * (fs256_short_rows_gathered_f32: columns gathered for the reductions, the elementwise work
+ * over the block's contiguous memory, each lane's constants fetched by a permutation),
+ * measured faster there.  A row whose max is not finite is filled with NaN.  One row at a
+ * time, 65536x10 float32 log_softmax took 2.8x torch's AVX2 time.
  */
 #define FS256_SHORT_MAX 32
 
@@ -752,7 +752,8 @@ static inline void fs256_backward_pass_f64(const double *g, const double *y, dou
    over `case k: return KERNEL(k)` for each k): the column loops unrolled, the block's columns
    kept in registers.  On an AMD EPYC (Zen 3), rows of 10 in cache: float32 softmax 0.63-0.69x
    the time of the kernel compiled for any length, log_softmax 0.73-0.77x, cross-entropy
-   0.71-0.77x, float64 softmax 0.77-0.86x, log_softmax 0.83-0.88x; about 150 KB of code. */
+   0.69-0.77x, float64 softmax 0.73-0.86x, log_softmax 0.80-0.88x; about 175 KB of code with
+   the float64 cross-entropy's. */
 #define FS256_CASES_1_2(C) C(1) C(2)
 #define FS256_CASES_3_7(C) C(3) C(4) C(5) C(6) C(7)
 #define FS256_CASES_8_16(C) C(8) C(9) C(10) C(11) C(12) C(13) C(14) C(15) C(16)
@@ -992,7 +993,7 @@ FS256_INLINE void fs256_load_columns8_ps(const float *xb, ptrdiff_t n, __m256 *c
 
 /* The inverse: columns c[0..n) of a block of 8 rows back to rows of n at yb (c is clobbered);
    the last 1-7 columns of each row by ordinary stores, so nothing outside the block is written
-   (the columns past n, left by fs256_load_columns8_ps, are transposed but not stored). */
+   (whatever the columns past n hold is never stored). */
 FS256_INLINE void fs256_store_columns8_ps(float *yb, ptrdiff_t n, __m256 *c)
 {
     const ptrdiff_t groups = (n + 7) / 8, last = n - 8 * (groups - 1);
@@ -1129,15 +1130,6 @@ FS256_INLINE void fs256_store_columns4_pd(double *yb, ptrdiff_t n, __m256d *c)
     }
 }
 
-/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float64
-   elements, 4 rows a block, one per lane.  The block is transposed in registers (4x4 blocks of
-   doubles: 8 shuffles per 16 elements, where AMD Zen's gathers cost several times that), so
-   the max, the exps and the sums are vertical; the results are transposed back.  The maths
-   of the one-row kernels: softmax e = exp(x - m), y = e * (1 / sum e); log_softmax the split
-   sums (count of max elements, sum of the other exps), one vector log1p, y = (x - m) - log.
-   Blocks within FS_SPREAD_F64 of their maxima take fs256_exp_bounded_pd.  A row whose max is
-   not finite is filled with NaN.  Returns how many rows it did (a multiple of 4).  One row at
-   a time, 65536x10 float64 softmax took 1.1x JAX's time on an AMD EPYC (Zen 3). */
 /* The last stage of a float64 block of 4 rows: y = e * (1 / s) (softmax) or t - log1p(s)
    (log_softmax), transposed back to yb; rows whose max is not finite (`bad`) filled with NaN. */
 FS256_INLINE void fs256_short_finish_f64(__m256d *c, __m256d s, double *yb, ptrdiff_t n, int log_out, int bad)
@@ -1156,7 +1148,16 @@ FS256_INLINE void fs256_short_finish_f64(__m256d *c, __m256d s, double *yb, ptrd
     }
 }
 
-/* Blocks are software-pipelined: block b's last stage (the log1p or reciprocal of its sum, a
+/* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS256_SHORT_MAX float64
+   elements, 4 rows a block, one per lane.  The block is transposed in registers (4x4 blocks of
+   doubles: 8 shuffles per 16 elements, where AMD Zen's gathers cost several times that), so
+   the max, the exps and the sums are vertical; the results are transposed back.  The maths
+   of the one-row kernels: softmax e = exp(x - m), y = e * (1 / sum e); log_softmax the split
+   sums (count of max elements, sum of the other exps), one vector log1p, y = (x - m) - log.
+   Blocks within FS_SPREAD_F64 of their maxima take fs256_exp_bounded_pd.  A row whose max is
+   not finite is filled with NaN.  Returns how many rows it did (a multiple of 4).  One row at
+   a time, 65536x10 float64 softmax took 1.1x JAX's time on an AMD EPYC (Zen 3).  Blocks are
+   software-pipelined: block b's last stage (the log1p or reciprocal of its sum, a
    chain of dependent operations) runs after block b + 1's exps in program order, so that it
    overlaps them; two blocks' columns are kept, in turn. */
 FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
@@ -1304,8 +1305,8 @@ static inline ptrdiff_t fs256_ce_short_rows_f32(const float *x, const int64_t *t
 
 /* Cross-entropy with class-index targets, no label smoothing, for rows of n <= FS256_SHORT_MAX
    float64 classes, 4 rows a block, one per lane, transposed in registers as fs256_short_rows_f64:
-   fs512_ce_short_rows_f64's maths (see fs256_ce_short_rows_f32 for the loss, the gradient and
-   their special rows), the exps of rows within FS_SPREAD_F64 of their maxima by
+   fs512_ce_short_rows_f64's maths (see fs256_ce_short_rows_any_f32 for the loss, the gradient
+   and their special rows), the exps of rows within FS_SPREAD_F64 of their maxima by
    fs256_exp_bounded_pd.  Returns how many rows it did (a multiple of 4). */
 FS256_INLINE ptrdiff_t fs256_ce_short_rows_any_f64(const double *x, const int64_t *target, const double *w,
                                                    ptrdiff_t nrows, ptrdiff_t n, double *grad, double gs,

@@ -599,7 +599,7 @@ static int FS_FN(ce_rows)(const FS_T *x, const int64_t *target, const FS_T *prob
     int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
 #ifdef FS_CE_SHORT_ROWS
     if (prob == NULL && !(eps > 0.0) && ncols > 0 && ncols <= FS_CE_SHORT_MAX && nrows >= FS_CE_SHORT_BLOCK) {
-        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8) */
+        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block of 16 (or 8, 4) */
         FS_ROWS_FOR(sl, (nrows + slice - 1) / slice,
                     ptrdiff_t r0 = sl * slice;
                     FS_FN(ce_short_rows_slice)(x + r0 * ncols, target + r0, w, wsum,
