@@ -388,8 +388,9 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
    sums (softmax's exps into a scratch row, two in turn), during which row r - 1 is streamed
    out, the max and min of row r + 1 are taken and row r + 2 is prefetched.  The same bits as
    the one-row kernels (a row with a NaN is all NaN on both, possibly not the same NaN: the max
-   taken ahead may keep or drop it, as on AVX-512).  Measured on an AMD EPYC (Zen 3) in a C loop against the one-row
-   kernels: float64 4096x1000 and 256x50256 10-20% faster, float32 0-15%. */
+   taken ahead may keep or drop it, as on AVX-512).  Measured on an AMD EPYC (Zen 3) in a C
+   loop against the one-row kernels: float64 4096x1000 and 256x50256 10-20% faster, float32
+   0-15%. */
 #include "fs_avx2_stream_impl.h"
 
 static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,

@@ -1095,6 +1095,22 @@ FS256_INLINE void fs256_transpose4_pd(__m256d r[4])
     r[3] = _mm256_permute2f128_pd(t1, t3, 0x31);
 }
 
+/* The lanes' maxima over columns c[0..n) into *mx (0 where not finite: *badv all ones there);
+   returns whether every lane is within FS_SPREAD_F64 of its max (fs256_exp_bounded_pd). */
+FS256_INLINE int fs256_columns_max4_pd(const __m256d *c, ptrdiff_t n, __m256d *mx, __m256d *badv)
+{
+    __m256d hi = _mm256_set1_pd(-INFINITY), lo = _mm256_set1_pd(INFINITY);
+    for (ptrdiff_t j = 0; j < n; j++) {
+        hi = _mm256_max_pd(hi, c[j]);
+        lo = _mm256_min_pd(lo, c[j]);
+    }
+    const int bounded =
+        _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(hi, lo), _mm256_set1_pd(FS_SPREAD_F64), _CMP_LE_OQ)) == 0xF;
+    *badv = _mm256_cmp_pd(_mm256_sub_pd(hi, hi), _mm256_setzero_pd(), _CMP_NEQ_UQ); /* max not finite */
+    *mx = _mm256_blendv_pd(hi, _mm256_setzero_pd(), *badv);
+    return bounded;
+}
+
 /* A block of 4 rows of n <= FS256_SHORT_MAX doubles at xb, transposed into c[0..n) (c[j]: column
    j, lane k = row k) by 4x4 transposes, the last group of columns read with masked loads. */
 FS256_INLINE void fs256_load_columns4_pd(const double *xb, ptrdiff_t n, __m256d *c)
@@ -1170,16 +1186,9 @@ FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrd
     for (; r0 + 4 <= nrows; r0 += 4) {
         __m256d *cb = c[(r0 >> 2) & 1];
         fs256_load_columns4_pd(x + r0 * n, n, cb);
-        __m256d mx = _mm256_set1_pd(-INFINITY), mn = _mm256_set1_pd(INFINITY);
-        for (ptrdiff_t j = 0; j < n; j++) {
-            mx = _mm256_max_pd(mx, cb[j]);
-            mn = _mm256_min_pd(mn, cb[j]);
-        }
-        const int bounded =
-            _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(mx, mn), _mm256_set1_pd(FS_SPREAD_F64), _CMP_LE_OQ)) == 0xF;
-        const __m256d badv = _mm256_cmp_pd(_mm256_sub_pd(mx, mx), zero, _CMP_NEQ_UQ); /* max not finite */
+        __m256d mx, badv;
+        const int bounded = fs256_columns_max4_pd(cb, n, &mx, &badv);
         const int bad = _mm256_movemask_pd(badv);
-        mx = _mm256_blendv_pd(mx, zero, badv);
         __m256d s0 = zero, s1 = zero, cnt = zero;
         for (ptrdiff_t j = 0; j < n; j++) {
             const __m256d t = _mm256_sub_pd(cb[j], mx);
@@ -1322,15 +1331,8 @@ FS256_INLINE ptrdiff_t fs256_ce_short_rows_any_f64(const double *x, const int64_
         tcol = _mm256_blendv_epi8(minus1, tcol, _mm256_castpd_si256(valid)); /* -1: ignored, matches no column */
         __m256d c[FS256_SHORT_MAX]; /* c[j]: column j of the block, lane k = row k */
         fs256_load_columns4_pd(x + r0 * n, n, c);
-        __m256d mx = _mm256_set1_pd(-INFINITY), mn = inf;
-        for (ptrdiff_t j = 0; j < n; j++) {
-            mx = _mm256_max_pd(mx, c[j]);
-            mn = _mm256_min_pd(mn, c[j]);
-        }
-        const int bounded =
-            _mm256_movemask_pd(_mm256_cmp_pd(_mm256_sub_pd(mx, mn), _mm256_set1_pd(FS_SPREAD_F64), _CMP_LE_OQ)) == 0xF;
-        const __m256d badv = _mm256_cmp_pd(_mm256_sub_pd(mx, mx), zero, _CMP_NEQ_UQ); /* max not finite */
-        mx = _mm256_blendv_pd(mx, zero, badv);
+        __m256d mx, badv;
+        const int bounded = fs256_columns_max4_pd(c, n, &mx, &badv);
         __m256d rest0 = zero, rest1 = zero, cnt = zero, xt = zero, et = zero;
         __m256i col = _mm256_setzero_si256();
         for (ptrdiff_t j = 0; j < n; j++, col = _mm256_add_epi64(col, one_i)) {

@@ -227,9 +227,9 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
 /* softmax / log_softmax results and cross-entropy gradients of at least FS_STREAM_MIN_BYTES,
    in rows of at least FS_STREAM_MIN_COLS, are written with streaming stores (AVX-512 and
    AVX2), which bypass the caches, each row during the next row's exp pass (software
-   pipelining, see fs512_pending_f32 and fs_avx2_stream_impl.h).  Measured in Python on the project's machine (one thread, calls
-   repeated as in a loop, time over np.copyto of the same array in the same process; two
-   builds in alternating processes): streamed, 2048x1000 float64 (16 MB) 1.0-1.2 vs 1.3-1.7,
+   pipelining, see fs512_pending_f32 and fs_avx2_stream_impl.h).  Measured in Python on the
+   project's machine (one thread, calls repeated as in a loop, time over np.copyto of the
+   same array in the same process; two builds in alternating processes): streamed, 2048x1000 float64 (16 MB) 1.0-1.2 vs 1.3-1.7,
    6144x1000 float32 (24 MB) 1.2-1.4 vs 1.4-1.9, 4096x1000 float32 (16 MB) 1.2-1.4 vs 1.2-1.7,
    2048x1000 and 1024x1000 float32 (8 and 4 MB) equal within the noise; without the
    pipelining a 16 MB result was slower streamed (it stays in L3 from call to call with
