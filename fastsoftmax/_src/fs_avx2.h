@@ -162,6 +162,53 @@ FS256_INLINE __m256d fs256_exp_nonpos_pd(__m256d t) { return fs256_exp_fast_impl
 FS256_INLINE __m256d fs256_exp_t_pd(__m256d t, int bounded) { return bounded ? fs256_exp_bounded_pd(t) : fs256_exp_nonpos_pd(t); }
 FS256_INLINE __m256d fs256_exp_any_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 1); }
 
+/* Four float64 exps at once, in place: fs256_exp_bounded_pd's operations (so the same bits),
+   each step applied to the four vectors before the next.  The exp is a chain of about 18
+   dependent operations (some 65 cycles); written one vector after another, the out-of-order
+   window held too few of them to keep the FMA pipes busy (exp + store + sum of 1024 doubles
+   in L1: 1.02-1.05 ns an element one vector after another, 0.91 interleaved, on an AMD EPYC
+   (Zen 3); 16 FMA-pipe operations per vector would allow about 0.65). */
+#define FS256_EACH4(stmt)                        \
+    do {                                         \
+        for (int u = 0; u < 4; u++) { stmt; }    \
+    } while (0)
+FS256_INLINE void fs256_exp4_bounded_pd(__m256d *t)
+{
+    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
+    __m256d n[4], r[4], p[4];
+    FS256_EACH4(n[u] = _mm256_sub_pd(_mm256_fmadd_pd(t[u], _mm256_set1_pd(1.4426950408889634), magic), magic));
+    FS256_EACH4(r[u] = _mm256_fnmadd_pd(n[u], _mm256_set1_pd(6.93147180369123816490e-01), t[u]));
+    FS256_EACH4(r[u] = _mm256_fnmadd_pd(n[u], _mm256_set1_pd(1.90821492927058770002e-10), r[u]));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(_mm256_set1_pd(0x1.aed871c8d0d84p-26), r[u], _mm256_set1_pd(0x1.289086a0718d1p-22)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.71de3c6901054p-19)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.a019b9e8a8767p-16)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.a01a019956eb6p-13)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.6c16c1784dc5ep-10)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.1111111112169p-7)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.5555555553e21p-5)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.5555555555560p-3)));
+    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.0000000000003p-1)));
+    FS256_EACH4(p[u] = _mm256_add_pd(_mm256_fmadd_pd(p[u], _mm256_mul_pd(r[u], r[u]), r[u]), _mm256_set1_pd(1.0)));
+    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
+    FS256_EACH4(t[u] = _mm256_mul_pd(p[u], _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n[u], bias)), 52))));
+}
+
+/* fs256_exp_t_pd of four vectors, in place, the same bits: bounded, or none of their lanes below
+   -708, interleaved (fs256_exp4_bounded_pd); else one vector at a time. */
+FS256_INLINE void fs256_exp4_t_pd(__m256d *t, int bounded)
+{
+    if (!bounded) {
+        const __m256d lim = _mm256_set1_pd(-708.0);
+        const __m256d out = _mm256_or_pd(_mm256_or_pd(_mm256_cmp_pd(t[0], lim, _CMP_LT_OQ), _mm256_cmp_pd(t[1], lim, _CMP_LT_OQ)),
+                                         _mm256_or_pd(_mm256_cmp_pd(t[2], lim, _CMP_LT_OQ), _mm256_cmp_pd(t[3], lim, _CMP_LT_OQ)));
+        if (_mm256_movemask_pd(out) != 0) {
+            FS256_EACH4(t[u] = fs256_exp_nonpos_pd(t[u]));
+            return;
+        }
+    }
+    fs256_exp4_bounded_pd(t);
+}
+
 FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
 {
     __m256 t = _mm256_add_ps(x, negm);
@@ -409,6 +456,16 @@ FS256_INLINE double fs256_exp_store_sum_impl_f64(const double *x, double m, doub
     const __m256d vm = _mm256_set1_pd(m);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
     ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) { /* two of the loop below at once, the exps interleaved: the same sums */
+        __m256d e[4];
+        FS256_EACH4(e[u] = _mm256_sub_pd(_mm256_loadu_pd(x + i + 4 * u), vm));
+        fs256_exp4_t_pd(e, bounded);
+        FS256_EACH4(_mm256_storeu_pd(y + i + 4 * u, e[u]));
+        s0 = _mm256_add_pd(s0, e[0]);
+        s1 = _mm256_add_pd(s1, e[1]);
+        s0 = _mm256_add_pd(s0, e[2]);
+        s1 = _mm256_add_pd(s1, e[3]);
+    }
     for (; i + 8 <= n; i += 8) {
         __m256d e0 = fs256_exp_t_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i), vm), bounded);
         __m256d e1 = fs256_exp_t_pd(_mm256_sub_pd(_mm256_loadu_pd(x + i + 4), vm), bounded);
@@ -534,6 +591,20 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
     const __m256d vm = _mm256_set1_pd(m), one = _mm256_set1_pd(1.0);
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), c0 = _mm256_setzero_pd(), c1 = _mm256_setzero_pd();
     ptrdiff_t i = 0;
+    for (; i + 16 <= n; i += 16) { /* two of the loop below at once, the exps interleaved: the same sums */
+        __m256d xv[4], t[4], e[4];
+        FS256_EACH4(xv[u] = fs256_load4_pd(x, i + 4 * u, wide); t[u] = _mm256_sub_pd(xv[u], vm); e[u] = t[u]);
+        fs256_exp4_t_pd(e, bounded);
+        if (y != NULL) FS256_EACH4(_mm256_storeu_pd(y + i + 4 * u, e[u]));
+        if (t_out != NULL) FS256_EACH4(_mm256_storeu_pd(t_out + i + 4 * u, t[u]));
+        for (int u = 0; u < 4; u += 2) {
+            const __m256d q0 = _mm256_cmp_pd(xv[u], vm, _CMP_EQ_OQ), q1 = _mm256_cmp_pd(xv[u + 1], vm, _CMP_EQ_OQ);
+            s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q0, e[u]));
+            s1 = _mm256_add_pd(s1, _mm256_andnot_pd(q1, e[u + 1]));
+            c0 = _mm256_add_pd(c0, _mm256_and_pd(q0, one));
+            c1 = _mm256_add_pd(c1, _mm256_and_pd(q1, one));
+        }
+    }
     for (; i + 8 <= n; i += 8) {
         const __m256d x0 = fs256_load4_pd(x, i, wide), x1 = fs256_load4_pd(x, i + 4, wide);
         const __m256d t0 = _mm256_sub_pd(x0, vm), t1 = _mm256_sub_pd(x1, vm);

@@ -165,6 +165,32 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
     while (i + FS256_LINE <= n) {
         FS256_V b0 = zero, b1 = zero;
         const ptrdiff_t end = i + FS_BLOCK <= n ? i + FS_BLOCK : n - n % FS256_LINE;
+#if !FS_IS_F32
+        /* float64: two lines at once, their four exps interleaved (fs256_exp4_t_pd), the
+           sums, counts, pending lines, prefetches and max / min in the order of the loop below */
+        for (; i + 2 * FS256_LINE <= end; i += 2 * FS256_LINE) {
+            __m256d xv[4], ev[4];
+            FS256_EACH4(xv[u] = FS256_LOADU(x + i + 4 * u); ev[u] = FS256_ADD(xv[u], negm));
+            fs256_exp4_t_pd(ev, bounded);
+            if (mode != FS256_PIPE_LOG_SOFTMAX) FS256_EACH4(FS256_STOREU(e + i + 4 * u, ev[u]));
+            if (mode != FS256_PIPE_SOFTMAX) {
+                FS256_EACH4(const FS256_V q = FS256_CMPEQ(xv[u], vm); ev[u] = FS256_ANDNOT(q, ev[u]);
+                            cnt = FS256_ADD(cnt, FS256_AND(q, one)));
+            }
+            for (int l = 0; l < 2; l++) {
+                s0 = FS256_ADD(s0, ev[2 * l]);
+                s1 = FS256_ADD(s1, ev[2 * l + 1]);
+                j = FS_FN(pending_advance)(*pend, qnegm, qa, j);
+                if (pf2 != NULL) _mm_prefetch((const char *)(pf2 + i + l * FS256_LINE), _MM_HINT_T1);
+                if (ahead != NULL) {
+                    const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
+                    const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
+                    am = FS256_MAX(FS256_MAX(am, a0), a1);
+                    an = FS256_MIN(FS256_MIN(an, a0), a1);
+                }
+            }
+        }
+#endif
         for (; i < end; i += FS256_LINE) {
             const FS256_V x0 = FS256_LOADU(x + i), x1 = FS256_LOADU(x + i + FS256_LANES);
             FS256_V e0, e1;
