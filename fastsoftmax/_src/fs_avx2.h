@@ -1261,19 +1261,30 @@ FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrd
         const int bounded = fs256_columns_max4_pd(cb, n, &mx, &badv);
         const int bad = _mm256_movemask_pd(badv);
         __m256d s0 = zero, s1 = zero, cnt = zero;
-        for (ptrdiff_t j = 0; j < n; j++) {
-            const __m256d t = _mm256_sub_pd(cb[j], mx);
-            __m256d e = bounded ? fs256_exp_bounded_pd(t) : fs256_exp_nonpos_pd(t);
-            if (log_out) {
-                const __m256d at_max = _mm256_cmp_pd(cb[j], mx, _CMP_EQ_OQ);
-                e = _mm256_andnot_pd(at_max, e);
-                cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));
-                cb[j] = t;
-            } else {
-                cb[j] = e;
-            }
-            if (j & 1) s1 = _mm256_add_pd(s1, e); else s0 = _mm256_add_pd(s0, e);
+#define FS256_SHORT_COL_F64(jj, e_in)                                       \
+    do {                                                                    \
+        const ptrdiff_t j_ = (jj);                                          \
+        const __m256d t_ = _mm256_sub_pd(cb[j_], mx);                       \
+        __m256d e_ = (e_in);                                                \
+        if (log_out) {                                                      \
+            const __m256d at_max = _mm256_cmp_pd(cb[j_], mx, _CMP_EQ_OQ);   \
+            e_ = _mm256_andnot_pd(at_max, e_);                              \
+            cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));           \
+            cb[j_] = t_;                                                    \
+        } else {                                                            \
+            cb[j_] = e_;                                                    \
+        }                                                                   \
+        if (j_ & 1) s1 = _mm256_add_pd(s1, e_); else s0 = _mm256_add_pd(s0, e_); \
+    } while (0)
+        ptrdiff_t j = 0;
+        for (; j + 4 <= n; j += 4) { /* four columns' exps interleaved */
+            __m256d e4[4];
+            FS256_EACH4(e4[u] = _mm256_sub_pd(cb[j + u], mx));
+            fs256_exp4_t_pd(e4, bounded);
+            FS256_EACH4(FS256_SHORT_COL_F64(j + u, e4[u]));
         }
+        for (; j < n; j++) FS256_SHORT_COL_F64(j, bounded ? fs256_exp_bounded_pd(t_) : fs256_exp_nonpos_pd(t_));
+#undef FS256_SHORT_COL_F64
         if (r0 > 0) fs256_short_finish_f64(c[((r0 >> 2) & 1) ^ 1], pending_s, y + (r0 - 4) * n, n, log_out, pending_bad);
         pending_s = log_out ? _mm256_add_pd(_mm256_sub_pd(cnt, one), _mm256_add_pd(s0, s1)) : _mm256_add_pd(s0, s1);
         pending_bad = bad;
@@ -1406,18 +1417,31 @@ FS256_INLINE ptrdiff_t fs256_ce_short_rows_any_f64(const double *x, const int64_
         const int bounded = fs256_columns_max4_pd(c, n, &mx, &badv);
         __m256d rest0 = zero, rest1 = zero, cnt = zero, xt = zero, et = zero;
         __m256i col = _mm256_setzero_si256();
-        for (ptrdiff_t j = 0; j < n; j++, col = _mm256_add_epi64(col, one_i)) {
-            const __m256d at_t = _mm256_castsi256_pd(_mm256_cmpeq_epi64(tcol, col));
-            xt = _mm256_blendv_pd(xt, c[j], at_t);
-            const __m256d t = _mm256_sub_pd(c[j], mx);
-            const __m256d e = bounded ? fs256_exp_bounded_pd(t) : fs256_exp_nonpos_pd(t);
-            const __m256d at_max = _mm256_cmp_pd(c[j], mx, _CMP_EQ_OQ);
-            if (j & 1) rest1 = _mm256_add_pd(rest1, _mm256_andnot_pd(at_max, e));
-            else rest0 = _mm256_add_pd(rest0, _mm256_andnot_pd(at_max, e));
-            cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));
-            et = _mm256_blendv_pd(et, e, at_t);
-            c[j] = e;
+#define FS256_CE_COL_F64(jj, e_in)                                                         \
+    do {                                                                                   \
+        const ptrdiff_t j_ = (jj);                                                         \
+        const __m256d at_t = _mm256_castsi256_pd(_mm256_cmpeq_epi64(tcol, col));          \
+        xt = _mm256_blendv_pd(xt, c[j_], at_t);                                            \
+        const __m256d t_ = _mm256_sub_pd(c[j_], mx);                                       \
+        const __m256d e_ = (e_in);                                                         \
+        (void)t_;                                                                          \
+        const __m256d at_max = _mm256_cmp_pd(c[j_], mx, _CMP_EQ_OQ);                       \
+        if (j_ & 1) rest1 = _mm256_add_pd(rest1, _mm256_andnot_pd(at_max, e_));            \
+        else rest0 = _mm256_add_pd(rest0, _mm256_andnot_pd(at_max, e_));                  \
+        cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));                              \
+        et = _mm256_blendv_pd(et, e_, at_t);                                               \
+        c[j_] = e_;                                                                        \
+        col = _mm256_add_epi64(col, one_i);                                                \
+    } while (0)
+        ptrdiff_t j = 0;
+        for (; j + 4 <= n; j += 4) { /* four columns' exps interleaved */
+            __m256d e4[4];
+            FS256_EACH4(e4[u] = _mm256_sub_pd(c[j + u], mx));
+            fs256_exp4_t_pd(e4, bounded);
+            FS256_EACH4(FS256_CE_COL_F64(j + u, e4[u]));
         }
+        for (; j < n; j++) FS256_CE_COL_F64(j, bounded ? fs256_exp_bounded_pd(t_) : fs256_exp_nonpos_pd(t_));
+#undef FS256_CE_COL_F64
         const __m256d rest = _mm256_add_pd(_mm256_sub_pd(cnt, one), _mm256_add_pd(rest0, rest1));
         const __m256d lse = fs256_log1p_pd(rest);
         const __m256d wt = w != NULL ? _mm256_mask_i64gather_pd(zero, w, tcol, valid, 8) : _mm256_and_pd(valid, one);
