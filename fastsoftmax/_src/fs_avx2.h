@@ -209,6 +209,21 @@ FS256_INLINE void fs256_exp4_t_pd(__m256d *t, int bounded)
     fs256_exp4_bounded_pd(t);
 }
 
+/* For each column j < n of a float64 block (c[j], lane k = row k): COL(j, e) with
+   e = fs256_exp_t_pd(c[j] - mx, bounded), the columns in order, their exps four at a time
+   interleaved (fs256_exp4_t_pd). */
+#define FS256_EACH_COLUMN_EXP_F64(c, n, mx, bounded, COL)                                  \
+    do {                                                                                   \
+        ptrdiff_t j4_ = 0;                                                                 \
+        for (; j4_ + 4 <= (n); j4_ += 4) {                                                 \
+            __m256d e4_[4];                                                                \
+            FS256_EACH4(e4_[u] = _mm256_sub_pd((c)[j4_ + u], (mx)));                       \
+            fs256_exp4_t_pd(e4_, (bounded));                                               \
+            FS256_EACH4(COL(j4_ + u, e4_[u]));                                             \
+        }                                                                                  \
+        for (; j4_ < (n); j4_++) COL(j4_, fs256_exp_t_pd(_mm256_sub_pd((c)[j4_], (mx)), (bounded))); \
+    } while (0)
+
 FS256_INLINE __m256 fs256_exp_minus_ps(__m256 x, __m256 negm)
 {
     __m256 t = _mm256_add_ps(x, negm);
@@ -1261,29 +1276,20 @@ FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrd
         const int bounded = fs256_columns_max4_pd(cb, n, &mx, &badv);
         const int bad = _mm256_movemask_pd(badv);
         __m256d s0 = zero, s1 = zero, cnt = zero;
-#define FS256_SHORT_COL_F64(jj, e_in)                                       \
+#define FS256_SHORT_COL_F64(j_, e_in)                                      \
     do {                                                                    \
-        const ptrdiff_t j_ = (jj);                                          \
-        const __m256d t_ = _mm256_sub_pd(cb[j_], mx);                       \
         __m256d e_ = (e_in);                                                \
         if (log_out) {                                                      \
             const __m256d at_max = _mm256_cmp_pd(cb[j_], mx, _CMP_EQ_OQ);   \
             e_ = _mm256_andnot_pd(at_max, e_);                              \
             cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));           \
-            cb[j_] = t_;                                                    \
+            cb[j_] = _mm256_sub_pd(cb[j_], mx);                             \
         } else {                                                            \
             cb[j_] = e_;                                                    \
         }                                                                   \
-        if (j_ & 1) s1 = _mm256_add_pd(s1, e_); else s0 = _mm256_add_pd(s0, e_); \
+        if ((j_) & 1) s1 = _mm256_add_pd(s1, e_); else s0 = _mm256_add_pd(s0, e_); \
     } while (0)
-        ptrdiff_t j = 0;
-        for (; j + 4 <= n; j += 4) { /* four columns' exps interleaved */
-            __m256d e4[4];
-            FS256_EACH4(e4[u] = _mm256_sub_pd(cb[j + u], mx));
-            fs256_exp4_t_pd(e4, bounded);
-            FS256_EACH4(FS256_SHORT_COL_F64(j + u, e4[u]));
-        }
-        for (; j < n; j++) FS256_SHORT_COL_F64(j, bounded ? fs256_exp_bounded_pd(t_) : fs256_exp_nonpos_pd(t_));
+        FS256_EACH_COLUMN_EXP_F64(cb, n, mx, bounded, FS256_SHORT_COL_F64);
 #undef FS256_SHORT_COL_F64
         if (r0 > 0) fs256_short_finish_f64(c[((r0 >> 2) & 1) ^ 1], pending_s, y + (r0 - 4) * n, n, log_out, pending_bad);
         pending_s = log_out ? _mm256_add_pd(_mm256_sub_pd(cnt, one), _mm256_add_pd(s0, s1)) : _mm256_add_pd(s0, s1);
@@ -1417,30 +1423,20 @@ FS256_INLINE ptrdiff_t fs256_ce_short_rows_any_f64(const double *x, const int64_
         const int bounded = fs256_columns_max4_pd(c, n, &mx, &badv);
         __m256d rest0 = zero, rest1 = zero, cnt = zero, xt = zero, et = zero;
         __m256i col = _mm256_setzero_si256();
-#define FS256_CE_COL_F64(jj, e_in)                                                         \
+#define FS256_CE_COL_F64(j_, e_in)                                                         \
     do {                                                                                   \
-        const ptrdiff_t j_ = (jj);                                                         \
+        const __m256d e_ = (e_in);                                                         \
         const __m256d at_t = _mm256_castsi256_pd(_mm256_cmpeq_epi64(tcol, col));          \
         xt = _mm256_blendv_pd(xt, c[j_], at_t);                                            \
-        const __m256d t_ = _mm256_sub_pd(c[j_], mx);                                       \
-        const __m256d e_ = (e_in);                                                         \
-        (void)t_;                                                                          \
         const __m256d at_max = _mm256_cmp_pd(c[j_], mx, _CMP_EQ_OQ);                       \
-        if (j_ & 1) rest1 = _mm256_add_pd(rest1, _mm256_andnot_pd(at_max, e_));            \
+        if ((j_) & 1) rest1 = _mm256_add_pd(rest1, _mm256_andnot_pd(at_max, e_));          \
         else rest0 = _mm256_add_pd(rest0, _mm256_andnot_pd(at_max, e_));                  \
         cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));                              \
         et = _mm256_blendv_pd(et, e_, at_t);                                               \
         c[j_] = e_;                                                                        \
         col = _mm256_add_epi64(col, one_i);                                                \
     } while (0)
-        ptrdiff_t j = 0;
-        for (; j + 4 <= n; j += 4) { /* four columns' exps interleaved */
-            __m256d e4[4];
-            FS256_EACH4(e4[u] = _mm256_sub_pd(c[j + u], mx));
-            fs256_exp4_t_pd(e4, bounded);
-            FS256_EACH4(FS256_CE_COL_F64(j + u, e4[u]));
-        }
-        for (; j < n; j++) FS256_CE_COL_F64(j, bounded ? fs256_exp_bounded_pd(t_) : fs256_exp_nonpos_pd(t_));
+        FS256_EACH_COLUMN_EXP_F64(c, n, mx, bounded, FS256_CE_COL_F64);
 #undef FS256_CE_COL_F64
         const __m256d rest = _mm256_add_pd(_mm256_sub_pd(cnt, one), _mm256_add_pd(rest0, rest1));
         const __m256d lse = fs256_log1p_pd(rest);
