@@ -167,7 +167,7 @@ FS256_INLINE __m256d fs256_exp_any_pd(__m256d t) { return fs256_exp_fast_impl_pd
    dependent operations (some 65 cycles); written one vector after another, the out-of-order
    window held too few of them to keep the FMA pipes busy (exp + store + sum of 1024 doubles
    in L1: 1.02-1.05 ns an element one vector after another, 0.91 interleaved, on an AMD EPYC
-   (Zen 3); 16 FMA-pipe operations per vector would allow about 0.65). */
+   (Zen 3); 16 FMA-pipe operations per vector would allow about 0.67). */
 #define FS256_EACH4(stmt)                        \
     do {                                         \
         for (int u = 0; u < 4; u++) { stmt; }    \
