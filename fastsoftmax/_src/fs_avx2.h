@@ -163,11 +163,11 @@ FS256_INLINE __m256d fs256_exp_t_pd(__m256d t, int bounded) { return bounded ? f
 FS256_INLINE __m256d fs256_exp_any_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 1); }
 
 /* Four float64 exps at once, in place: fs256_exp_bounded_pd's operations (so the same bits),
-   each step applied to the four vectors before the next.  The exp is a chain of about 18
-   dependent operations (some 65 cycles); written one vector after another, the out-of-order
-   window held too few of them to keep the FMA pipes busy (exp + store + sum of 1024 doubles
-   in L1: 1.02-1.05 ns an element one vector after another, 0.91 interleaved, on an AMD EPYC
-   (Zen 3); 16 FMA-pipe operations per vector would allow about 0.67). */
+   each step applied to the four vectors before the next.  The exp is a chain of 16 dependent
+   operations (about 60 cycles); written one vector after another, the out-of-order window
+   held too few of them to keep the FMA pipes busy (exp + store + sum of 1024 doubles in L1:
+   1.02-1.05 ns an element one vector after another, 0.91 interleaved, on an AMD EPYC (Zen 3);
+   its 15 FMA-pipe operations per vector (13 FMAs, 2 multiplies) would allow about 0.63). */
 #define FS256_EACH4(stmt)                        \
     do {                                         \
         for (int u = 0; u < 4; u++) { stmt; }    \
@@ -211,7 +211,8 @@ FS256_INLINE void fs256_exp4_t_pd(__m256d *t, int bounded)
 
 /* For each column j < n of a float64 block (c[j], lane k = row k): COL(j, e) with
    e = fs256_exp_t_pd(c[j] - mx, bounded), the columns in order, their exps four at a time
-   interleaved (fs256_exp4_t_pd). */
+   interleaved (fs256_exp4_t_pd).  The four exps are taken before the four COL steps, so COL(j, e)
+   may read and write c[j] only. */
 #define FS256_EACH_COLUMN_EXP_F64(c, n, mx, bounded, COL)                                  \
     do {                                                                                   \
         ptrdiff_t j4_ = 0;                                                                 \
@@ -660,7 +661,7 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
         s0 = _mm256_add_pd(s0, _mm256_andnot_pd(q, e));
         FS256_COUNT_EQ(c0, k0, q);
     }
-    #undef FS256_COUNT_EQ
+#undef FS256_COUNT_EQ
     if (y == NULL) {
         int64_t k[4];
         _mm256_storeu_si256((__m256i *)k, _mm256_add_epi64(k0, k1));
@@ -1500,6 +1501,8 @@ static inline ptrdiff_t fs256_ce_short_rows_f64(const double *x, const int64_t *
 #undef FS256_CASE
     return fs256_ce_short_rows_any_f64(x, target, w, nrows, n, grad, gs, row_loss);
 }
+
+#undef FS256_EACH_COLUMN_EXP_F64 /* FS256_EACH4 stays: fs_avx2_stream_impl.h uses it */
 
 #pragma GCC pop_options
 #endif /* FS_X86_MULTIVERSION */
