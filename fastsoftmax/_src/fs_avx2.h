@@ -87,6 +87,14 @@ FS256_INLINE __m256 fs256_exp_spread_ps(__m256 t)
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
+/* The float64 exp's polynomial beyond 1 + r: r^2 (c2 + c3 r + ... + c11 r^9), Horner's steps from
+   c11 down (one list for fs256_exp_reduced_pd and fs256_exp4_bounded_pd). */
+#define FS256_EXP_PD_C11 0x1.aed871c8d0d84p-26
+#define FS256_EXP_PD_HORNER(STEP)                                                               \
+    STEP(0x1.289086a0718d1p-22) STEP(0x1.71de3c6901054p-19) STEP(0x1.a019b9e8a8767p-16)         \
+    STEP(0x1.a01a019956eb6p-13) STEP(0x1.6c16c1784dc5ep-10) STEP(0x1.1111111112169p-7)          \
+    STEP(0x1.5555555553e21p-5) STEP(0x1.5555555555560p-3) STEP(0x1.0000000000003p-1)
+
 /* The shared part of the float64 exps: n = round(t / ln2) (returned in *n), and
    e^r = 1 + r + r^2 (1/2 + ...), a degree-11 polynomial, for r = t - n ln2 (fdlibm's two-part
    ln2). */
@@ -96,16 +104,10 @@ FS256_INLINE __m256d fs256_exp_reduced_pd(__m256d t, __m256d *n_out)
     const __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(t, _mm256_set1_pd(1.4426950408889634), magic), magic);
     __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t);
     r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    __m256d p = _mm256_set1_pd(0x1.aed871c8d0d84p-26);
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.289086a0718d1p-22));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.71de3c6901054p-19));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a019b9e8a8767p-16));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.a01a019956eb6p-13));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.6c16c1784dc5ep-10));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.1111111112169p-7));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555553e21p-5));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.5555555555560p-3));
-    p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(0x1.0000000000003p-1));
+    __m256d p = _mm256_set1_pd(FS256_EXP_PD_C11);
+#define FS256_EXP_PD_STEP1(c) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c));
+    FS256_EXP_PD_HORNER(FS256_EXP_PD_STEP1)
+#undef FS256_EXP_PD_STEP1
     p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
     *n_out = n;
     return _mm256_add_pd(p, _mm256_set1_pd(1.0));
@@ -179,15 +181,10 @@ FS256_INLINE void fs256_exp4_bounded_pd(__m256d *t)
     FS256_EACH4(n[u] = _mm256_sub_pd(_mm256_fmadd_pd(t[u], _mm256_set1_pd(1.4426950408889634), magic), magic));
     FS256_EACH4(r[u] = _mm256_fnmadd_pd(n[u], _mm256_set1_pd(6.93147180369123816490e-01), t[u]));
     FS256_EACH4(r[u] = _mm256_fnmadd_pd(n[u], _mm256_set1_pd(1.90821492927058770002e-10), r[u]));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(_mm256_set1_pd(0x1.aed871c8d0d84p-26), r[u], _mm256_set1_pd(0x1.289086a0718d1p-22)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.71de3c6901054p-19)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.a019b9e8a8767p-16)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.a01a019956eb6p-13)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.6c16c1784dc5ep-10)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.1111111112169p-7)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.5555555553e21p-5)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.5555555555560p-3)));
-    FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(0x1.0000000000003p-1)));
+    FS256_EACH4(p[u] = _mm256_set1_pd(FS256_EXP_PD_C11));
+#define FS256_EXP_PD_STEP4(c) FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(c)));
+    FS256_EXP_PD_HORNER(FS256_EXP_PD_STEP4)
+#undef FS256_EXP_PD_STEP4
     FS256_EACH4(p[u] = _mm256_add_pd(_mm256_fmadd_pd(p[u], _mm256_mul_pd(r[u], r[u]), r[u]), _mm256_set1_pd(1.0)));
     const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
     FS256_EACH4(t[u] = _mm256_mul_pd(p[u], _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n[u], bias)), 52))));
@@ -597,6 +594,14 @@ FS256_INLINE __m256d fs256_maskload4_pd(const void *x, ptrdiff_t i, __m256i k, i
     return _mm256_cvtps_pd(_mm_maskload_ps((const float *)x + i, k32));
 }
 
+/* The sum of the four 64-bit lanes of k (counts), as a double. */
+FS256_INLINE double fs256_count_total(__m256i k)
+{
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, k);
+    return (double)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+}
+
 /* Sum of exp(x - m) over x != m in double, *at_max counting x == m; y = exp(x - m) unless y
    is NULL (float64 only).  x is float64, or float32 (`wide`: logsumexp's sums, in double
    because its result can cancel).  Two accumulators and whole vectors in the main loop: with
@@ -663,9 +668,7 @@ FS256_INLINE double fs256_exp_split_impl_f64(const void *x, double m, double *y,
     }
 #undef FS256_COUNT_EQ
     if (y == NULL) {
-        int64_t k[4];
-        _mm256_storeu_si256((__m256i *)k, _mm256_add_epi64(k0, k1));
-        *at_max = (double)(k[0] + k[1] + k[2] + k[3]);
+        *at_max = fs256_count_total(_mm256_add_epi64(k0, k1));
     } else {
         *at_max = fs256_hsum_pd(_mm256_add_pd(c0, c1));
     }

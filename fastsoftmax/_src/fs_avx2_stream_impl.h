@@ -273,9 +273,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
     }
 #undef FS256_PIPE_COUNT
     if (!FS_IS_F32 && mode == FS256_PIPE_LOG_SOFTMAX) {
-        int64_t k[4];
-        _mm256_storeu_si256((__m256i *)k, cnti);
-        *at_max = (double)(k[0] + k[1] + k[2] + k[3]);
+        *at_max = fs256_count_total(cnti);
     } else if (mode != FS256_PIPE_SOFTMAX) {
         *at_max = fs256_hsum_pd(FS256_WIDEN_ADD(_mm256_setzero_pd(), cnt));
     }
