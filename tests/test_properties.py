@@ -597,6 +597,29 @@ def _denominator(details, valid):
     return float(np.sum(details["w"][t[valid]]))
 
 
+@pytest.mark.parametrize("n_classes", [127, 128, 300], ids=["127_classes", "128_classes", "300_classes"])
+def test_probability_target_sums_follow_the_lane_model(n_classes):
+    """float32 cross-entropy with probability targets and label smoothing, on logits of
+    magnitudes 1e-9..3e8 (terms of very different sizes in every block sum), within the row
+    bounds of _sum_error's model (16 additions per lane, then a tree) -- whatever the compiler
+    does with the loops.  A build that did not vectorise the block sums (UBSan's instrumentation)
+    added a block's 128 terms one after another and failed this test at all three sizes (up to
+    1.4 times the bound) until the kernel kept its lanes explicit."""
+    rng = np.random.default_rng(20261128 + n_classes)
+    shape = (400, n_classes)
+    x = (rng.choice([-1, 1], size=shape) * 10.0 ** rng.uniform(-9, 8.5, size=shape)).astype(np.float32)
+    q = np.zeros(shape, np.float32)
+    q[np.arange(shape[0]), rng.integers(0, n_classes, shape[0])] = 1
+    kw = {"reduction": "none", "label_smoothing": 0.1}
+    details = {"kind": "probabilities", "logits": x.astype(np.float64), "target": q.astype(np.float64),
+               "w": np.ones(n_classes), "eps": 0.1, "ignore_index": -100, "reduction": "none", "own": (x, kw)}
+    loss, _ = fs.cross_entropy_with_grad(x, q, **kw)
+    want, _ = ref.cross_entropy_with_grad(x.astype(np.float64), q.astype(np.float64), **kw)
+    like, _ = ref.cross_entropy_with_grad(x, q, **kw)
+    row_bound, a, valid, _, _ = _loss_bounds(details, np.float32, False)
+    _check_rows_and_reduction(loss, want, like, row_bound, details, np.float32, a, valid, False)
+
+
 def _check_rows_and_reduction(loss, want, like, row_bound, details, dtype, a, valid, nll):
     """The loss against the oracle: per row for "none"; for "sum" and "mean" the row bounds add
     up, plus the float64 summation of the rows (both twins sum in float64: K 2**-53 c(N) per
