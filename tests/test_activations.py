@@ -320,8 +320,8 @@ def test_streamed_results_equal_the_in_cache_path(name, dtype, ncols, where):
 
 
 def _medium_data(nrows, ncols, seed):
-    """float32 rows for the 16-row blocks of medium rows (AVX-512 softmax, 33..128 columns):
-    fast blocks, then a block turned down by special rows, one turned down by a row wider
+    """float32 rows for the blocks of medium rows (softmax: AVX-512 16 rows of 33..128 columns,
+    AVX2 8 rows of 33..256): fast blocks, then a block turned down by special rows, one turned down by a row wider
     than 32, and fast blocks again, with a row count that leaves rows after the last block."""
     x = _data((nrows, ncols), np.float32, seed=seed)
     x[17, 3] = np.nan
@@ -366,10 +366,11 @@ MEDIUM_WHERE = ["offset0", "offset1", "offset4", "offset12", "out_is_x", "aligne
 
 @pytest.mark.parametrize("where", MEDIUM_WHERE)
 @pytest.mark.parametrize("size", ["small", "large"])
-@pytest.mark.parametrize("ncols", [33, 48, 64, 96, 100, 128])
+@pytest.mark.parametrize("ncols", [33, 48, 64, 96, 100, 128, 200, 256])
 def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
-    # float32 softmax of rows of 33..128 goes 16 rows a block (AVX-512; blocks with special
-    # or wide rows are turned down to the one-row kernel); large results in rows of a whole
+    # float32 softmax of rows of 33..128 goes 16 rows a block on AVX-512 (blocks with special
+    # or wide rows are turned down to the one-row kernel), rows of 33..256 8 rows a block on
+    # AVX2 (special rows handled inside the block, slices of 256 rows); large results in rows of a whole
     # number of vectors (ncols 48, 64, 96 and 128) are streamed, the next block's max taken
     # during this block's sums, and the lines rows share, when they do not start on lines
     # (offset1, offset4, offset12), streamed with two rows' scales (the last row's tail carried
@@ -394,6 +395,22 @@ def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     np.testing.assert_array_equal(fresh, got)
     np.testing.assert_array_equal(got[some], alone)
     _assert_close(got, want, ORACLE_RTOL[np.float32], TINY[np.float32])
+
+
+@pytest.mark.parametrize("ncols", [33, 40, 63, 64, 65], ids=lambda n: f"C{n}")
+def test_float64_medium_rows_in_blocks_equal_the_rows_alone(ncols):
+    # float64 softmax of rows of 33..64 goes 8 rows a block on AVX2 (slices of 256 rows, the
+    # rest one row at a time; 65 takes the one-row kernel throughout): every row gets the bits
+    # it gets alone, special rows included, in place too.
+    x = _medium_data(8 * 40 + 5, ncols, seed=ncols).astype(np.float64)
+    x[60] *= 400.0  # spans more than 708: the exps with a range test
+    got = fs.softmax(x)
+    alone = np.concatenate([fs.softmax(x[i : i + 1]) for i in range(x.shape[0])])
+    np.testing.assert_array_equal(got, alone)
+    inplace = x.copy()
+    fs.softmax(inplace, out=inplace)
+    np.testing.assert_array_equal(inplace, got)
+    _assert_close(got, _oracle("softmax", x), ORACLE_RTOL[np.float64], TINY[np.float64])
 
 
 @pytest.mark.parametrize("where", MEDIUM_WHERE)

@@ -810,6 +810,20 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
 }
 #endif
 
+#if defined(FS_USE_AVX2)
+/* softmax of `len` rows of FS256_SHORT_MAX < n <= FS256_MEDIUM_MAX_F32 (float64:
+   FS256_MEDIUM_MAX_F64), 8 rows a block (fs256_softmax_block_T: the same bits as softmax_row),
+   the last len % 8 rows one at a time. */
+#define FS256_MEDIUM_MAX (FS_IS_F32 ? FS256_MEDIUM_MAX_F32 : FS256_MEDIUM_MAX_F64)
+static void FS_FN(softmax_medium_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
+{
+    ptrdiff_t b = 0;
+    for (; b + 8 <= len; b += 8)
+        FS_CAT(fs256_softmax_block, FS_SUF)(x + b * n, y + b * n, n, b + 16 <= len ? x + (b + 8) * n : NULL);
+    for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
+}
+#endif
+
 #if defined(FS_USE_AVX512) && FS_IS_F32
 /* Whether a float32 result in medium rows is streamed (*_medium_stream_span): large, in rows
    of a whole number of vectors, y aligned to its elements (every row then starts on a cache
@@ -847,6 +861,16 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
                     ptrdiff_t r0 = t * slice;
                     FS_FN(short_rows_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
                                             ncols, log_out));
+        return;
+    }
+#endif
+#if defined(FS_USE_AVX2)
+    if (!log_out && ncols > FS256_SHORT_MAX && ncols <= FS256_MEDIUM_MAX && nrows >= 8) {
+        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block */
+        FS_ROWS_FOR(t, (nrows + slice - 1) / slice,
+                    ptrdiff_t r0 = t * slice;
+                    FS_FN(softmax_medium_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
+                                                ncols));
         return;
     }
 #endif
@@ -978,6 +1002,7 @@ static void FS_FN(log_softmax_backward_rows)(const FS_T *g, const FS_T *y, FS_T 
 #undef FS_SHORT_ROWS
 #undef FS_SHORT_MAX
 #undef FS_SHORT_BLOCK
+#undef FS256_MEDIUM_MAX
 #undef FS_ROW_MAX
 #undef FS_ROW_MINMAX_F32
 #undef FS_EXP_STORE_SUM_FAST_F32
