@@ -15,8 +15,9 @@
  * paths of their own.  Large float32 results in medium rows of a whole number of vectors are
  * streamed too, a block (batch) behind the sums (softmax_medium_stream_span,
  * log_softmax_medium_stream_span).  On AVX2: short rows 8 (float32) or 4 (float64) rows a
- * block, transposed in registers (fs_avx2.h), log_softmax's medium rows and logsumexp's rows
- * batched as on AVX-512, long rows of large results streamed (softmax_like_stream_span on
+ * block, transposed in registers (fs_avx2.h), softmax's medium rows 8 rows a block
+ * (softmax_medium_slice; large float32 results streamed a block behind), log_softmax's medium
+ * rows and logsumexp's rows batched as on AVX-512, long rows of large results streamed (softmax_like_stream_span on
  * fs_avx2_stream_impl.h's pending rows); rows within a spread of their max take cheaper exps
  * (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
@@ -687,7 +688,9 @@ static void FS_FN(backward_row)(const FS_T *g, const FS_T *y, FS_T *gx, ptrdiff_
    16 rows a block (softmax_medium_span) and log_softmax of medium rows a batch of rows per
    vector log1p (log_softmax_row_batch), both streamed when the result is large and its rows
    a whole number of vectors (*_medium_stream_span); long rows of large results are streamed
-   (softmax_like_stream_span); threads take contiguous slices of rows. */
+   (softmax_like_stream_span); threads take contiguous slices of rows.  On AVX2 the same, with
+   blocks of 8 short rows, of 8 medium rows for softmax (softmax_medium_slice) and batches of
+   medium rows for log_softmax. */
 static void FS_FN(softmax_like_row)(const FS_T *x, FS_T *y, ptrdiff_t ncols, const FS_T *next, int log_out)
 {
     if (log_out) FS_FN(log_softmax_row)(x, y, ncols, next);
@@ -811,15 +814,81 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
 #endif
 
 #if defined(FS_USE_AVX2)
-/* softmax of `len` rows of FS256_SHORT_MAX < n <= FS256_MEDIUM_MAX_F32 (float64:
-   FS256_MEDIUM_MAX_F64), 8 rows a block (fs256_softmax_block_T: the same bits as softmax_row),
-   the last len % 8 rows one at a time. */
+/* softmax of medium rows (FS256_SHORT_MAX < n <= FS256_MEDIUM_MAX), 8 rows a block (see
+   fs_avx2.h, "softmax of medium rows"): the 8 rows' max and min at once
+   (fs256_medium_minmax8_T), each row's exps into e (rows n apart) with its sum in double
+   lanes, the 8 sums reduced (fs256_hsum4_pd) and divided together: inv[k] is
+   softmax_row's 1 / sum, bit for bit.  A row whose max is not finite gets NaN exps and
+   inv 1.  A row with a NaN is all NaN on both paths, possibly not the same NaN (which NaN a
+   max keeps depends on the order of its comparisons, as on AVX-512).  `prev` (or NULL): the
+   previous block's 8 pending rows, row k streamed out after row k's exps (the stores drain
+   while the exps are computed). */
 #define FS256_MEDIUM_MAX (FS_IS_F32 ? FS256_MEDIUM_MAX_F32 : FS256_MEDIUM_MAX_F64)
-static void FS_FN(softmax_medium_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
+FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *inv,
+                                           FS_FN(pending_row) *prev)
 {
+    FS_T m[8], lo[8];
+    FS_CAT(fs256_medium_minmax8, FS_SUF)(x, n, m, lo);
+    __m256d d[8];
+    for (int k = 0; k < 8; k++) {
+        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(FS_T));
+        const int bounded = m[k] - lo[k] <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64);
+        if (!isfinite(m[k])) {
+            FS_FN(fill_nan)(e + k * n, n);
+            d[k] = _mm256_set1_pd(0.25); /* a sum of 1: inv 1 */
+        } else if (bounded) {
+            /* the exp the one-row kernel takes (float32: no TwoSum; float64: no range test) */
+            d[k] = FS_CAT(fs256_exp_store_sum_lanes, FS_SUF)(x + k * n, m[k], e + k * n, n, FS_IS_F32 ? 0 : 1);
+        } else {
+            d[k] = FS_CAT(fs256_exp_store_sum_lanes, FS_SUF)(x + k * n, m[k], e + k * n, n, FS_IS_F32 ? 1 : 0);
+        }
+        if (prev != NULL) FS_FN(pending_finish)(&prev[k]);
+    }
+    const __m256d one = _mm256_set1_pd(1.0);
+    double r[8];
+    _mm256_storeu_pd(r, _mm256_div_pd(one, fs256_hsum4_pd(d)));
+    _mm256_storeu_pd(r + 4, _mm256_div_pd(one, fs256_hsum4_pd(d + 4)));
+    for (int k = 0; k < 8; k++) inv[k] = (FS_T)r[k];
+}
+
+/* Whether a medium-row softmax result is streamed (softmax_medium_slice): float32, large
+   (FS_STREAM_MIN_BYTES), in rows of whole 64-byte lines starting on lines.  Rows that share
+   lines measured slower streamed (65536x40: 1.21-1.29x the time, the lines they share being
+   ordinary stores), and so did float64 rows of 40-64 (1.03-1.09x); float32 16384x128 took
+   0.86-0.99x (median) the time of the in-cache blocks. */
+static inline int FS_FN(medium_rows_stream_avx2)(const FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols)
+{
+    return FS_IS_F32 && ((uintptr_t)y & 63) == 0 && (ncols * (ptrdiff_t)sizeof(FS_T)) % 64 == 0 &&
+           nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
+}
+
+/* softmax of `len` medium rows, 8 rows a block, the last len % 8 rows one at a time.  In
+   cache: each block's exps go to y and are scaled there.  Streamed (`stream`, see
+   medium_rows_stream_avx2): they go to a scratch block in L1 (two in turn), and block b - 1's
+   rows are written with streaming stores (pending rows, fs_avx2_stream_impl.h: scratch * inv)
+   one row after each row of block b's exps, so that y's lines are never read before being
+   written nor passed over twice.  The same values either way. */
+static void FS_FN(softmax_medium_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n, int stream)
+{
+    FS_T inv[8];
     ptrdiff_t b = 0;
-    for (; b + 8 <= len; b += 8)
-        FS_CAT(fs256_softmax_block, FS_SUF)(x + b * n, y + b * n, n, b + 16 <= len ? x + (b + 8) * n : NULL);
+    if (!stream) {
+        for (; b + 8 <= len; b += 8) {
+            FS_FN(medium_block_sums)(x + b * n, y + b * n, n, b + 16 <= len ? x + (b + 8) * n : NULL, inv, NULL);
+            for (int k = 0; k < 8; k++) FS_CAT(fs256_scale, FS_SUF)(y + (b + k) * n, inv[k], y + (b + k) * n, n);
+        }
+    } else {
+        FS_T scratch[2][8 * FS256_MEDIUM_MAX_F32] __attribute__((aligned(64)));
+        FS_FN(pending_row) rows[8];
+        for (; b + 8 <= len; b += 8) {
+            FS_T *e = scratch[(b >> 3) & 1];
+            FS_FN(medium_block_sums)(x + b * n, e, n, b + 16 <= len ? x + (b + 8) * n : NULL, inv, b > 0 ? rows : NULL);
+            for (int k = 0; k < 8; k++) FS_FN(pending_begin)(&rows[k], e + k * n, 0, inv[k], y + (b + k) * n, n, 0, -1, 0);
+        }
+        if (b > 0)
+            for (int k = 0; k < 8; k++) FS_FN(pending_finish)(&rows[k]);
+        _mm_sfence(); /* this thread's streamed rows are complete */
+    }
     for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
 }
 #endif
@@ -866,11 +935,13 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
 #endif
 #if defined(FS_USE_AVX2)
     if (!log_out && ncols > FS256_SHORT_MAX && ncols <= FS256_MEDIUM_MAX && nrows >= 8) {
-        const ptrdiff_t slice = 256; /* rows per task: a multiple of the block */
-        FS_ROWS_FOR(t, (nrows + slice - 1) / slice,
-                    ptrdiff_t r0 = t * slice;
-                    FS_FN(softmax_medium_slice)(x + r0 * ncols, y + r0 * ncols, nrows - r0 < slice ? nrows - r0 : slice,
-                                                ncols));
+        /* each thread a span of whole blocks (the last one also the rows after them) */
+        const ptrdiff_t nblocks = nrows / 8;
+        const int stream = FS_FN(medium_rows_stream_avx2)(y, nrows, ncols);
+        FS_ROWS_FOR(k, nt,
+                    ptrdiff_t r0 = nblocks * k / nt * 8;
+                    ptrdiff_t r1 = k + 1 == nt ? nrows : nblocks * (k + 1) / nt * 8;
+                    FS_FN(softmax_medium_slice)(x + r0 * ncols, y + r0 * ncols, r1 - r0, ncols, stream));
         return;
     }
 #endif

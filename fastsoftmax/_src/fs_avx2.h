@@ -439,18 +439,19 @@ static inline void fs256_scale_f32(const float *src, float s, float *y, ptrdiff_
     for (; i < n; i++) y[i] = src[i] * s;
 }
 
-/* ---- float32 softmax of medium rows, 8 rows a block ----
+/* ---- softmax of medium rows, 8 rows a block: the helpers (the blocks themselves are
+   medium_block_sums and softmax_medium_slice in fs_activations_impl.h) ----
    The one-row kernel (softmax_row) pays per row for two horizontal reductions (max and min),
    one for the sum, a scalar division and the set-up of three loops, and each row's exps wait
-   for its max: at 64-128 columns that was about a third of its instructions (callgrind: 433
-   for a row of 64, the exp loop 152).  A block takes the 8 rows' max and min as vectors, then
-   reduces them across the rows at once (fs256_across8_ps), the sums too (fs256_hsum4_pd:
-   the additions of fs256_hsum_pd, lane by lane) and divides them in one vector: the same
-   values, bit for bit, as softmax_row. */
+   for its max: at 64-128 float32 columns that was about a third of its instructions
+   (callgrind: 433 for a row of 64, the exp loop 152).  A block takes the 8 rows' max and min
+   as vectors, then reduces them across the rows at once (fs256_medium_minmax8_T), the sums
+   too (fs256_hsum4_pd: the additions of fs256_hsum_pd, lane by lane) and divides them in one
+   vector: the same values as softmax_row. */
 #define FS256_MEDIUM_MAX_F32 256
 
-/* Max and min of a row as vectors (lane-wise over its elements; the last n % 8 are masked
-   to -inf / +inf); a NaN may be dropped, as in fs256_row_minmax_f32. */
+/* Max and min of a row as vectors (lane-wise over its elements; the lanes past n in the last
+   vector are -inf / +inf); a NaN may be dropped, as in fs256_row_minmax_f32. */
 FS256_INLINE void fs256_row_minmax_lanes_f32(const float *x, ptrdiff_t n, __m256 *mx, __m256 *mn)
 {
     const __m256 ninf = _mm256_set1_ps(-INFINITY), pinf = _mm256_set1_ps(INFINITY);
@@ -498,32 +499,13 @@ FS256_INLINE __m256d fs256_hsum4_pd(const __m256d *v)
     return _mm256_add_pd(_mm256_unpacklo_pd(s02, s13), _mm256_unpackhi_pd(s02, s13));
 }
 
-/* softmax of 8 rows of n floats (FS256_SHORT_MAX < n <= FS256_MEDIUM_MAX_F32) from x to y
-   (y may be x), the same bits as softmax_row on each; `next` (or NULL): the next block, prefetched
-   during the exps. */
-static inline void fs256_softmax_block_f32(const float *x, float *y, ptrdiff_t n, const float *next)
+/* The max and min of each of 8 rows of n floats (m[k], lo[k] for row k, n apart). */
+FS256_INLINE void fs256_medium_minmax8_f32(const float *x, ptrdiff_t n, float *m, float *lo)
 {
     __m256 mx[8], mn[8];
     for (int k = 0; k < 8; k++) fs256_row_minmax_lanes_f32(x + k * n, n, &mx[k], &mn[k]);
-    float m[8], lo[8];
     _mm256_storeu_ps(m, fs256_across8_ps(mx, 1));
     _mm256_storeu_ps(lo, fs256_across8_ps(mn, 0));
-    __m256d d[8];
-    for (int k = 0; k < 8; k++) {
-        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float));
-        if (!isfinite(m[k])) d[k] = _mm256_set1_pd(1.0); /* filled with NaN below */
-        else if (m[k] - lo[k] <= FS_EXACT_SPREAD) d[k] = fs256_exp_store_sum_lanes_f32(x + k * n, m[k], y + k * n, n, 0);
-        else d[k] = fs256_exp_store_sum_lanes_f32(x + k * n, m[k], y + k * n, n, 1);
-    }
-    const __m256d one = _mm256_set1_pd(1.0);
-    float inv[8];
-    _mm_storeu_ps(inv, _mm256_cvtpd_ps(_mm256_div_pd(one, fs256_hsum4_pd(d))));
-    _mm_storeu_ps(inv + 4, _mm256_cvtpd_ps(_mm256_div_pd(one, fs256_hsum4_pd(d + 4))));
-    for (int k = 0; k < 8; k++) {
-        if (isfinite(m[k])) fs256_scale_f32(y + k * n, inv[k], y + k * n, n);
-        else
-            for (ptrdiff_t i = 0; i < n; i++) y[k * n + i] = NAN;
-    }
 }
 
 /* y = src - c */
@@ -554,8 +536,9 @@ static inline double fs256_row_max_f64(const double *x, ptrdiff_t n)
     return m;
 }
 
-/* y = exp(x - m), returns sum(y); `bounded` (a constant after inlining): every element lies
-   within FS_SPREAD_F64 of m, and the exp needs no per-vector range test. */
+/* y = exp(x - m), returns sum(y) in double lanes (fs256_hsum_pd of them is the sum);
+   `bounded` (a constant after inlining): every element lies within FS_SPREAD_F64 of m, and
+   the exp needs no per-vector range test. */
 FS256_INLINE __m256d fs256_exp_store_sum_lanes_f64(const double *x, double m, double *y, ptrdiff_t n, int bounded)
 {
     const __m256d vm = _mm256_set1_pd(m);
@@ -612,13 +595,14 @@ static inline void fs256_scale_f64(const double *src, double s, double *y, ptrdi
     for (; i < n; i++) y[i] = src[i] * s;
 }
 
-/* ---- float64 softmax of medium rows, 8 rows a block: as fs256_softmax_block_f32 ----
+/* ---- float64 softmax of medium rows, 8 rows a block: as float32's (above) ----
    Rows of at most 64: the exps take a larger share of a float64 row, and in C loop A/B the
    blocks measured 0.78-0.90x the one-row kernel's time at 40-48 columns, 0.91-0.92x (median)
    at 64 and no gain at 128 (0.93-1.22x, noisy). */
 #define FS256_MEDIUM_MAX_F64 64
 
-/* Max and min of a float64 row as vectors (the last n % 4 lanes masked to -inf / +inf). */
+/* Max and min of a float64 row as vectors (the lanes past n in the last vector are -inf /
+   +inf). */
 FS256_INLINE void fs256_row_minmax_lanes_f64(const double *x, ptrdiff_t n, __m256d *mx, __m256d *mn)
 {
     const __m256d ninf = _mm256_set1_pd(-INFINITY), pinf = _mm256_set1_pd(INFINITY);
@@ -651,33 +635,15 @@ FS256_INLINE __m256d fs256_across4_pd(const __m256d *v, int max)
 #undef FS256_OP_
 }
 
-/* softmax of 8 rows of n doubles (FS256_SHORT_MAX < n <= FS256_MEDIUM_MAX_F64), the same bits
-   as softmax_row on each (see fs256_softmax_block_f32). */
-static inline void fs256_softmax_block_f64(const double *x, double *y, ptrdiff_t n, const double *next)
+/* The max and min of each of 8 rows of n doubles. */
+FS256_INLINE void fs256_medium_minmax8_f64(const double *x, ptrdiff_t n, double *m, double *lo)
 {
     __m256d mx[8], mn[8];
     for (int k = 0; k < 8; k++) fs256_row_minmax_lanes_f64(x + k * n, n, &mx[k], &mn[k]);
-    double m[8], lo[8];
     _mm256_storeu_pd(m, fs256_across4_pd(mx, 1));
     _mm256_storeu_pd(m + 4, fs256_across4_pd(mx + 4, 1));
     _mm256_storeu_pd(lo, fs256_across4_pd(mn, 0));
     _mm256_storeu_pd(lo + 4, fs256_across4_pd(mn + 4, 0));
-    __m256d d[8];
-    for (int k = 0; k < 8; k++) {
-        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(double));
-        if (!isfinite(m[k])) d[k] = _mm256_set1_pd(1.0); /* filled with NaN below */
-        else if (m[k] - lo[k] <= FS_SPREAD_F64) d[k] = fs256_exp_store_sum_lanes_f64(x + k * n, m[k], y + k * n, n, 1);
-        else d[k] = fs256_exp_store_sum_lanes_f64(x + k * n, m[k], y + k * n, n, 0);
-    }
-    const __m256d one = _mm256_set1_pd(1.0);
-    double inv[8];
-    _mm256_storeu_pd(inv, _mm256_div_pd(one, fs256_hsum4_pd(d)));
-    _mm256_storeu_pd(inv + 4, _mm256_div_pd(one, fs256_hsum4_pd(d + 4)));
-    for (int k = 0; k < 8; k++) {
-        if (isfinite(m[k])) fs256_scale_f64(y + k * n, inv[k], y + k * n, n);
-        else
-            for (ptrdiff_t i = 0; i < n; i++) y[k * n + i] = NAN;
-    }
 }
 
 static inline void fs256_sub_const_f64(const double *src, double c, double *y, ptrdiff_t n)

@@ -389,7 +389,7 @@ static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const
  * float64 (whose bound holds for any order) keeps the `omp simd` reduction: the explicit lanes
  * measured 1.3-1.5x its time there.
  */
-#define FS_PROB_LANES 8
+#define FS_PROB_LANES 8 /* prob_lanes_total adds exactly 8 */
 
 /* Element i's terms: g[i] = e_i, and its share of the four sums (br, bc only when EXCL). */
 FS_LOSS_INLINE void FS_FN(ce_prob_term)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w, ptrdiff_t i,
@@ -408,7 +408,8 @@ FS_LOSS_INLINE void FS_FN(ce_prob_term)(const FS_T *x, FS_T *g, const FS_T *q, c
     *bb += a;
 }
 
-/* The lanes' total: pairs (0, 4), (1, 5), (2, 6), (3, 7), then (0, 2), (1, 3), then (0, 1). */
+/* The lanes' total: pairs (0, 4), (1, 5), (2, 6), (3, 7), then (0, 2), (1, 3), then (0, 1)
+   (written for FS_PROB_LANES == 8). */
 FS_LOSS_INLINE double FS_FN(prob_lanes_total)(const FS_T *v)
 {
     const FS_T a0 = v[0] + v[4], a1 = v[1] + v[5], a2 = v[2] + v[6], a3 = v[3] + v[7];
