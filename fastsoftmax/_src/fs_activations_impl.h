@@ -17,9 +17,9 @@
  * log_softmax_medium_stream_span).  On AVX2: short rows 8 (float32) or 4 (float64) rows a
  * block, transposed in registers (fs_avx2.h), softmax's medium rows 8 rows a block
  * (softmax_medium_slice; large float32 results streamed a block behind), log_softmax's medium
- * rows and logsumexp's rows batched as on AVX-512, long rows of large results streamed (softmax_like_stream_span on
- * fs_avx2_stream_impl.h's pending rows); rows within a spread of their max take cheaper exps
- * (row_max_bounded).
+ * rows and logsumexp's rows batched as on AVX-512, long rows of large results streamed
+ * (softmax_like_stream_span on fs_avx2_stream_impl.h's pending rows); rows within a spread of
+ * their max take cheaper exps (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
@@ -854,7 +854,7 @@ FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, 
 /* Whether a medium-row softmax result is streamed (softmax_medium_slice): float32, large
    (FS_STREAM_MIN_BYTES), in rows of whole 64-byte lines starting on lines.  Rows that share
    lines measured slower streamed (65536x40: 1.21-1.29x the time, the lines they share being
-   ordinary stores), and so did float64 rows of 40-64 (1.03-1.09x); float32 16384x128 took
+   ordinary stores), float64 rows of 40-64 no faster (0.98-1.09x); float32 16384x128 took
    0.86-0.99x (median) the time of the in-cache blocks. */
 static inline int FS_FN(medium_rows_stream_avx2)(const FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols)
 {
@@ -878,7 +878,7 @@ static void FS_FN(softmax_medium_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, p
             for (int k = 0; k < 8; k++) FS_CAT(fs256_scale, FS_SUF)(y + (b + k) * n, inv[k], y + (b + k) * n, n);
         }
     } else {
-        FS_T scratch[2][8 * FS256_MEDIUM_MAX_F32] __attribute__((aligned(64)));
+        FS_T scratch[2][8 * FS256_MEDIUM_MAX] __attribute__((aligned(64)));
         FS_FN(pending_row) rows[8];
         for (; b + 8 <= len; b += 8) {
             FS_T *e = scratch[(b >> 3) & 1];

@@ -278,12 +278,9 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
 #undef FS256_PIPE_COUNT
     if (!FS_IS_F32 && mode == FS256_PIPE_LOG_SOFTMAX) {
         *at_max = fs256_count_total(cnti);
-    } else if (FS_IS_F32 && mode != FS256_PIPE_SOFTMAX) {
-        int32_t lanes[8];
-        _mm256_storeu_si256((__m256i *)lanes, cnti);
-        int64_t total = 0;
-        for (int l = 0; l < 8; l++) total += lanes[l];
-        *at_max = (double)total;
+    } else if (FS_IS_F32 && mode != FS256_PIPE_SOFTMAX) { /* the eight 32-bit counts widened to 64 bits */
+        *at_max = fs256_count_total(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(cnti)),
+                                                     _mm256_cvtepi32_epi64(_mm256_extracti128_si256(cnti, 1))));
     } else if (mode != FS256_PIPE_SOFTMAX) {
         *at_max = fs256_hsum_pd(FS256_WIDEN_ADD(_mm256_setzero_pd(), cnt));
     }

@@ -421,36 +421,38 @@ FS_LOSS_INLINE void FS_FN(ce_prob_block)(const FS_T *x, FS_T *g, const FS_T *q, 
                                          const int EXCL, const int SMOOTH, const int WEIGHTED,
                                          fs_block_total *rest, double *cnt, fs_block_total *sa, fs_block_total *sb)
 {
-    if (sizeof(FS_T) == sizeof(float)) {
-        FS_T br[FS_PROB_LANES] = {0}, bc[FS_PROB_LANES] = {0}, ba[FS_PROB_LANES] = {0}, bb[FS_PROB_LANES] = {0};
-        ptrdiff_t i = b;
-        for (; i + FS_PROB_LANES <= end; i += FS_PROB_LANES) {
-            FS_OMP_SIMD
-            for (int j = 0; j < FS_PROB_LANES; j++)
-                FS_FN(ce_prob_term)(x, g, q, w, i + j, m, keep, add, EXCL, SMOOTH, WEIGHTED, &br[j], &bc[j],
-                                    &ba[j], &bb[j]);
-        }
-        for (int j = 0; i + j < end; j++)
-            FS_FN(ce_prob_term)(x, g, q, w, i + j, m, keep, add, EXCL, SMOOTH, WEIGHTED, &br[j], &bc[j], &ba[j],
-                                &bb[j]);
-        fs_block_total_add(rest, FS_FN(prob_lanes_total)(br));
-        if (EXCL) *cnt += FS_FN(prob_lanes_total)(bc);
-        fs_block_total_add(sa, FS_FN(prob_lanes_total)(ba));
-        fs_block_total_add(sb, FS_FN(prob_lanes_total)(bb));
-        return;
+#if FS_IS_F32
+    FS_T br[FS_PROB_LANES] = {0}, bc[FS_PROB_LANES] = {0}, ba[FS_PROB_LANES] = {0}, bb[FS_PROB_LANES] = {0};
+    ptrdiff_t i = b;
+    for (; i + FS_PROB_LANES <= end; i += FS_PROB_LANES) {
+        FS_OMP_SIMD
+        for (int j = 0; j < FS_PROB_LANES; j++)
+            FS_FN(ce_prob_term)(x, g, q, w, i + j, m, keep, add, EXCL, SMOOTH, WEIGHTED, &br[j], &bc[j],
+                                &ba[j], &bb[j]);
     }
+    for (int j = 0; i + j < end; j++)
+        FS_FN(ce_prob_term)(x, g, q, w, i + j, m, keep, add, EXCL, SMOOTH, WEIGHTED, &br[j], &bc[j], &ba[j],
+                            &bb[j]);
+    fs_block_total_add(rest, FS_FN(prob_lanes_total)(br));
+    if (EXCL) *cnt += FS_FN(prob_lanes_total)(bc);
+    fs_block_total_add(sa, FS_FN(prob_lanes_total)(ba));
+    fs_block_total_add(sb, FS_FN(prob_lanes_total)(bb));
+#else
     FS_T br = 0, bc = 0, ba = 0, bb = 0;
     if (EXCL) {
         FS_LOSS_SIMD_SUM4(br, bc, ba, bb)
-        for (ptrdiff_t i = b; i < end; i++) FS_FN(ce_prob_term)(x, g, q, w, i, m, keep, add, 1, SMOOTH, WEIGHTED, &br, &bc, &ba, &bb);
+        for (ptrdiff_t i = b; i < end; i++)
+            FS_FN(ce_prob_term)(x, g, q, w, i, m, keep, add, 1, SMOOTH, WEIGHTED, &br, &bc, &ba, &bb);
     } else {
         FS_LOSS_SIMD_SUM3(br, ba, bb)
-        for (ptrdiff_t i = b; i < end; i++) FS_FN(ce_prob_term)(x, g, q, w, i, m, keep, add, 0, SMOOTH, WEIGHTED, &br, &bc, &ba, &bb);
+        for (ptrdiff_t i = b; i < end; i++)
+            FS_FN(ce_prob_term)(x, g, q, w, i, m, keep, add, 0, SMOOTH, WEIGHTED, &br, &bc, &ba, &bb);
     }
     fs_block_total_add(rest, (double)br);
     *cnt += (double)bc;
     fs_block_total_add(sa, (double)ba);
     fs_block_total_add(sb, (double)bb);
+#endif
 }
 
 FS_LOSS_INLINE void FS_FN(ce_prob_pass2)(const FS_T *x, FS_T *g, const FS_T *q, const FS_T *w,
