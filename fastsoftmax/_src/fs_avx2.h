@@ -655,6 +655,14 @@ static inline void fs256_sub_const_f64(const double *src, double c, double *y, p
 }
 
 
+/* The sum of the four 64-bit lanes of k (counts), as a double. */
+FS256_INLINE double fs256_count_total(__m256i k)
+{
+    int64_t lanes[4];
+    _mm256_storeu_si256((__m256i *)lanes, k);
+    return (double)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
+}
+
 /* Sum of exp(x - m) over x != m, *at_max counting x == m; y = exp(x - m) unless y is NULL
    (a constant after inlining).  See fs512_exp_store_sum_split_f32.  `bounded` (a constant
    too): every element lies within FS_EXACT_SPREAD of m (fs256_row_max_bounded_f32), and the
@@ -664,10 +672,10 @@ static inline void fs256_sub_const_f64(const double *src, double c, double *y, p
 FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, float *t_out, ptrdiff_t n,
                                              double *at_max, int bounded)
 {
-    const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m), one = _mm256_set1_ps(1.0f);
+    const __m256 negm = _mm256_set1_ps(-m), vm = _mm256_set1_ps(m);
     const __m256 zero = _mm256_setzero_ps();
     __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd();
-    __m256 cnt = zero;
+    __m256i cnt = _mm256_setzero_si256(); /* 32-bit counts: minus the all-ones compares */
     ptrdiff_t i = 0;
     while (i + 16 <= n) {
         __m256 b0 = zero, b1 = zero;
@@ -688,8 +696,8 @@ FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, 
             }
             b0 = _mm256_add_ps(b0, _mm256_andnot_ps(q0, e0));
             b1 = _mm256_add_ps(b1, _mm256_andnot_ps(q1, e1));
-            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q0, one));
-            cnt = _mm256_add_ps(cnt, _mm256_and_ps(q1, one));
+            cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(q0));
+            cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(q1));
         }
         s0 = fs256_widen_add(s0, b0);
         s1 = fs256_widen_add(s1, b1);
@@ -705,9 +713,10 @@ FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, 
         if (y != NULL) _mm256_maskstore_ps(y + i, k, e);
         if (t_out != NULL) _mm256_maskstore_ps(t_out + i, k, t0);
         s0 = fs256_widen_add(s0, _mm256_andnot_ps(q, e));
-        cnt = _mm256_add_ps(cnt, _mm256_and_ps(q, one));
+        cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(q));
     }
-    *at_max = fs256_hsum_pd(fs256_widen_add(_mm256_setzero_pd(), cnt));
+    *at_max = fs256_count_total(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(cnt)),
+                                                 _mm256_cvtepi32_epi64(_mm256_extracti128_si256(cnt, 1))));
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
 }
 
@@ -723,14 +732,6 @@ FS256_INLINE __m256d fs256_maskload4_pd(const void *x, ptrdiff_t i, __m256i k, i
     /* the low 32 bits of each 64-bit mask lane are the lane's 32-bit mask */
     const __m128i k32 = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(k, _mm256_setr_epi32(0, 2, 4, 6, 0, 0, 0, 0)));
     return _mm256_cvtps_pd(_mm_maskload_ps((const float *)x + i, k32));
-}
-
-/* The sum of the four 64-bit lanes of k (counts), as a double. */
-FS256_INLINE double fs256_count_total(__m256i k)
-{
-    int64_t lanes[4];
-    _mm256_storeu_si256((__m256i *)lanes, k);
-    return (double)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
 }
 
 /* Sum of exp(x - m) over x != m in double, *at_max counting x == m; y = exp(x - m) unless y
@@ -1416,7 +1417,7 @@ FS256_INLINE void fs256_short_finish_f64(__m256d *c, __m256d s, double *yb, ptrd
    overlaps them; two blocks' columns are kept, in turn. */
 FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
-    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0);
+    const __m256d zero = _mm256_setzero_pd(), one = _mm256_set1_pd(1.0), two52 = _mm256_set1_pd(4503599627370496.0);
     __m256d c[2][FS256_SHORT_MAX]; /* c[b & 1][j]: column j of block b, lane k = row k */
     __m256d pending_s = zero;      /* block b - 1's sum (log_softmax: cnt - 1 + rest) */
     int pending_bad = 0;
@@ -1427,14 +1428,15 @@ FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrd
         __m256d mx, badv;
         const int bounded = fs256_columns_max4_pd(cb, n, &mx, &badv);
         const int bad = _mm256_movemask_pd(badv);
-        __m256d s0 = zero, s1 = zero, cnt = zero;
+        __m256d s0 = zero, s1 = zero;
+        __m256i cnt = _mm256_setzero_si256(); /* 64-bit counts: minus the all-ones compares */
 #define FS256_SHORT_COL_F64(j_, e_in)                                      \
     do {                                                                    \
         __m256d e_ = (e_in);                                                \
         if (log_out) {                                                      \
             const __m256d at_max = _mm256_cmp_pd(cb[j_], mx, _CMP_EQ_OQ);   \
             e_ = _mm256_andnot_pd(at_max, e_);                              \
-            cnt = _mm256_add_pd(cnt, _mm256_and_pd(at_max, one));           \
+            cnt = _mm256_sub_epi64(cnt, _mm256_castpd_si256(at_max));       \
             cb[j_] = _mm256_sub_pd(cb[j_], mx);                             \
         } else {                                                            \
             cb[j_] = e_;                                                    \
@@ -1444,7 +1446,12 @@ FS256_INLINE ptrdiff_t fs256_short_rows_any_f64(const double *x, double *y, ptrd
         FS256_EACH_COLUMN_EXP_F64(cb, n, mx, bounded, FS256_SHORT_COL_F64);
 #undef FS256_SHORT_COL_F64
         if (r0 > 0) fs256_short_finish_f64(c[((r0 >> 2) & 1) ^ 1], pending_s, y + (r0 - 4) * n, n, log_out, pending_bad);
-        pending_s = log_out ? _mm256_add_pd(_mm256_sub_pd(cnt, one), _mm256_add_pd(s0, s1)) : _mm256_add_pd(s0, s1);
+        if (log_out) { /* the counts (at most FS256_SHORT_MAX) as doubles: 2^52 + count, less 2^52 */
+            const __m256d cntd = _mm256_sub_pd(_mm256_castsi256_pd(_mm256_or_si256(cnt, _mm256_castpd_si256(two52))), two52);
+            pending_s = _mm256_add_pd(_mm256_sub_pd(cntd, one), _mm256_add_pd(s0, s1));
+        } else {
+            pending_s = _mm256_add_pd(s0, s1);
+        }
         pending_bad = bad;
     }
     if (r0 > 0) fs256_short_finish_f64(c[((r0 >> 2) & 1) ^ 1], pending_s, y + (r0 - 4) * n, n, log_out, pending_bad);
