@@ -663,6 +663,13 @@ FS256_INLINE double fs256_count_total(__m256i k)
     return (double)(lanes[0] + lanes[1] + lanes[2] + lanes[3]);
 }
 
+/* The same for eight 32-bit lanes (float32 counts), widened to 64 bits. */
+FS256_INLINE double fs256_count_total32(__m256i k)
+{
+    return fs256_count_total(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(k)),
+                                              _mm256_cvtepi32_epi64(_mm256_extracti128_si256(k, 1))));
+}
+
 /* Sum of exp(x - m) over x != m, *at_max counting x == m; y = exp(x - m) unless y is NULL
    (a constant after inlining).  See fs512_exp_store_sum_split_f32.  `bounded` (a constant
    too): every element lies within FS_EXACT_SPREAD of m (fs256_row_max_bounded_f32), and the
@@ -715,8 +722,7 @@ FS256_INLINE double fs256_exp_split_impl_f32(const float *x, float m, float *y, 
         s0 = fs256_widen_add(s0, _mm256_andnot_ps(q, e));
         cnt = _mm256_sub_epi32(cnt, _mm256_castps_si256(q));
     }
-    *at_max = fs256_count_total(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(cnt)),
-                                                 _mm256_cvtepi32_epi64(_mm256_extracti128_si256(cnt, 1))));
+    *at_max = fs256_count_total32(cnt);
     return fs256_hsum_pd(_mm256_add_pd(s0, s1));
 }
 

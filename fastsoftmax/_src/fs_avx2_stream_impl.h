@@ -278,9 +278,8 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
 #undef FS256_PIPE_COUNT
     if (!FS_IS_F32 && mode == FS256_PIPE_LOG_SOFTMAX) {
         *at_max = fs256_count_total(cnti);
-    } else if (FS_IS_F32 && mode != FS256_PIPE_SOFTMAX) { /* the eight 32-bit counts widened to 64 bits */
-        *at_max = fs256_count_total(_mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(cnti)),
-                                                     _mm256_cvtepi32_epi64(_mm256_extracti128_si256(cnti, 1))));
+    } else if (FS_IS_F32 && mode != FS256_PIPE_SOFTMAX) {
+        *at_max = fs256_count_total32(cnti);
     } else if (mode != FS256_PIPE_SOFTMAX) {
         *at_max = fs256_hsum_pd(FS256_WIDEN_ADD(_mm256_setzero_pd(), cnt));
     }
