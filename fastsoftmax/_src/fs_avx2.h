@@ -10,8 +10,8 @@
  * bits (in two factors where a result may be subnormal) instead of vscalef; rows within a
  * spread of their max (FS_EXACT_SPREAD, FS_SPREAD_F64) take exps without range tests
  * (fs256_exp_spread_ps, fs256_exp_bounded_pd), float32 softmax without the TwoSum there; the
- * float32 exp from a table of 2^(j/8) (one vpermd) and a degree-3 polynomial, the float64 exp
- * a degree-11 polynomial.  Streamed rows: fs_avx2_stream_impl.h.
+ * exps from tables of 2^(j/8) (float32, a degree-3 polynomial) and 2^(j/4) (float64, degree
+ * 8), one vpermd each.  Streamed rows: fs_avx2_stream_impl.h.
  */
 #ifndef FS_AVX2_H
 #define FS_AVX2_H
@@ -91,68 +91,93 @@ FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t) { return fs256_exp_nonpos_impl
    of 0, in a row whose sum, hence every result, is NaN anyway. */
 FS256_INLINE __m256 fs256_exp_spread_ps(__m256 t) { return fs256_exp_table_impl_ps(t, t, 0, 0); }
 
-/* The float64 exp's polynomial beyond 1 + r: r^2 (c2 + c3 r + ... + c11 r^9), Horner's steps from
-   c11 down (one list for fs256_exp_reduced_pd and fs256_exp4_bounded_pd). */
-#define FS256_EXP_PD_C11 0x1.aed871c8d0d84p-26
+/* The float64 exps, from a table of four as the float32 ones: k = round(t * 4 / ln2) = 4 e + j
+   (0 <= j < 4), r = t - k ln2 / 4 (fdlibm's two-part ln2 divided by 4: k ln2_hi exact),
+   |r| <= ln2 / 8, e^r - 1 = r P(r) with P a degree-7 polynomial (Chebyshev fit of (e^r - 1) / r
+   on [-ln2/8, ln2/8]: relative error of 1 + r P(r) 1.05e-17 with the coefficients rounded), and
+   exp(t) = s + s (e^r - 1) rounded once, s = 2^e 2^(j/4).  The table, one vpermd (the dword
+   indices 2j, 2j + 1 from k in the low dword of v = t * 4 / ln2 + 1.5 * 2^52), holds 2^(j/4)
+   correctly rounded, its bits less j << 50, so that adding v's bits shifted left by 50
+   ((k << 50) mod 2^64) puts e into the exponent field.  Against the degree-11 polynomial on
+   [-ln2/2, ln2/2] that the portable path keeps: 12 FMA-pipe operations where it took 15, and a
+   shorter chain; exp + store + sum of 1024 doubles in L1, four exps interleaved, 0.84-0.92x the
+   time on an AMD EPYC (Zen 3); within 0.82 * 2^-52 relative of exp (200M random t in
+   [-708, 0]; the degree-11 form 0.80). */
+#define FS256_EXP_PD_C8 0x1.a02bc81e9aa25p-16
 #define FS256_EXP_PD_HORNER(STEP)                                                               \
-    STEP(0x1.289086a0718d1p-22) STEP(0x1.71de3c6901054p-19) STEP(0x1.a019b9e8a8767p-16)         \
-    STEP(0x1.a01a019956eb6p-13) STEP(0x1.6c16c1784dc5ep-10) STEP(0x1.1111111112169p-7)          \
-    STEP(0x1.5555555553e21p-5) STEP(0x1.5555555555560p-3) STEP(0x1.0000000000003p-1)
+    STEP(0x1.a03039d502330p-13) STEP(0x1.6c16c116aade3p-10) STEP(0x1.111110a649a5bp-7)          \
+    STEP(0x1.55555555565c1p-5) STEP(0x1.5555555557e62p-3) STEP(0x1.0000000000000p-1)            \
+    STEP(0x1.fffffffffffffp-1)
+#define FS256_EXP_PD_MAGIC 6755399441055744.0 /* 1.5 * 2^52 */
+/* 2^(j/4)'s bits less j << 50, j = 0..3 */
+#define FS256_EXP_PD_TABLE                                                                      \
+    _mm256_setr_epi64x(0x3FF0000000000000LL, 0x3FF306FE0A31B715LL - (1LL << 50),              \
+                       0x3FF6A09E667F3BCDLL - (2LL << 50), 0x3FFAE89F995AD3ADLL - (3LL << 50))
 
-/* The shared part of the float64 exps: n = round(t / ln2) (returned in *n), and
-   e^r = 1 + r + r^2 (1/2 + ...), a degree-11 polynomial, for r = t - n ln2 (fdlibm's two-part
-   ln2). */
-FS256_INLINE __m256d fs256_exp_reduced_pd(__m256d t, __m256d *n_out)
+/* s = 2^e 2^(j/4) (its bits) for v = t * 4 / ln2 + 1.5 * 2^52 rounded, e >= -1022 */
+FS256_INLINE __m256i fs256_exp_scale_bits_pd(__m256d v)
 {
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    const __m256d n = _mm256_sub_pd(_mm256_fmadd_pd(t, _mm256_set1_pd(1.4426950408889634), magic), magic);
-    __m256d r = _mm256_fnmadd_pd(n, _mm256_set1_pd(6.93147180369123816490e-01), t);
-    r = _mm256_fnmadd_pd(n, _mm256_set1_pd(1.90821492927058770002e-10), r);
-    __m256d p = _mm256_set1_pd(FS256_EXP_PD_C11);
+    const __m256i vb = _mm256_castpd_si256(v);
+    const __m256i k2 = _mm256_shuffle_epi32(vb, _MM_SHUFFLE(2, 2, 0, 0)); /* k in both dwords */
+    const __m256i idx = _mm256_or_si256(_mm256_add_epi32(k2, k2), _mm256_setr_epi32(0, 1, 0, 1, 0, 1, 0, 1));
+    return _mm256_add_epi64(_mm256_permutevar8x32_epi32(FS256_EXP_PD_TABLE, idx), _mm256_slli_epi64(vb, 50));
+}
+
+/* The shared part of the float64 exps: v (above, returned in *v_out), k = v - 1.5 * 2^52 (in
+   *k_out), and e^r - 1. */
+FS256_INLINE __m256d fs256_exp_reduced_pd(__m256d t, __m256d *v_out, __m256d *k_out)
+{
+    const __m256d magic = _mm256_set1_pd(FS256_EXP_PD_MAGIC);
+    const __m256d v = _mm256_fmadd_pd(t, _mm256_set1_pd(0x1.71547652b82fep+2), magic); /* 4 / ln2 */
+    const __m256d k = _mm256_sub_pd(v, magic);
+    __m256d r = _mm256_fnmadd_pd(k, _mm256_set1_pd(6.93147180369123816490e-01 * 0.25), t);
+    r = _mm256_fnmadd_pd(k, _mm256_set1_pd(1.90821492927058770002e-10 * 0.25), r);
+    __m256d p = _mm256_set1_pd(FS256_EXP_PD_C8);
 #define FS256_EXP_PD_STEP1(c) p = _mm256_fmadd_pd(p, r, _mm256_set1_pd(c));
     FS256_EXP_PD_HORNER(FS256_EXP_PD_STEP1)
 #undef FS256_EXP_PD_STEP1
-    p = _mm256_fmadd_pd(p, _mm256_mul_pd(r, r), r);
-    *n_out = n;
-    return _mm256_add_pd(p, _mm256_set1_pd(1.0));
+    *v_out = v;
+    *k_out = k;
+    return _mm256_mul_pd(p, r);
 }
 
-/* exp(t) in float64 for any t (clamped to [-746, 710]; NaN propagates). */
+/* exp(t) in float64 for any t (clamped to [-746, 710]; NaN propagates): s in two factors,
+   s1 * 2^e2 with e2 = floor(e / 2), so that both are normal (results below 2^-1022 subnormal;
+   the product by 2^e2 exact otherwise: the same bits as fs256_exp_bounded_pd wherever both
+   apply). */
 FS256_INLINE __m256d fs256_exp_pd(__m256d t)
 {
     const __m256d tc = _mm256_max_pd(_mm256_min_pd(t, _mm256_set1_pd(710.0)), _mm256_set1_pd(-746.0));
-    __m256d n;
-    const __m256d p = fs256_exp_reduced_pd(tc, &n);
-    /* 2^n = 2^n1 * 2^n2, n1 = floor(n / 2): each factor's exponent bits come from the low bits
-       of (n_i + 1023 + magic), shifted into place. */
-    __m256d n1 = _mm256_floor_pd(_mm256_mul_pd(n, _mm256_set1_pd(0.5)));
-    __m256d n2 = _mm256_sub_pd(n, n1);
-    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
-    __m256d s1 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n1, bias)), 52));
-    __m256d s2 = _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n2, bias)), 52));
-    __m256d y = _mm256_mul_pd(_mm256_mul_pd(p, s1), s2);
+    __m256d v, k;
+    const __m256d em1 = fs256_exp_reduced_pd(tc, &v, &k);
+    /* e2 = floor(k / 8), its bits shifted into the exponent field from e2 + 1.5 * 2^52 */
+    const __m256d e2 = _mm256_floor_pd(_mm256_mul_pd(k, _mm256_set1_pd(0.125)));
+    const __m256i e2sh = _mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(e2, _mm256_set1_pd(FS256_EXP_PD_MAGIC))), 52);
+    const __m256d s1 = _mm256_castsi256_pd(_mm256_sub_epi64(fs256_exp_scale_bits_pd(v), e2sh));
+    const __m256d s2 = _mm256_castsi256_pd(_mm256_add_epi64(e2sh, _mm256_set1_epi64x(1023LL << 52)));
+    __m256d y = _mm256_mul_pd(_mm256_fmadd_pd(s1, em1, s1), s2);
     y = _mm256_andnot_pd(_mm256_cmp_pd(t, _mm256_set1_pd(-746.0), _CMP_LT_OQ), y);
     y = _mm256_blendv_pd(y, _mm256_set1_pd(INFINITY), _mm256_cmp_pd(t, _mm256_set1_pd(710.0), _CMP_GT_OQ));
     return _mm256_blendv_pd(y, t, _mm256_cmp_pd(t, t, _CMP_UNORD_Q));
 }
 
-/* exp(t) for lanes with -FS_SPREAD_F64 <= t <= 709 or NaN: 2^n in one factor (n + 1023, exact
-   in double, in the exponent field), NaN propagating through the polynomial.  A lane below
-   can only come from a row holding a NaN that the min dropped (fs256_row_max_bounded_f64):
-   garbage there, in a row that is NaN anyway. */
+/* exp(t) for lanes with -FS_SPREAD_F64 <= t <= 709 or NaN: s in one factor (-1022 <= e <= 1022),
+   NaN propagating through the polynomial.  A lane below can only come from a row holding a NaN
+   that the min dropped (fs256_row_max_bounded_f64): garbage there, in a row that is NaN
+   anyway. */
 FS256_INLINE __m256d fs256_exp_bounded_pd(__m256d t)
 {
-    __m256d n;
-    const __m256d p = fs256_exp_reduced_pd(t, &n);
-    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
-    return _mm256_mul_pd(p, _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n, bias)), 52)));
+    __m256d v, k;
+    const __m256d em1 = fs256_exp_reduced_pd(t, &v, &k);
+    const __m256d s = _mm256_castsi256_pd(fs256_exp_scale_bits_pd(v));
+    return _mm256_fmadd_pd(s, em1, s);
 }
 
 /* exp(t) for t <= 0 or NaN (x - m, m the row max): as fs256_exp_pd, but a vector whose lanes
-   are all >= -708 (or NaN: it propagates through the polynomial) has 2^n >= 2^-1021 in one
-   factor, and needs neither the clamps nor the overflow blend: the same bits (p * 2^n rounded
-   once either way) in 25 instructions instead of 38.  `any_sign` (a constant after inlining)
-   also sends vectors with a lane above 709 to fs256_exp_pd (2^n <= 2^1022 below it), for
+   are all >= -708 (or NaN: it propagates through the polynomial) has s >= 2^-1022 in one
+   factor, and needs neither the clamps nor the overflow blend: the same bits (s + s (e^r - 1)
+   rounded once either way) without the clamps, the second factor and the blends.  `any_sign`
+   (a constant after inlining) also sends vectors with a lane above 709 to fs256_exp_pd (s < 2^1023 below it), for
    log_softmax_backward's exp of its `output` argument, which may hold anything. */
 FS256_INLINE __m256d fs256_exp_fast_impl_pd(__m256d t, int any_sign)
 {
@@ -169,29 +194,29 @@ FS256_INLINE __m256d fs256_exp_t_pd(__m256d t, int bounded) { return bounded ? f
 FS256_INLINE __m256d fs256_exp_any_pd(__m256d t) { return fs256_exp_fast_impl_pd(t, 1); }
 
 /* Four float64 exps at once, in place: fs256_exp_bounded_pd's operations (so the same bits),
-   each step applied to the four vectors before the next.  The exp is a chain of 16 dependent
-   operations (about 60 cycles); written one vector after another, the out-of-order window
-   held too few of them to keep the FMA pipes busy (exp + store + sum of 1024 doubles in L1:
-   1.02-1.05 ns an element one vector after another, 0.91 interleaved, on an AMD EPYC (Zen 3);
-   its 15 FMA-pipe operations per vector (13 FMAs, 2 multiplies) would allow about 0.63). */
+   each step applied to the four vectors before the next.  The exp is a chain of about 14
+   dependent operations; written one vector after another, the out-of-order window held too
+   few of them to keep the FMA pipes busy (with the degree-11 exp: exp + store + sum of 1024
+   doubles in L1 1.02-1.05 ns an element one vector after another, 0.91 interleaved, on an AMD
+   EPYC (Zen 3), where its 15 FMA-pipe operations per vector would allow about 0.63). */
 #define FS256_EACH4(stmt)                        \
     do {                                         \
         for (int u = 0; u < 4; u++) { stmt; }    \
     } while (0)
 FS256_INLINE void fs256_exp4_bounded_pd(__m256d *t)
 {
-    const __m256d magic = _mm256_set1_pd(6755399441055744.0);
-    __m256d n[4], r[4], p[4];
-    FS256_EACH4(n[u] = _mm256_sub_pd(_mm256_fmadd_pd(t[u], _mm256_set1_pd(1.4426950408889634), magic), magic));
-    FS256_EACH4(r[u] = _mm256_fnmadd_pd(n[u], _mm256_set1_pd(6.93147180369123816490e-01), t[u]));
-    FS256_EACH4(r[u] = _mm256_fnmadd_pd(n[u], _mm256_set1_pd(1.90821492927058770002e-10), r[u]));
-    FS256_EACH4(p[u] = _mm256_set1_pd(FS256_EXP_PD_C11));
+    const __m256d magic = _mm256_set1_pd(FS256_EXP_PD_MAGIC);
+    __m256d v[4], k[4], r[4], p[4];
+    FS256_EACH4(v[u] = _mm256_fmadd_pd(t[u], _mm256_set1_pd(0x1.71547652b82fep+2), magic));
+    FS256_EACH4(k[u] = _mm256_sub_pd(v[u], magic));
+    FS256_EACH4(r[u] = _mm256_fnmadd_pd(k[u], _mm256_set1_pd(6.93147180369123816490e-01 * 0.25), t[u]));
+    FS256_EACH4(r[u] = _mm256_fnmadd_pd(k[u], _mm256_set1_pd(1.90821492927058770002e-10 * 0.25), r[u]));
+    FS256_EACH4(p[u] = _mm256_set1_pd(FS256_EXP_PD_C8));
 #define FS256_EXP_PD_STEP4(c) FS256_EACH4(p[u] = _mm256_fmadd_pd(p[u], r[u], _mm256_set1_pd(c)));
     FS256_EXP_PD_HORNER(FS256_EXP_PD_STEP4)
 #undef FS256_EXP_PD_STEP4
-    FS256_EACH4(p[u] = _mm256_add_pd(_mm256_fmadd_pd(p[u], _mm256_mul_pd(r[u], r[u]), r[u]), _mm256_set1_pd(1.0)));
-    const __m256d bias = _mm256_set1_pd(6755399441055744.0 + 1023.0);
-    FS256_EACH4(t[u] = _mm256_mul_pd(p[u], _mm256_castsi256_pd(_mm256_slli_epi64(_mm256_castpd_si256(_mm256_add_pd(n[u], bias)), 52))));
+    FS256_EACH4(p[u] = _mm256_mul_pd(p[u], r[u]));
+    FS256_EACH4(const __m256d s = _mm256_castsi256_pd(fs256_exp_scale_bits_pd(v[u])); t[u] = _mm256_fmadd_pd(s, p[u], s));
 }
 
 /* fs256_exp_t_pd of four vectors, in place, the same bits: bounded, or none of their lanes below
