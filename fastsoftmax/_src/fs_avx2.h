@@ -86,7 +86,7 @@ FS256_INLINE __m256 fs256_exp_nonpos_ps(__m256 t) { return fs256_exp_nonpos_impl
 /* exp(t) for lanes with -FS_EXACT_SPREAD <= t <= 0 (t = x - m in a row within FS_EXACT_SPREAD
    of its max m) or NaN: s in one factor (e >= -47 gives a normal one), no clamp and no
    underflow test, NaN propagating through q: the same value as fs256_exp_nonpos_ps in 11
-   operations where it takes 22.  As on AVX-512 (fs512_exp_spread_keep_ps), a lane below -104
+   operations where it takes 23.  As on AVX-512 (fs512_exp_spread_keep_ps), a lane below -104
    can only come from a row holding a NaN that the min dropped: it may give anything instead
    of 0, in a row whose sum, hence every result, is NaN anyway. */
 FS256_INLINE __m256 fs256_exp_spread_ps(__m256 t) { return fs256_exp_table_impl_ps(t, t, 0, 0); }
@@ -101,8 +101,8 @@ FS256_INLINE __m256 fs256_exp_spread_ps(__m256 t) { return fs256_exp_table_impl_
    ((k << 50) mod 2^64) puts e into the exponent field.  Against the degree-11 polynomial on
    [-ln2/2, ln2/2] that the portable path keeps: 12 FMA-pipe operations where it took 15, and a
    shorter chain; exp + store + sum of 1024 doubles in L1, four exps interleaved, 0.84-0.92x the
-   time on an AMD EPYC (Zen 3); within 0.82 * 2^-52 relative of exp (200M random t in
-   [-708, 0]; the degree-11 form 0.80). */
+   time on an AMD EPYC (Zen 3); within 0.81 * 2^-52 relative of exp (150M random t in
+   [-708, 709], against expl; the degree-11 form: 0.80 on 20M). */
 #define FS256_EXP_PD_C8 0x1.a02bc81e9aa25p-16
 #define FS256_EXP_PD_HORNER(STEP)                                                               \
     STEP(0x1.a03039d502330p-13) STEP(0x1.6c16c116aade3p-10) STEP(0x1.111110a649a5bp-7)          \
@@ -177,8 +177,9 @@ FS256_INLINE __m256d fs256_exp_bounded_pd(__m256d t)
    are all >= -708 (or NaN: it propagates through the polynomial) has s >= 2^-1022 in one
    factor, and needs neither the clamps nor the overflow blend: the same bits (s + s (e^r - 1)
    rounded once either way) without the clamps, the second factor and the blends.  `any_sign`
-   (a constant after inlining) also sends vectors with a lane above 709 to fs256_exp_pd (s < 2^1023 below it), for
-   log_softmax_backward's exp of its `output` argument, which may hold anything. */
+   (a constant after inlining) also sends vectors with a lane above 709 to fs256_exp_pd
+   (s < 2^1023 below it), for log_softmax_backward's exp of its `output` argument, which may
+   hold anything. */
 FS256_INLINE __m256d fs256_exp_fast_impl_pd(__m256d t, int any_sign)
 {
     __m256d out = _mm256_cmp_pd(t, _mm256_set1_pd(-708.0), _CMP_LT_OQ);
