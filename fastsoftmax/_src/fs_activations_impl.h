@@ -169,7 +169,7 @@ static void FS_FN(fill_nan)(FS_T *restrict y, ptrdiff_t n)
 
 /* The max of a row, and on AVX2 whether every element lies within FS_EXACT_SPREAD (float32) or
    FS_SPREAD_F64 (float64) of it (*bounded): the exps then take fs256_exp_spread_ps (the same
-   values for 13 operations instead of 25; softmax skips the TwoSum) or fs256_exp_bounded_pd
+   values for 11 operations instead of 23; softmax skips the TwoSum) or fs256_exp_bounded_pd
    (no range test per vector); elsewhere *bounded = 0. */
 static inline FS_T FS_FN(row_max_bounded)(const FS_T *x, ptrdiff_t n, int *bounded)
 {
