@@ -120,13 +120,17 @@ FS256_INLINE FS256_V FS_FN(pending_patch)(FS256_V v, FS_FN(pending_row) p, ptrdi
     return FS256_LOADU(lanes);
 }
 
-/* One line of the pending row (a copy of the record, kept in registers), if any is left. */
-FS256_INLINE ptrdiff_t FS_FN(pending_advance)(FS_FN(pending_row) p, FS256_V negm, FS256_V va, ptrdiff_t j)
+/* One line of the pending row (a copy of the record, kept in registers), if any is left.
+   `log_out` is the row's p.log_out and `patched` is 0 when it has no patch element, as
+   constants where the caller knows them (piped_sums: from its mode), so that the loop tests
+   neither. */
+FS256_INLINE ptrdiff_t FS_FN(pending_advance)(FS_FN(pending_row) p, FS256_V negm, FS256_V va, ptrdiff_t j,
+                                              int log_out, int patched)
 {
     if (j < p.end) {
-        FS256_V v0 = FS_FN(pending_value)(FS256_LOADU(p.src + j), negm, va, p.log_out);
-        FS256_V v1 = FS_FN(pending_value)(FS256_LOADU(p.src + j + FS256_LANES), negm, va, p.log_out);
-        if ((size_t)(p.patch - j) < (size_t)FS256_LINE) { /* the target column's line */
+        FS256_V v0 = FS_FN(pending_value)(FS256_LOADU(p.src + j), negm, va, log_out);
+        FS256_V v1 = FS_FN(pending_value)(FS256_LOADU(p.src + j + FS256_LANES), negm, va, log_out);
+        if (patched && (size_t)(p.patch - j) < (size_t)FS256_LINE) { /* the target column's line */
             v0 = FS_FN(pending_patch)(v0, p, j);
             v1 = FS_FN(pending_patch)(v1, p, j + FS256_LANES);
         }
@@ -142,7 +146,12 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
 {
     const FS256_V negm = FS256_SET1(-p->m), va = FS256_SET1(p->a);
     ptrdiff_t j = p->j;
-    while (j < p->end) j = FS_FN(pending_advance)(*p, negm, va, j);
+    if (p->log_out)
+        while (j < p->end) j = FS_FN(pending_advance)(*p, negm, va, j, 1, 0);
+    else if (p->patch < 0)
+        while (j < p->end) j = FS_FN(pending_advance)(*p, negm, va, j, 0, 0);
+    else
+        while (j < p->end) j = FS_FN(pending_advance)(*p, negm, va, j, 0, 1);
     for (ptrdiff_t i = p->end; i < p->n; i++)
         p->y[i] = i == p->patch ? p->patch_value : p->log_out ? (p->src[i] + -p->m) - p->a : p->src[i] * p->a;
     p->j = p->end = p->n = 0;
@@ -150,8 +159,8 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
 
 /* Sums of a piece of row r (`mode`: softmax, its exps stored into e; log_softmax, the split
    sums, *at_max counting x == m; cross-entropy, both), advancing the pending row r - 1 by a line per line of the piece
-   and taking the max and min of the same piece of row r + 1 (`ahead`, or NULL) into *amax,
-   *amin, and asking for the same piece of row r + 2 (pf2, or NULL) to be brought into L2 (with
+   and taking the max and min of the same piece of row r + 1 (`ahead`; softmax and log_softmax
+   only) into *amax, *amin, and asking for the same piece of row r + 2 (pf2) to be brought into L2 (with
    it, 4096x1000 float32 softmax took 0.80-0.84 ns an element against 0.92-1.08, 256x50257
    0.79-0.82 against 0.92-0.93, in alternating processes).  `bounded` and `mode` are
    constants after inlining. */
@@ -194,9 +203,9 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
             for (int l = 0; l < 2; l++) {
                 s0 = FS256_ADD(s0, ev[2 * l]);
                 s1 = FS256_ADD(s1, ev[2 * l + 1]);
-                j = FS_FN(pending_advance)(*pend, qnegm, qa, j);
-                if (pf2 != NULL) _mm_prefetch((const char *)(pf2 + i + l * FS256_LINE), _MM_HINT_T1);
-                if (ahead != NULL) {
+                j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
+                _mm_prefetch((const char *)(pf2 + i + l * FS256_LINE), _MM_HINT_T1);
+                if (mode != FS256_PIPE_CE) {
                     const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
                     const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
                     am = FS256_MAX(FS256_MAX(am, a0), a1);
@@ -233,9 +242,9 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
             s0 = FS256_ADD(s0, e0);
             s1 = FS256_ADD(s1, e1);
 #endif
-            j = FS_FN(pending_advance)(*pend, qnegm, qa, j);
-            if (pf2 != NULL) _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
-            if (ahead != NULL) {
+            j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
+            _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
+            if (mode != FS256_PIPE_CE) {
                 const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
                 am = FS256_MAX(FS256_MAX(am, a0), a1);
                 an = FS256_MIN(FS256_MIN(an, a0), a1);
@@ -266,7 +275,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
         s0 = FS256_WIDEN_ADD(s0, e0);
     }
     pend->j = j;
-    if (ahead != NULL) {
+    if (mode != FS256_PIPE_CE) {
         FS_T mx = FS256_HMAX(am), mn = FS256_HMIN(an);
         for (ptrdiff_t k = n - n % FS256_LINE; k < n; k++) {
             mx = ahead[k] > mx ? ahead[k] : mx;
@@ -290,6 +299,11 @@ static double FS_FN(piped_sums)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int
                                 double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax, FS_T *amin,
                                 const FS_T *pf2)
 {
+    /* no tests in the loop: without a row to prefetch the piece itself is (it is in L1), and
+       softmax and log_softmax without a row ahead scan the piece itself (*amax and *amin then
+       unused); the cross-entropy scans nothing (its ahead is NULL) */
+    if (pf2 == NULL) pf2 = x;
+    if (ahead == NULL) ahead = x;
 #define FS256_PIPE_CALL(B, M) FS_FN(piped_sums_impl)(x, m, e, n, B, M, at_max, pend, ahead, amax, amin, pf2)
     switch (mode) {
     case FS256_PIPE_LOG_SOFTMAX:
