@@ -342,7 +342,7 @@ def _aligned_empty(shape, dtype, offset=0):
     """An uninitialised C-contiguous array starting `offset` elements after a 64-byte boundary."""
     dtype = np.dtype(dtype)
     size = int(np.prod(shape))
-    buf = np.empty(size * dtype.itemsize + 128, np.uint8)
+    buf = np.empty(size * dtype.itemsize + 64 + offset * dtype.itemsize, np.uint8)
     start = (-buf.ctypes.data) % 64 + offset * dtype.itemsize
     return buf[start : start + size * dtype.itemsize].view(dtype).reshape(shape)
 
@@ -415,18 +415,21 @@ def test_float64_medium_rows_in_blocks_equal_the_rows_alone(ncols):
 
 @pytest.mark.parametrize("where", MEDIUM_WHERE)
 @pytest.mark.parametrize("ncols", [48, 96, 128])
-def test_streamed_medium_log_softmax_equals_the_batch_path(ncols, where):
-    # float32 log_softmax of large results in rows of 33..128 (a whole number of vectors) is
-    # streamed, 16 rows a batch, the next batch's max taken during this batch's sums, the
-    # lines rows share when they do not start on lines (offset1, offset4, offset12, and x
-    # itself in place) streamed with two rows' values (NaN for a row whose max is not
-    # finite); other results take the in-cache batch path.  The two must agree bit for bit
-    # (rows after the last whole batch, special rows), in place too, and be within float32
-    # accuracy of the float64 oracle.
-    nrows = _k.STREAM_MIN_BYTES // (ncols * 4) + 16 * 3 + 7
-    x = _medium_data(nrows, ncols, seed=ncols + 1)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_streamed_medium_log_softmax_equals_the_batch_path(dtype, ncols, where):
+    # log_softmax of large results in rows of the batch path (AVX-512: float32 rows of 33..128
+    # of a whole number of vectors; AVX2: rows of whole 64-byte lines up to 1 KB, float32 and
+    # float64) is streamed, 16 rows a batch: on AVX-512 the next batch's max taken during this
+    # batch's sums, the lines rows share when they do not start on lines (offset1, offset4,
+    # offset12, and x itself in place) streamed with two rows' values (NaN for a row whose max
+    # is not finite); on AVX2 the next row's max taken during this row's sums, rows off the
+    # lines not streamed.  Other results take the in-cache batch path.  The two must agree bit
+    # for bit (rows after the last whole batch, special rows), in place too, and be within
+    # the accuracy of the dtype against the float64 oracle.
+    nrows = _k.STREAM_MIN_BYTES // (ncols * np.dtype(dtype).itemsize) + 16 * 3 + 7
+    x = _medium_data(nrows, ncols, seed=ncols + 1).astype(dtype)
     in_cache = np.concatenate([fs.log_softmax(x[:48]), fs.log_softmax(x[-55:])])
-    misaligned = _aligned_empty(x.shape, np.float32, 4)
+    misaligned = _aligned_empty(x.shape, dtype, 4)
     fs.log_softmax(x, out=misaligned)
     fresh = fs.log_softmax(x)
     assert fresh.ctypes.data % 64 == 0  # a result of this size is allocated 64-byte aligned
@@ -437,7 +440,7 @@ def test_streamed_medium_log_softmax_equals_the_batch_path(ncols, where):
     np.testing.assert_array_equal(np.concatenate([got[:48], got[-55:]]), in_cache)
     np.testing.assert_array_equal(got, misaligned)
     np.testing.assert_array_equal(got, fresh)
-    _assert_close(got, want, ORACLE_RTOL[np.float32], TINY[np.float32])
+    _assert_close(got, want, ORACLE_RTOL[dtype], TINY[dtype])
 
 
 # ------------------------------------------------------------------------ special values

@@ -17,7 +17,8 @@
  * log_softmax_medium_stream_span).  On AVX2: short rows 8 (float32) or 4 (float64) rows a
  * block, transposed in registers (fs_avx2.h), softmax's medium rows 8 rows a block
  * (softmax_medium_slice; large float32 results streamed a block behind), log_softmax's medium
- * rows and logsumexp's rows batched as on AVX-512, long rows of large results streamed
+ * rows and logsumexp's rows batched as on AVX-512 (large log_softmax results in rows of whole
+ * lines streamed a batch behind, log_softmax_medium_stream_span), long rows of large results streamed
  * (softmax_like_stream_span on fs_avx2_stream_impl.h's pending rows); rows within a spread of
  * their max take cheaper exps (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
@@ -511,6 +512,83 @@ static void FS_FN(log_softmax_row_batch)(const FS_T *x, FS_T *y, ptrdiff_t count
 }
 #endif
 
+#if defined(FS_USE_AVX2)
+/* Whether a log_softmax result in rows of the batch path is streamed (log_softmax_medium_stream_span):
+   large (FS_STREAM_MIN_BYTES), in rows of whole 64-byte lines starting on lines. */
+static inline int FS_FN(lsm_medium_stream_avx2)(const FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols)
+{
+    return ((uintptr_t)y & 63) == 0 && (ncols * (ptrdiff_t)sizeof(FS_T)) % 64 == 0 &&
+           nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
+}
+
+/* log_softmax_row_batch for a result too large for the caches (lsm_medium_stream_avx2),
+   software-pipelined with the pending rows of fs_avx2_stream_impl.h: during row r's sums
+   (piped_sums), row r - FS_LSM_BATCH -- the same row of the previous batch, whose log-sum
+   that batch's vector log1p gave -- is written with streaming stores ((x - m) - c, x still in
+   L1), the max and min of row r + 1 are taken (that row skips its max pass) and row r + 2 is
+   prefetched.  The same bits as log_softmax_row_batch (a row with a NaN is all NaN on both,
+   possibly not the same NaN). */
+static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
+{
+    FS_T m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
+    double u[FS_LSM_BATCH], c[FS_LSM_BATCH];
+    FS_FN(pending_row) pend = {0}; /* nothing pending */
+    const FS_T *xprev = NULL;      /* the previous batch (its rows are written during this one's), or none */
+    FS_T *yprev = NULL;
+    int known = 0; /* the max and min of row r were taken during row r - 1 */
+    FS_T next_max = 0, next_min = 0;
+    ptrdiff_t b = 0;
+    for (; b + FS_LSM_BATCH <= len; b += FS_LSM_BATCH) {
+        for (int k = 0; k < FS_LSM_BATCH; k++) {
+            const ptrdiff_t r = b + k;
+            const FS_T *xr = x + r * n;
+            if (xprev != NULL) {
+                if (isfinite(mprev[k]))
+                    FS_FN(pending_begin)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n, 1, -1, 0);
+                else
+                    FS_FN(fill_nan)(yprev + k * n, n);
+            }
+            FS_T lo;
+            if (known) {
+                m[k] = next_max;
+                lo = next_min;
+            } else {
+                m[k] = FS_CAT(fs256_row_minmax, FS_SUF)(xr, n, &lo);
+            }
+            known = 0;
+            u[k] = 0.0;
+            if (isfinite(m[k])) {
+                const FS_T *ahead = r + 1 < len ? xr + n : NULL;
+                const int bounded = m[k] - lo <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64); /* as row_max_bounded */
+                double at_max = 0.0;
+                const double rest = FS_FN(piped_sums)(xr, m[k], NULL, n, bounded, FS256_PIPE_LOG_SOFTMAX, &at_max, &pend,
+                                                      ahead, &next_max, &next_min, r + 2 < len ? xr + 2 * n : NULL);
+                u[k] = (at_max - 1.0) + rest;
+                known = ahead != NULL;
+            }
+            FS_FN(pending_finish)(&pend); /* the rest of row r - FS_LSM_BATCH */
+        }
+        FS_FN(log1p_batch)(u, c, 0);
+        for (int k = 0; k < FS_LSM_BATCH; k++) {
+            mprev[k] = m[k];
+            cprev[k] = (FS_T)c[k];
+        }
+        xprev = x + b * n;
+        yprev = y + b * n;
+    }
+    for (int k = 0; xprev != NULL && k < FS_LSM_BATCH; k++) { /* the last batch */
+        if (isfinite(mprev[k])) {
+            FS_FN(pending_begin)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n, 1, -1, 0);
+            FS_FN(pending_finish)(&pend);
+        } else {
+            FS_FN(fill_nan)(yprev + k * n, n);
+        }
+    }
+    _mm_sfence(); /* this thread's streamed rows are complete */
+    if (b < len) FS_FN(log_softmax_row_batch)(x + b * n, y + b * n, len - b, n, 0);
+}
+#endif
+
 #ifdef FS_USE_AVX512
 
 #if FS_IS_F32
@@ -945,10 +1023,17 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
         return;
     }
 #endif
+#if (defined(FS_USE_AVX512) && FS_IS_F32) || defined(FS_USE_AVX2)
+    /* log_softmax results too large for the caches in rows of the batch path, streamed as
+       softmax's medium rows (AVX-512: float32 rows of whole vectors; AVX2: rows of whole
+       lines starting on lines); spans of whole batches */
 #ifdef FS_USE_AVX512
-#if FS_IS_F32
-    if (log_out && ncols <= FS512_MEDIUM_MAX && nrows >= FS_LSM_BATCH && FS_FN(medium_rows_stream)(y, nrows, ncols)) {
-        /* streamed as softmax's medium rows; spans of whole batches */
+    const int lsm_stream = ncols <= FS512_MEDIUM_MAX && FS_FN(medium_rows_stream)(y, nrows, ncols);
+#else
+    const int lsm_stream = ncols * (ptrdiff_t)sizeof(FS_T) <= FS_LSM_BATCH_MAX_BYTES &&
+                           FS_FN(lsm_medium_stream_avx2)(y, nrows, ncols);
+#endif
+    if (log_out && nrows >= FS_LSM_BATCH && lsm_stream) {
         const ptrdiff_t nbatches = nrows / FS_LSM_BATCH;
         FS_ROWS_FOR(k, nt,
                     ptrdiff_t r0 = nbatches * k / nt * FS_LSM_BATCH;
@@ -956,7 +1041,6 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
                     FS_FN(log_softmax_medium_stream_span)(x + r0 * ncols, y + r0 * ncols, r1 - r0, ncols));
         return;
     }
-#endif
 #endif
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     if (log_out && ncols * (ptrdiff_t)sizeof(FS_T) <= FS_LSM_BATCH_MAX_BYTES && nrows >= FS_LSM_BATCH) {
