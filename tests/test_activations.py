@@ -320,9 +320,10 @@ def test_streamed_results_equal_the_in_cache_path(name, dtype, ncols, where):
 
 
 def _medium_data(nrows, ncols, seed):
-    """float32 rows for the blocks of medium rows (softmax: AVX-512 16 rows of 33..128 columns,
-    AVX2 8 rows of 33..256): fast blocks, then a block turned down by special rows, one turned down by a row wider
-    than 32, and fast blocks again, with a row count that leaves rows after the last block."""
+    """float32 rows (some tests cast them to float64) for the blocks of medium rows (softmax:
+    AVX-512 16 rows of 33..128 columns, AVX2 8 rows of 33..256): fast blocks, then a block
+    turned down by special rows, one turned down by a row wider than 32, and fast blocks again,
+    with a row count that leaves rows after the last block."""
     x = _data((nrows, ncols), np.float32, seed=seed)
     x[17, 3] = np.nan
     x[18, :] = -np.inf

@@ -454,7 +454,8 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
 }
 #endif
 
-/* Rows per batch of log_softmax_row_batch and logsumexp_row_batch. */
+/* Rows per batch of log_softmax_row_batch, logsumexp_row_batch and the streamed
+   log_softmax_medium_stream_span. */
 #ifndef FS_LSM_BATCH
 #define FS_LSM_BATCH 16
 #endif
@@ -513,21 +514,30 @@ static void FS_FN(log_softmax_row_batch)(const FS_T *x, FS_T *y, ptrdiff_t count
 #endif
 
 #if defined(FS_USE_AVX2)
-/* Whether a log_softmax result in rows of the batch path is streamed (log_softmax_medium_stream_span):
-   large (FS_STREAM_MIN_BYTES), in rows of whole 64-byte lines starting on lines. */
-static inline int FS_FN(lsm_medium_stream_avx2)(const FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols)
+/* Whether a result of medium rows is streamed on AVX2 (log_softmax_medium_stream_span; float32
+   softmax, medium_rows_stream_avx2): large (FS_STREAM_MIN_BYTES), in rows of whole 64-byte
+   lines starting on lines. */
+static inline int FS_FN(whole_lines_stream_avx2)(const FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols)
 {
     return ((uintptr_t)y & 63) == 0 && (ncols * (ptrdiff_t)sizeof(FS_T)) % 64 == 0 &&
            nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
 }
 
-/* log_softmax_row_batch for a result too large for the caches (lsm_medium_stream_avx2),
+/* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2),
    software-pipelined with the pending rows of fs_avx2_stream_impl.h: during row r's sums
    (piped_sums), row r - FS_LSM_BATCH -- the same row of the previous batch, whose log-sum
    that batch's vector log1p gave -- is written with streaming stores ((x - m) - c, x still in
-   L1), the max and min of row r + 1 are taken (that row skips its max pass) and row r + 2 is
+   L1/L2), the max and min of row r + 1 are taken (that row skips its max pass) and row r + 2 is
    prefetched.  The same bits as log_softmax_row_batch (a row with a NaN is all NaN on both,
    possibly not the same NaN). */
+/* Row k of a finished batch as the pending row: (x - m) - c, or NaN now if its max is not finite. */
+static inline void FS_FN(lsm_batch_row_pending)(FS_FN(pending_row) *pend, const FS_T *x, FS_T m, FS_T c, FS_T *y,
+                                                ptrdiff_t n)
+{
+    if (isfinite(m)) FS_FN(pending_begin)(pend, x, m, c, y, n, 1, -1, 0);
+    else FS_FN(fill_nan)(y, n);
+}
+
 static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
 {
     FS_T m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
@@ -542,12 +552,7 @@ static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdif
         for (int k = 0; k < FS_LSM_BATCH; k++) {
             const ptrdiff_t r = b + k;
             const FS_T *xr = x + r * n;
-            if (xprev != NULL) {
-                if (isfinite(mprev[k]))
-                    FS_FN(pending_begin)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n, 1, -1, 0);
-                else
-                    FS_FN(fill_nan)(yprev + k * n, n);
-            }
+            if (xprev != NULL) FS_FN(lsm_batch_row_pending)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n);
             FS_T lo;
             if (known) {
                 m[k] = next_max;
@@ -577,12 +582,8 @@ static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdif
         yprev = y + b * n;
     }
     for (int k = 0; xprev != NULL && k < FS_LSM_BATCH; k++) { /* the last batch */
-        if (isfinite(mprev[k])) {
-            FS_FN(pending_begin)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n, 1, -1, 0);
-            FS_FN(pending_finish)(&pend);
-        } else {
-            FS_FN(fill_nan)(yprev + k * n, n);
-        }
+        FS_FN(lsm_batch_row_pending)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n);
+        FS_FN(pending_finish)(&pend);
     }
     _mm_sfence(); /* this thread's streamed rows are complete */
     if (b < len) FS_FN(log_softmax_row_batch)(x + b * n, y + b * n, len - b, n, 0);
@@ -936,8 +937,7 @@ FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, 
    0.86-0.99x (median) the time of the in-cache blocks. */
 static inline int FS_FN(medium_rows_stream_avx2)(const FS_T *y, ptrdiff_t nrows, ptrdiff_t ncols)
 {
-    return FS_IS_F32 && ((uintptr_t)y & 63) == 0 && (ncols * (ptrdiff_t)sizeof(FS_T)) % 64 == 0 &&
-           nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
+    return FS_IS_F32 && FS_FN(whole_lines_stream_avx2)(y, nrows, ncols);
 }
 
 /* softmax of `len` medium rows, 8 rows a block, the last len % 8 rows one at a time.  In
@@ -1031,7 +1031,7 @@ static void FS_FN(softmax_like_rows)(const FS_T *x, FS_T *y, ptrdiff_t nrows, pt
     const int lsm_stream = ncols <= FS512_MEDIUM_MAX && FS_FN(medium_rows_stream)(y, nrows, ncols);
 #else
     const int lsm_stream = ncols * (ptrdiff_t)sizeof(FS_T) <= FS_LSM_BATCH_MAX_BYTES &&
-                           FS_FN(lsm_medium_stream_avx2)(y, nrows, ncols);
+                           FS_FN(whole_lines_stream_avx2)(y, nrows, ncols);
 #endif
     if (log_out && nrows >= FS_LSM_BATCH && lsm_stream) {
         const ptrdiff_t nbatches = nrows / FS_LSM_BATCH;

@@ -240,7 +240,9 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
    caches for whatever reads them next.  Rows of 128 were 30-60% slower streamed even
    pipelined (per-row setup), rows of 256 equal; float32 softmax / log_softmax of rows of
    33..128 are streamed a block of 16 rows at a time instead, when the rows are a whole
-   number of vectors (softmax_medium_stream_span, log_softmax_medium_stream_span).  On an AMD
+   number of vectors (softmax_medium_stream_span, log_softmax_medium_stream_span; on AVX2,
+   float32 softmax rows of 33..256 in blocks of 8, and log_softmax rows of up to 1 KB, float32
+   and float64, a batch of 16 behind, when the rows are whole lines starting on lines).  On an AMD
    EPYC (Zen 3, AVX2) the same thresholds held: 2100x1000 (streamed) against 2000x1000 (not),
    float32 softmax 0.93 vs 1.02 ns an element, float64 1.87 vs 2.26; rows of 128 streamed
    1.05-1.09 vs 0.92-1.00 (slower, as on AVX-512). */
