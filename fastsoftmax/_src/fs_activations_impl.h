@@ -523,13 +523,6 @@ static inline int FS_FN(whole_lines_stream_avx2)(const FS_T *y, ptrdiff_t nrows,
            nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
 }
 
-/* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2),
-   software-pipelined with the pending rows of fs_avx2_stream_impl.h: during row r's sums
-   (piped_sums), row r - FS_LSM_BATCH -- the same row of the previous batch, whose log-sum
-   that batch's vector log1p gave -- is written with streaming stores ((x - m) - c, x still in
-   L1/L2), the max and min of row r + 1 are taken (that row skips its max pass) and row r + 2 is
-   prefetched.  The same bits as log_softmax_row_batch (a row with a NaN is all NaN on both,
-   possibly not the same NaN). */
 /* Row k of a finished batch as the pending row: (x - m) - c, or NaN now if its max is not finite. */
 static inline void FS_FN(lsm_batch_row_pending)(FS_FN(pending_row) *pend, const FS_T *x, FS_T m, FS_T c, FS_T *y,
                                                 ptrdiff_t n)
@@ -538,6 +531,13 @@ static inline void FS_FN(lsm_batch_row_pending)(FS_FN(pending_row) *pend, const 
     else FS_FN(fill_nan)(y, n);
 }
 
+/* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2),
+   software-pipelined with the pending rows of fs_avx2_stream_impl.h: during row r's sums
+   (piped_sums), row r - FS_LSM_BATCH -- the same row of the previous batch, whose log-sum
+   that batch's vector log1p gave -- is written with streaming stores ((x - m) - c, x still in
+   L1/L2), the max and min of row r + 1 are taken (that row skips its max pass) and row r + 2 is
+   prefetched.  The same bits as log_softmax_row_batch (a row with a NaN is all NaN on both,
+   possibly not the same NaN). */
 static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
 {
     FS_T m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
