@@ -415,7 +415,7 @@ def test_float64_medium_rows_in_blocks_equal_the_rows_alone(ncols):
 
 
 @pytest.mark.parametrize("where", MEDIUM_WHERE)
-@pytest.mark.parametrize("ncols", [48, 96, 128])
+@pytest.mark.parametrize("ncols", [48, 64, 96, 128, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 def test_streamed_medium_log_softmax_equals_the_batch_path(dtype, ncols, where):
     # log_softmax of large results in rows of the batch path (AVX-512: float32 rows of 33..128
@@ -423,10 +423,12 @@ def test_streamed_medium_log_softmax_equals_the_batch_path(dtype, ncols, where):
     # float64) is streamed, 16 rows a batch: on AVX-512 the next batch's max taken during this
     # batch's sums, the lines rows share when they do not start on lines (offset1, offset4,
     # offset12, and x itself in place) streamed with two rows' values (NaN for a row whose max
-    # is not finite); on AVX2 the next row's max taken during this row's sums, rows off the
-    # lines not streamed.  Other results take the in-cache batch path.  The two must agree bit
-    # for bit (rows after the last whole batch, special rows), in place too, and be within
-    # the accuracy of the dtype against the float64 oracle.
+    # is not finite); on AVX2 row k of the previous batch streamed after row k's sums, rows
+    # off the lines not streamed, the widths 64, 128 and 256 compiled for their width (float64
+    # 256 is 2 KB, past the batch path: both take the one-row kernels).  Other results take
+    # the in-cache batch path.  The two must agree bit for bit (rows after the last whole
+    # batch, special rows), in place too, and be within the accuracy of the dtype against
+    # the float64 oracle.
     nrows = _k.STREAM_MIN_BYTES // (ncols * np.dtype(dtype).itemsize) + 16 * 3 + 7
     x = _medium_data(nrows, ncols, seed=ncols + 1).astype(dtype)
     in_cache = np.concatenate([fs.log_softmax(x[:48]), fs.log_softmax(x[-55:])])

@@ -523,70 +523,103 @@ static inline int FS_FN(whole_lines_stream_avx2)(const FS_T *y, ptrdiff_t nrows,
            nrows * ncols * (ptrdiff_t)sizeof(FS_T) >= FS_STREAM_MIN_BYTES;
 }
 
-/* Row k of a finished batch as the pending row: (x - m) - c, or NaN now if its max is not finite. */
-static inline void FS_FN(lsm_batch_row_pending)(FS_FN(pending_row) *pend, const FS_T *x, FS_T m, FS_T c, FS_T *y,
-                                                ptrdiff_t n)
+/* Cases of a switch on a row's width n: the power-of-two widths 64, 128 and 256 when at most
+   `max`, each calling CALL(n) with n a constant (then return).  An inlined row kernel so
+   called has every loop over the row unrolled or with a known count, the tests for partial
+   vectors and lines gone: float32 softmax 16384x128 took 439 instructions a row where the
+   same code with n a variable took 575 (callgrind).  Every width of whole lines so compiled
+   (1-16 lines) measured 400 KB more code and 1.5x the build time of this file; powers of two
+   are the widths rows most often have (hidden sizes, attention heads). */
+#define FS256_POW2_WIDTH_CASE_(w, max, CALL)                                                   \
+    case (w):                                                                                \
+        if ((w) <= (max)) {                                                                  \
+            CALL(w);                                                                         \
+            return;                                                                          \
+        }                                                                                    \
+        break;
+#define FS256_POW2_WIDTH_CASES(max, CALL)                                                    \
+    FS256_POW2_WIDTH_CASE_(64, max, CALL)                                                    \
+    FS256_POW2_WIDTH_CASE_(128, max, CALL)                                                   \
+    FS256_POW2_WIDTH_CASE_(256, max, CALL)                                                   \
+    default:                                                                                 \
+        break;
+
+/* log_softmax_sums without the store of x - m: the same sums (`bounded` a constant). */
+FS256_INLINE double FS_FN(split_sums)(const FS_T *x, FS_T m, ptrdiff_t n, double *at_max, int bounded)
 {
-    if (isfinite(m)) FS_FN(pending_begin)(pend, x, m, c, y, n, 1, -1, 0);
+#if FS_IS_F32
+    return fs256_exp_split_impl_f32(x, m, NULL, NULL, n, at_max, bounded);
+#else
+    return fs256_exp_split_impl_f64(x, m, NULL, NULL, n, at_max, 0, bounded);
+#endif
+}
+
+/* Row k of a finished batch: (x - m) - c written with streaming stores, or NaN if its max is
+   not finite. */
+FS256_INLINE void FS_FN(lsm_batch_row_stream)(const FS_T *x, FS_T m, FS_T c, FS_T *y, ptrdiff_t n)
+{
+    if (isfinite(m)) FS_FN(stream_lines)(x, m, c, y, n, 1);
     else FS_FN(fill_nan)(y, n);
 }
 
-/* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2),
-   software-pipelined with the pending rows of fs_avx2_stream_impl.h: during row r's sums
-   (piped_sums), row r - FS_LSM_BATCH -- the same row of the previous batch, whose log-sum
-   that batch's vector log1p gave -- is written with streaming stores ((x - m) - c, x still in
-   L1/L2), the max and min of row r + 1 are taken (that row skips its max pass) and row r + 2 is
-   prefetched.  The same bits as log_softmax_row_batch (a row with a NaN is all NaN on both,
-   possibly not the same NaN). */
-static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
+/* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2): row
+   k of batch b - 1 -- whose log-sum that batch's vector log1p gave -- is written with
+   streaming stores ((x - m) - c, x still in L1/L2) after row k of batch b's max and sums, so
+   that y's lines are never read; row r + 2 is prefetched during row r.  The same sums and
+   the same bits as log_softmax_row_batch (a row with a NaN is all NaN on both, possibly not
+   the same NaN).  Inlined with n a constant for the common widths (see
+   log_softmax_medium_stream_span). */
+FS256_INLINE void FS_FN(log_softmax_medium_stream_span_n)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
 {
-    FS_T m[FS_LSM_BATCH], mprev[FS_LSM_BATCH], cprev[FS_LSM_BATCH];
-    double u[FS_LSM_BATCH], c[FS_LSM_BATCH];
-    FS_FN(pending_row) pend = {0}; /* nothing pending */
-    const FS_T *xprev = NULL;      /* the previous batch (its rows are written during this one's), or none */
-    FS_T *yprev = NULL;
-    int known = 0; /* the max and min of row r were taken during row r - 1 */
-    FS_T next_max = 0, next_min = 0;
+    FS_T m[2][FS_LSM_BATCH], c[2][FS_LSM_BATCH];
+    double u[FS_LSM_BATCH], lc[FS_LSM_BATCH];
     ptrdiff_t b = 0;
     for (; b + FS_LSM_BATCH <= len; b += FS_LSM_BATCH) {
+        const int h = (int)(b / FS_LSM_BATCH) & 1;
         for (int k = 0; k < FS_LSM_BATCH; k++) {
             const ptrdiff_t r = b + k;
             const FS_T *xr = x + r * n;
-            if (xprev != NULL) FS_FN(lsm_batch_row_pending)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n);
+            if (r + 2 < len) fs_prefetch_span(xr + 2 * n, (size_t)n * sizeof(FS_T));
             FS_T lo;
-            if (known) {
-                m[k] = next_max;
-                lo = next_min;
-            } else {
-                m[k] = FS_CAT(fs256_row_minmax, FS_SUF)(xr, n, &lo);
-            }
-            known = 0;
+            const FS_T mk = FS_CAT(fs256_row_minmax, FS_SUF)(xr, n, &lo);
+            m[h][k] = mk;
             u[k] = 0.0;
-            if (isfinite(m[k])) {
-                const FS_T *ahead = r + 1 < len ? xr + n : NULL;
-                const int bounded = m[k] - lo <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64); /* as row_max_bounded */
-                double at_max = 0.0;
-                const double rest = FS_FN(piped_sums)(xr, m[k], NULL, n, bounded, FS256_PIPE_LOG_SOFTMAX, &at_max, &pend,
-                                                      ahead, &next_max, &next_min, r + 2 < len ? xr + 2 * n : NULL);
+            if (isfinite(mk)) {
+                const int bounded = mk - lo <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64); /* as row_max_bounded */
+                double at_max;
+                const double rest = bounded ? FS_FN(split_sums)(xr, mk, n, &at_max, 1)
+                                            : FS_FN(split_sums)(xr, mk, n, &at_max, 0);
                 u[k] = (at_max - 1.0) + rest;
-                known = ahead != NULL;
             }
-            FS_FN(pending_finish)(&pend); /* the rest of row r - FS_LSM_BATCH */
+            if (b > 0) FS_FN(lsm_batch_row_stream)(xr - FS_LSM_BATCH * n, m[h ^ 1][k], c[h ^ 1][k],
+                                                   y + (r - FS_LSM_BATCH) * n, n);
         }
-        FS_FN(log1p_batch)(u, c, 0);
-        for (int k = 0; k < FS_LSM_BATCH; k++) {
-            mprev[k] = m[k];
-            cprev[k] = (FS_T)c[k];
-        }
-        xprev = x + b * n;
-        yprev = y + b * n;
+        FS_FN(log1p_batch)(u, lc, 0);
+        for (int k = 0; k < FS_LSM_BATCH; k++) c[h][k] = (FS_T)lc[k];
     }
-    for (int k = 0; xprev != NULL && k < FS_LSM_BATCH; k++) { /* the last batch */
-        FS_FN(lsm_batch_row_pending)(&pend, xprev + k * n, mprev[k], cprev[k], yprev + k * n, n);
-        FS_FN(pending_finish)(&pend);
+    if (b > 0) { /* the last batch */
+        const int h = (int)(b / FS_LSM_BATCH - 1) & 1;
+        for (int k = 0; k < FS_LSM_BATCH; k++)
+            FS_FN(lsm_batch_row_stream)(x + (b - FS_LSM_BATCH + k) * n, m[h][k], c[h][k],
+                                        y + (b - FS_LSM_BATCH + k) * n, n);
     }
     _mm_sfence(); /* this thread's streamed rows are complete */
-    if (b < len) FS_FN(log_softmax_row_batch)(x + b * n, y + b * n, len - b, n, 0);
+}
+
+static void FS_FN(log_softmax_medium_stream_batches)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
+{
+#define FS256_LSM_STREAM_CALL(w) FS_FN(log_softmax_medium_stream_span_n)(x, y, len, w)
+    switch (n) { FS256_POW2_WIDTH_CASES(FS_LSM_BATCH_MAX_BYTES / (ptrdiff_t)sizeof(FS_T), FS256_LSM_STREAM_CALL) }
+#undef FS256_LSM_STREAM_CALL
+    FS_FN(log_softmax_medium_stream_span_n)(x, y, len, n);
+}
+
+/* The streamed batches, then the rows after the last batch (log_softmax_row_batch). */
+static void FS_FN(log_softmax_medium_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
+{
+    const ptrdiff_t whole = len - len % FS_LSM_BATCH;
+    FS_FN(log_softmax_medium_stream_batches)(x, y, whole, n);
+    if (whole < len) FS_FN(log_softmax_row_batch)(x + whole * n, y + whole * n, len - whole, n, 0);
 }
 #endif
 
@@ -904,7 +937,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
    while the exps are computed). */
 #define FS256_MEDIUM_MAX (FS_IS_F32 ? FS256_MEDIUM_MAX_F32 : FS256_MEDIUM_MAX_F64)
 FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *inv,
-                                           FS_FN(pending_row) *prev)
+                                           const FS_T *eprev, const FS_T *invprev, FS_T *yprev)
 {
     FS_T m[8], lo[8];
     FS_CAT(fs256_medium_minmax8, FS_SUF)(x, n, m, lo);
@@ -921,7 +954,7 @@ FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, 
         } else {
             d[k] = FS_CAT(fs256_exp_store_sum_lanes, FS_SUF)(x + k * n, m[k], e + k * n, n, FS_IS_F32 ? 1 : 0);
         }
-        if (prev != NULL) FS_FN(pending_finish)(&prev[k]);
+        if (yprev != NULL) FS_FN(stream_lines)(eprev + k * n, 0, invprev[k], yprev + k * n, n, 0);
     }
     const __m256d one = _mm256_set1_pd(1.0);
     double r[8];
@@ -946,28 +979,46 @@ static inline int FS_FN(medium_rows_stream_avx2)(const FS_T *y, ptrdiff_t nrows,
    rows are written with streaming stores (pending rows, fs_avx2_stream_impl.h: scratch * inv)
    one row after each row of block b's exps, so that y's lines are never read before being
    written nor passed over twice.  The same values either way. */
-static void FS_FN(softmax_medium_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n, int stream)
+FS256_INLINE void FS_FN(softmax_medium_slice_n)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n, int stream)
 {
     FS_T inv[8];
     ptrdiff_t b = 0;
     if (!stream) {
         for (; b + 8 <= len; b += 8) {
-            FS_FN(medium_block_sums)(x + b * n, y + b * n, n, b + 16 <= len ? x + (b + 8) * n : NULL, inv, NULL);
+            FS_FN(medium_block_sums)(x + b * n, y + b * n, n, b + 16 <= len ? x + (b + 8) * n : NULL, inv, NULL, NULL,
+                                     NULL);
             for (int k = 0; k < 8; k++) FS_CAT(fs256_scale, FS_SUF)(y + (b + k) * n, inv[k], y + (b + k) * n, n);
         }
     } else {
         FS_T scratch[2][8 * FS256_MEDIUM_MAX] __attribute__((aligned(64)));
-        FS_FN(pending_row) rows[8];
+        FS_T invs[2][8];
         for (; b + 8 <= len; b += 8) {
-            FS_T *e = scratch[(b >> 3) & 1];
-            FS_FN(medium_block_sums)(x + b * n, e, n, b + 16 <= len ? x + (b + 8) * n : NULL, inv, b > 0 ? rows : NULL);
-            for (int k = 0; k < 8; k++) FS_FN(pending_begin)(&rows[k], e + k * n, 0, inv[k], y + (b + k) * n, n, 0, -1, 0);
+            const int h = (b >> 3) & 1;
+            FS_FN(medium_block_sums)(x + b * n, scratch[h], n, b + 16 <= len ? x + (b + 8) * n : NULL, invs[h],
+                                     scratch[h ^ 1], invs[h ^ 1], b > 0 ? y + (b - 8) * n : NULL);
         }
-        if (b > 0)
-            for (int k = 0; k < 8; k++) FS_FN(pending_finish)(&rows[k]);
+        if (b > 0) {
+            const int h = ((b >> 3) & 1) ^ 1;
+            for (int k = 0; k < 8; k++) FS_FN(stream_lines)(scratch[h] + k * n, 0, invs[h][k], y + (b - 8 + k) * n, n, 0);
+        }
         _mm_sfence(); /* this thread's streamed rows are complete */
     }
-    for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
+}
+
+static void FS_FN(softmax_medium_blocks)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n, int stream)
+{
+#define FS256_MEDIUM_CALL(w) FS_FN(softmax_medium_slice_n)(x, y, len, w, stream)
+    switch (n) { FS256_POW2_WIDTH_CASES(FS256_MEDIUM_MAX, FS256_MEDIUM_CALL) }
+#undef FS256_MEDIUM_CALL
+    FS_FN(softmax_medium_slice_n)(x, y, len, n, stream);
+}
+
+/* The blocks of 8 rows, then the rows after the last block one at a time. */
+static void FS_FN(softmax_medium_slice)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n, int stream)
+{
+    const ptrdiff_t whole = len - len % 8;
+    FS_FN(softmax_medium_blocks)(x, y, whole, n, stream);
+    for (ptrdiff_t b = whole; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
 }
 #endif
 

@@ -423,6 +423,7 @@ FS256_INLINE __m256d fs256_exp_store_sum_lanes_f32(const float *x, float m, floa
     while (i + 16 <= n) {
         __m256 b0 = _mm256_setzero_ps(), b1 = _mm256_setzero_ps();
         ptrdiff_t end = i + 128 <= n ? i + 128 : n - n % 16;
+#pragma GCC unroll 8
         for (; i < end; i += 16) {
             __m256 e0 = fs256_exp_x_minus_m_ps(_mm256_loadu_ps(x + i), negm, twosum);
             __m256 e1 = fs256_exp_x_minus_m_ps(_mm256_loadu_ps(x + i + 8), negm, twosum);
@@ -464,8 +465,9 @@ static inline double fs256_exp_store_sum_fast_f32(const float *x, float m, float
 static inline void fs256_scale_f32(const float *src, float s, float *y, ptrdiff_t n)
 {
     const __m256 vs = _mm256_set1_ps(s);
+    const ptrdiff_t nv = n - n % 8; /* (not i + 8 <= n: with n a constant, GCC warned of the tail loop) */
     ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), vs));
+    for (; i < nv; i += 8) _mm256_storeu_ps(y + i, _mm256_mul_ps(_mm256_loadu_ps(src + i), vs));
     for (; i < n; i++) y[i] = src[i] * s;
 }
 
@@ -542,8 +544,9 @@ FS256_INLINE void fs256_medium_minmax8_f32(const float *x, ptrdiff_t n, float *m
 static inline void fs256_sub_const_f32(const float *src, float c, float *y, ptrdiff_t n)
 {
     const __m256 vc = _mm256_set1_ps(c);
+    const ptrdiff_t nv = n - n % 8; /* (as fs256_scale_f32) */
     ptrdiff_t i = 0;
-    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_loadu_ps(src + i), vc));
+    for (; i < nv; i += 8) _mm256_storeu_ps(y + i, _mm256_sub_ps(_mm256_loadu_ps(src + i), vc));
     for (; i < n; i++) y[i] = src[i] - c;
 }
 
@@ -679,8 +682,9 @@ FS256_INLINE void fs256_medium_minmax8_f64(const double *x, ptrdiff_t n, double 
 static inline void fs256_sub_const_f64(const double *src, double c, double *y, ptrdiff_t n)
 {
     const __m256d vc = _mm256_set1_pd(c);
+    const ptrdiff_t nv = n - n % 4; /* (as fs256_scale_f32) */
     ptrdiff_t i = 0;
-    for (; i + 4 <= n; i += 4) _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_loadu_pd(src + i), vc));
+    for (; i < nv; i += 4) _mm256_storeu_pd(y + i, _mm256_sub_pd(_mm256_loadu_pd(src + i), vc));
     for (; i < n; i++) y[i] = src[i] - c;
 }
 

@@ -143,6 +143,19 @@ FS256_INLINE ptrdiff_t FS_FN(pending_advance)(FS_FN(pending_row) p, FS256_V negm
     return j;
 }
 
+/* y = src * a (softmax, log_out 0) or (src - m) - a (log_softmax, log_out 1: the values the
+   pending rows write) with streaming stores, for y on a 64-byte line and n a whole number
+   of lines (rows of softmax's streamed medium blocks, src their exps in L1, and of
+   log_softmax's streamed batches, src = x); `log_out` a constant. */
+FS256_INLINE void FS_FN(stream_lines)(const FS_T *src, FS_T m, FS_T a, FS_T *y, ptrdiff_t n, int log_out)
+{
+    const FS256_V negm = FS256_SET1(-m), va = FS256_SET1(a);
+    for (ptrdiff_t j = 0; j < n; j += FS256_LINE) {
+        FS256_STREAM(y + j, FS_FN(pending_value)(FS256_LOADU(src + j), negm, va, log_out));
+        FS256_STREAM(y + j + FS256_LANES, FS_FN(pending_value)(FS256_LOADU(src + j + FS256_LANES), negm, va, log_out));
+    }
+}
+
 /* The rest of a pending row; then nothing is pending. */
 static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
 {
