@@ -18,7 +18,8 @@
  * block, transposed in registers (fs_avx2.h), softmax's medium rows 8 rows a block
  * (softmax_medium_slice; large float32 results streamed a block behind), log_softmax's medium
  * rows and logsumexp's rows batched as on AVX-512 (large log_softmax results in rows of whole
- * lines streamed a batch behind, log_softmax_medium_stream_span), long rows of large results streamed
+ * lines streamed a batch behind, log_softmax_medium_stream_span), the medium rows of 64, 128
+ * and 256 compiled for their width (FS256_POW2_WIDTH_CASES), long rows of large results streamed
  * (softmax_like_stream_span on fs_avx2_stream_impl.h's pending rows); rows within a spread of
  * their max take cheaper exps (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
@@ -567,8 +568,8 @@ FS256_INLINE void FS_FN(lsm_batch_row_stream)(const FS_T *x, FS_T m, FS_T c, FS_
    streaming stores ((x - m) - c, x still in L1/L2) after row k of batch b's max and sums, so
    that y's lines are never read; row r + 2 is prefetched during row r.  The same sums and
    the same bits as log_softmax_row_batch (a row with a NaN is all NaN on both, possibly not
-   the same NaN).  Inlined with n a constant for the common widths (see
-   log_softmax_medium_stream_span). */
+   the same NaN).  `len` a multiple of FS_LSM_BATCH.  Inlined with n a constant for the
+   widths FS256_POW2_WIDTH_CASES names (log_softmax_medium_stream_batches). */
 FS256_INLINE void FS_FN(log_softmax_medium_stream_span_n)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
 {
     FS_T m[2][FS_LSM_BATCH], c[2][FS_LSM_BATCH];
@@ -932,9 +933,10 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
    lanes, the 8 sums reduced (fs256_hsum4_pd) and divided together: inv[k] is
    softmax_row's 1 / sum, bit for bit.  A row whose max is not finite gets NaN exps and
    inv 1.  A row with a NaN is all NaN on both paths, possibly not the same NaN (which NaN a
-   max keeps depends on the order of its comparisons, as on AVX-512).  `prev` (or NULL): the
-   previous block's 8 pending rows, row k streamed out after row k's exps (the stores drain
-   while the exps are computed). */
+   max keeps depends on the order of its comparisons, as on AVX-512).  `yprev` (or NULL): the
+   previous block's 8 rows of y, row k written from eprev (its exps) times invprev[k] with
+   streaming stores after row k's exps (stream_lines; the stores drain while the next
+   row's exps are computed). */
 #define FS256_MEDIUM_MAX (FS_IS_F32 ? FS256_MEDIUM_MAX_F32 : FS256_MEDIUM_MAX_F64)
 FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, const FS_T *next, FS_T *inv,
                                            const FS_T *eprev, const FS_T *invprev, FS_T *yprev)
@@ -973,12 +975,13 @@ static inline int FS_FN(medium_rows_stream_avx2)(const FS_T *y, ptrdiff_t nrows,
     return FS_IS_F32 && FS_FN(whole_lines_stream_avx2)(y, nrows, ncols);
 }
 
-/* softmax of `len` medium rows, 8 rows a block, the last len % 8 rows one at a time.  In
-   cache: each block's exps go to y and are scaled there.  Streamed (`stream`, see
-   medium_rows_stream_avx2): they go to a scratch block in L1 (two in turn), and block b - 1's
-   rows are written with streaming stores (pending rows, fs_avx2_stream_impl.h: scratch * inv)
-   one row after each row of block b's exps, so that y's lines are never read before being
-   written nor passed over twice.  The same values either way. */
+/* softmax of `len` medium rows (a multiple of 8), 8 rows a block.  In cache: each block's
+   exps go to y and are scaled there.  Streamed (`stream`, see medium_rows_stream_avx2): they
+   go to a scratch block in L1 (two in turn), and block b - 1's rows are written with
+   streaming stores (scratch * inv, stream_lines) one row after each row of block b's exps,
+   so that y's lines are never read before being written nor passed over twice.  The same
+   values either way.  Inlined with n a constant for the widths FS256_POW2_WIDTH_CASES names
+   (softmax_medium_blocks). */
 FS256_INLINE void FS_FN(softmax_medium_slice_n)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n, int stream)
 {
     FS_T inv[8];
