@@ -371,8 +371,10 @@ MEDIUM_WHERE = ["offset0", "offset1", "offset4", "offset12", "out_is_x", "aligne
 def test_medium_rows_in_blocks_equal_the_rows_alone(ncols, size, where):
     # float32 softmax of rows of 33..128 goes 16 rows a block on AVX-512 (blocks with special
     # or wide rows are turned down to the one-row kernel), rows of 33..256 8 rows a block on
-    # AVX2 (special rows handled inside the block, slices of 256 rows); large results in rows of a whole
-    # number of vectors (ncols 48, 64, 96 and 128) are streamed, the next block's max taken
+    # AVX2 (special rows handled inside the block, spans of whole blocks per thread, 64, 128
+    # and 256 columns compiled for their width; large results in rows of whole lines starting
+    # on lines streamed a block behind, y's rows written whole).  On AVX-512 large results in
+    # rows of a whole number of vectors (ncols 48, 64, 96 and 128) are streamed, the next block's max taken
     # during this block's sums, and the lines rows share, when they do not start on lines
     # (offset1, offset4, offset12), streamed with two rows' scales (the last row's tail carried
     # to the next block, stored normally next to a block turned down and at the ends of a

@@ -18,9 +18,10 @@
  * block, transposed in registers (fs_avx2.h), softmax's medium rows 8 rows a block
  * (softmax_medium_slice; large float32 results streamed a block behind), log_softmax's medium
  * rows and logsumexp's rows batched as on AVX-512 (large log_softmax results in rows of whole
- * lines streamed a batch behind, log_softmax_medium_stream_span), the medium rows of 64, 128
- * and 256 compiled for their width (FS256_POW2_WIDTH_CASES), long rows of large results streamed
- * (softmax_like_stream_span on fs_avx2_stream_impl.h's pending rows); rows within a spread of
+ * lines streamed a batch behind, log_softmax_medium_stream_span; softmax's blocks and these
+ * streamed batches compiled for their width at 64, 128 and 256 columns, FS256_POW2_WIDTH_CASES),
+ * long rows of large results streamed (softmax_like_stream_span on fs_avx2_stream_impl.h's
+ * pending rows); rows within a spread of
  * their max take cheaper exps (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
@@ -527,7 +528,7 @@ static inline int FS_FN(whole_lines_stream_avx2)(const FS_T *y, ptrdiff_t nrows,
 /* Cases of a switch on a row's width n: the power-of-two widths 64, 128 and 256 when at most
    `max`, each calling CALL(n) with n a constant (then return).  An inlined row kernel so
    called has every loop over the row unrolled or with a known count, the tests for partial
-   vectors and lines gone: float32 softmax 16384x128 took 439 instructions a row where the
+   vectors and lines gone: float32 softmax 16384x128 took 435 instructions a row where the
    same code with n a variable took 575 (callgrind).  Every width of whole lines so compiled
    (1-16 lines) measured 400 KB more code and 1.5x the build time of this file; powers of two
    are the widths rows most often have (hidden sizes, attention heads). */
@@ -566,7 +567,7 @@ FS256_INLINE void FS_FN(lsm_batch_row_stream)(const FS_T *x, FS_T m, FS_T c, FS_
 /* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2): row
    k of batch b - 1 -- whose log-sum that batch's vector log1p gave -- is written with
    streaming stores ((x - m) - c, x still in L1/L2) after row k of batch b's max and sums, so
-   that y's lines are never read; row r + 2 is prefetched during row r.  The same sums and
+   that y's lines are never read; row r + 2 is prefetched before row r (within the span).  The same sums and
    the same bits as log_softmax_row_batch (a row with a NaN is all NaN on both, possibly not
    the same NaN).  `len` a multiple of FS_LSM_BATCH.  Inlined with n a constant for the
    widths FS256_POW2_WIDTH_CASES names (log_softmax_medium_stream_batches). */

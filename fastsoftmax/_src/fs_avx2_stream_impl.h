@@ -2,10 +2,10 @@
  * fs_avx2_stream_impl.h -- streamed rows on AVX2, for one element type: included by
  * fs_activations_impl.h (softmax_like_stream_span; softmax_medium_slice_n and
  * log_softmax_medium_stream_span_n take only stream_lines, whole rows at once) and
- * fs_losses_impl.h (the cross-entropy gradient, ce_index_row_plain) under FS_USE_AVX2,
- * with FS_T, FS_SUF, FS_IS_F32 and FS_FN
- * defined.  Guarded per element type (FS256_STREAM_F32 / _F64), so that a translation unit
- * including both fs_activations.h and fs_losses.h gets one copy of each.
+ * fs_losses_impl.h (the cross-entropy gradient, ce_index_row_plain) under FS_USE_AVX2, with
+ * FS_T, FS_SUF, FS_IS_F32 and FS_FN defined.  Guarded per element type (FS256_STREAM_F32 /
+ * _F64), so that a translation unit including both fs_activations.h and fs_losses.h gets one
+ * copy of each.
  *
  * A pending row (pending_row) is y = src * a (softmax: src the row's exps in a scratch row,
  * two in turn; the cross-entropy gradient: the same, with the target column `patch` set to
@@ -174,9 +174,9 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
 
 /* Sums of a piece of row r (`mode`: softmax, its exps stored into e; log_softmax, the split
    sums, *at_max counting x == m; cross-entropy, both), advancing the pending row (row r - 1)
-   by a line per line of the piece and taking the max and min of the same piece of row r + 1 (`ahead`; softmax and log_softmax
-   only) into *amax, *amin, and asking for the same piece of row r + 2 (pf2) to be brought into L2 (with
-   it, 4096x1000 float32 softmax took 0.80-0.84 ns an element against 0.92-1.08, 256x50257
+   by a line per line of the piece, taking the max and min of the same piece of row r + 1
+   (`ahead`; softmax and log_softmax only) into *amax, *amin, and asking for the same piece of
+   row r + 2 (pf2) to be brought into L2 (with it, 4096x1000 float32 softmax took 0.80-0.84 ns an element against 0.92-1.08, 256x50257
    0.79-0.82 against 0.92-0.93, in alternating processes).  `bounded` and `mode` are
    constants after inlining. */
 FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int mode,
