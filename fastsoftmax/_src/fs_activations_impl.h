@@ -21,8 +21,7 @@
  * lines streamed a batch behind, log_softmax_medium_stream_span; softmax's blocks and these
  * streamed batches compiled for their width at 64, 128 and 256 columns, FS256_POW2_WIDTH_CASES),
  * long rows of large results streamed (softmax_like_stream_span on fs_avx2_stream_impl.h's
- * pending rows); rows within a spread of
- * their max take cheaper exps (row_max_bounded).
+ * pending rows); rows within a spread of their max take cheaper exps (row_max_bounded).
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
@@ -567,10 +566,10 @@ FS256_INLINE void FS_FN(lsm_batch_row_stream)(const FS_T *x, FS_T m, FS_T c, FS_
 /* log_softmax_row_batch for a result too large for the caches (whole_lines_stream_avx2): row
    k of batch b - 1 -- whose log-sum that batch's vector log1p gave -- is written with
    streaming stores ((x - m) - c, x still in L1/L2) after row k of batch b's max and sums, so
-   that y's lines are never read; row r + 2 is prefetched before row r (within the span).  The same sums and
-   the same bits as log_softmax_row_batch (a row with a NaN is all NaN on both, possibly not
-   the same NaN).  `len` a multiple of FS_LSM_BATCH.  Inlined with n a constant for the
-   widths FS256_POW2_WIDTH_CASES names (log_softmax_medium_stream_batches). */
+   that y's lines are never read; row r + 2 is prefetched before row r (within the span).
+   The same sums and the same bits as log_softmax_row_batch (a row with a NaN is all NaN on
+   both, possibly not the same NaN).  `len` a multiple of FS_LSM_BATCH.  Inlined with n a
+   constant for the widths FS256_POW2_WIDTH_CASES names (log_softmax_medium_stream_batches). */
 FS256_INLINE void FS_FN(log_softmax_medium_stream_span_n)(const FS_T *x, FS_T *y, ptrdiff_t len, ptrdiff_t n)
 {
     FS_T m[2][FS_LSM_BATCH], c[2][FS_LSM_BATCH];

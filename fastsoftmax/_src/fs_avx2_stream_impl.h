@@ -176,8 +176,9 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
    sums, *at_max counting x == m; cross-entropy, both), advancing the pending row (row r - 1)
    by a line per line of the piece, taking the max and min of the same piece of row r + 1
    (`ahead`; softmax and log_softmax only) into *amax, *amin, and asking for the same piece of
-   row r + 2 (pf2) to be brought into L2 (with it, 4096x1000 float32 softmax took 0.80-0.84 ns an element against 0.92-1.08, 256x50257
-   0.79-0.82 against 0.92-0.93, in alternating processes).  `bounded` and `mode` are
+   row r + 2 (pf2) to be brought into L2 (with it, 4096x1000 float32 softmax took 0.80-0.84 ns
+   an element against 0.92-1.08, 256x50257 0.79-0.82 against 0.92-0.93, in alternating
+   processes).  `bounded` and `mode` are
    constants after inlining. */
 FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int mode,
                                            double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax,
