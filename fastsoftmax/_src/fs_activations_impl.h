@@ -283,18 +283,17 @@ static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS
      (x - m) - log(sum): y's lines are never read from memory before being written, nor passed
      over again in cache, and the stores drain while the exps are computed;
    - float32: the max (and for softmax the min) of row r + 1 is taken, so that row's own max
-     pass is saved (it was 8-17% of the time), and rows of more than FS_PREFETCH2_MIN_COLS
-     prefetch row r + 2 (shorter rows come in with the scan's own loads and the hardware
-     prefetchers: the extra prefetch cost 4-6% at 4096x1000 in a C loop A/B, but without it
-     log_softmax took 1.4-1.6x the time at 256x50257); float64 (rows twice as large in L2)
-     prefetches row r + 1 and keeps its max pass.
+     pass is saved (it was 8-17% of the time), and row r + 2 is prefetched.  On the Intel
+     Xeon rows of up to 2048 columns went without that prefetch (it cost 4-6% at 4096x1000 in
+     a C loop A/B; without it log_softmax took 1.4-1.6x the time at 256x50257); on AMD Zen 4
+     they need it: with it, in one process alternating, log_softmax 4096x1000 took 0.77-0.83x
+     the time, 2000x2000 0.65x, softmax 2000x2000 0.63x, softmax 4096x1000 1.00-1.03x.
+     float64 (rows twice as large in L2) prefetches row r + 1 and keeps its max pass (row
+     r + 2 measured 0.93-1.04x on Zen 4).
    The same values as the one-row kernels, bit for bit (the max and min are exact in any
    order).  float32 rows that share a line (rows not a whole number of lines) write it as one
    streamed vector (fs512_carry_f32).  If softmax's scratch rows cannot be allocated, the rows
    take the in-cache path. */
-#ifndef FS_PREFETCH2_MIN_COLS
-#define FS_PREFETCH2_MIN_COLS 2048
-#endif
 static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0, ptrdiff_t r1, ptrdiff_t nrows,
                                             ptrdiff_t ncols, int log_out)
 {
@@ -315,7 +314,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
     for (ptrdiff_t r = r0; r < r1; r++) {
         const FS_T *xr = x + r * ncols;
         const FS_T *ahead = scan_ahead && r + 1 < r1 ? xr + ncols : NULL;
-        const ptrdiff_t pf_row = !scan_ahead ? r + 1 : ncols > FS_PREFETCH2_MIN_COLS ? r + 2 : nrows;
+        const ptrdiff_t pf_row = scan_ahead ? r + 2 : r + 1;
         const FS_T *pf = pf_row < nrows ? x + pf_row * ncols : NULL;
         FS_T *yr = y + r * ncols, *e = log_out ? NULL : scratch + (r & 1) * stride;
         FS_T m, lowest = 0;
