@@ -30,8 +30,9 @@ from .optim import SGD, sgd_step
 
 __version__ = "0.1.0"
 
-#: Instruction set the kernels dispatched to at import ("avx512", "avx2" or "baseline");
-#: FASTSOFTMAX_ISA=baseline (or avx2) forces a lower one.
+#: Instruction set the kernels dispatched to at import ("avx512", "avx2" or "baseline"; on AMD
+#: CPUs with AVX-512 "avx512+avx2": short softmax and cross-entropy rows take AVX2 kernels there);
+#: FASTSOFTMAX_ISA=baseline (or avx2) forces a lower one, FASTSOFTMAX_ISA=avx512 AVX-512 throughout.
 isa = _ISA
 
 __all__ = [

@@ -36,6 +36,28 @@ FS_DECLARE_ACT_TABLE(double, f64)
 static fs_act_table_f32 fs_act_f32 = FS_ACT_KERNELS(float, f32, baseline);
 static fs_act_table_f64 fs_act_f64 = FS_ACT_KERNELS(double, f64, baseline);
 static int fs_act_isa = FS_ISA_BASELINE;
+static int fs_act_mixed = 0;
+
+#if FS_X86_MULTIVERSION
+/* The AVX-512 level on AMD (fs_pick_mixed): softmax's short rows (float32 and float64) and
+   float32 softmax's medium rows take the AVX2 kernels, which measured faster on Zen 4 (one
+   process, the two alternating, AVX-512 / AVX2 time): 65536x10 float32 1.71x, float64 1.61x,
+   65536x32 float32 3.0x (the AVX-512 blocks gather every column twice, the AVX2 ones
+   transpose in registers), 16384x128 float32 1.15x (the AVX2 medium rows are compiled for
+   their width).  log_softmax's short rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3),
+   as do float64's medium rows (0.74x at 128) and every longer row. */
+static void softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    if (ncols <= FS512_MEDIUM_MAX) softmax_rows_f32_avx2(x, y, nrows, ncols, nthreads);
+    else softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);
+}
+
+static void softmax_rows_f64_mixed(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    if (ncols <= FS512_SHORT_MAX) softmax_rows_f64_avx2(x, y, nrows, ncols, nthreads);
+    else softmax_rows_f64_avx512(x, y, nrows, ncols, nthreads);
+}
+#endif
 
 static int fs_activations_init(void)
 {
@@ -46,6 +68,11 @@ static int fs_activations_init(void)
         fs_act_table_f64 t64 = FS_ACT_KERNELS(double, f64, avx512);
         fs_act_f32 = t32;
         fs_act_f64 = t64;
+        fs_act_mixed = fs_pick_mixed(fs_act_isa);
+        if (fs_act_mixed) {
+            fs_act_f32.softmax = softmax_rows_f32_mixed;
+            fs_act_f64.softmax = softmax_rows_f64_mixed;
+        }
     } else if (fs_act_isa == FS_ISA_AVX2) {
         fs_act_table_f32 t32 = FS_ACT_KERNELS(float, f32, avx2);
         fs_act_table_f64 t64 = FS_ACT_KERNELS(double, f64, avx2);
@@ -56,6 +83,6 @@ static int fs_activations_init(void)
     return fs_act_isa;
 }
 
-static const char *fs_activations_isa(void) { return fs_isa_name(fs_act_isa); }
+static const char *fs_activations_isa(void) { return fs_act_mixed ? "avx512+avx2" : fs_isa_name(fs_act_isa); }
 
 #endif /* FS_ACTIVATIONS_H */

@@ -113,6 +113,22 @@ static const char *fs_isa_name(int isa)
     return isa == FS_ISA_AVX512 ? "avx512" : isa == FS_ISA_AVX2 ? "avx2" : "baseline";
 }
 
+/* Whether the AVX-512 level mixes in AVX2 kernels (the activations' and losses' tables; their
+   isa name is then "avx512+avx2"): on AMD CPUs, where Zen 4 runs 512-bit operations as two
+   256-bit halves and its 512-bit gathers are microcoded, the AVX2 kernels of some row shapes
+   measured faster (fs_activations.h, fs_losses.h say which).  FASTSOFTMAX_ISA=avx512 keeps
+   every kernel at AVX-512. */
+static inline int fs_pick_mixed(int isa)
+{
+#if FS_X86_MULTIVERSION
+    const char *env = getenv("FASTSOFTMAX_ISA");
+    return isa == FS_ISA_AVX512 && !(env != NULL && strcmp(env, "avx512") == 0) && __builtin_cpu_is("amd");
+#else
+    (void)isa;
+    return 0;
+#endif
+}
+
 static inline float fs_f32_from_bits(int32_t i) { float f; memcpy(&f, &i, sizeof f); return f; }
 static inline int32_t fs_bits_from_f32(float f) { int32_t i; memcpy(&i, &f, sizeof i); return i; }
 static inline double fs_f64_from_bits(int64_t i) { double f; memcpy(&f, &i, sizeof f); return f; }
