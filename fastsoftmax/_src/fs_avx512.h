@@ -253,12 +253,16 @@ static inline void fs512_pending_span_f32(fs512_pending_f32 *p, const float *src
 }
 
 /* Up to `count` whole vectors of a pending row (a copy of the record, kept in registers),
-   from element j; returns the new j. */
-FS512_INLINE ptrdiff_t fs512_pending_advance_f32(fs512_pending_f32 p, __m512 negm, __m512 va, ptrdiff_t j, int count)
+   from element j; returns the new j.  `kind` (p.kind) and `patched` (whether p.patch may be
+   a column of the row) are constants after inlining: each piped primitive below advances
+   the rows of one kernel, which all have the same kind (softmax: FS512_SCALE, log_softmax:
+   FS512_SUB_SUB, the cross-entropy: FS512_SCALE with its target column patched). */
+FS512_INLINE ptrdiff_t fs512_pending_advance_f32(fs512_pending_f32 p, __m512 negm, __m512 va, ptrdiff_t j, int count,
+                                                 int kind, int patched)
 {
     for (int v = 0; v < count && j + 16 <= p.n; v++, j += 16) {
-        __m512 val = fs512_stream_value_ps(_mm512_loadu_ps(p.src + j), negm, va, p.kind);
-        _mm512_stream_ps(p.y + j, fs512_patch_ps(val, j, p.patch, p.patch_value));
+        __m512 val = fs512_stream_value_ps(_mm512_loadu_ps(p.src + j), negm, va, kind);
+        _mm512_stream_ps(p.y + j, patched ? fs512_patch_ps(val, j, p.patch, p.patch_value) : val);
     }
     return j;
 }
@@ -377,11 +381,12 @@ static inline void fs512_pending_begin_f64(fs512_pending_f64 *p, const double *s
     *p = (fs512_pending_f64){src, y, head, n, patch, m, a, patch_value, kind};
 }
 
-FS512_INLINE ptrdiff_t fs512_pending_advance_f64(fs512_pending_f64 p, __m512d vm, __m512d va, ptrdiff_t j, int count)
+FS512_INLINE ptrdiff_t fs512_pending_advance_f64(fs512_pending_f64 p, __m512d vm, __m512d va, ptrdiff_t j, int count,
+                                                 int kind, int patched)
 {
     for (int v = 0; v < count && j + 8 <= p.n; v++, j += 8) {
-        __m512d val = fs512_stream_value_pd(_mm512_loadu_pd(p.src + j), vm, va, p.kind);
-        _mm512_stream_pd(p.y + j, fs512_patch_pd(val, j, p.patch, p.patch_value));
+        __m512d val = fs512_stream_value_pd(_mm512_loadu_pd(p.src + j), vm, va, kind);
+        _mm512_stream_pd(p.y + j, patched ? fs512_patch_pd(val, j, p.patch, p.patch_value) : val);
     }
     return j;
 }
@@ -532,7 +537,7 @@ FS512_INLINE __m512d fs512_exp_store_sum_lanes_f32(const float *x, float m, floa
             b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
             b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
             if (pf != NULL) fs512_prefetch_lines(pf + i, 4);
-            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 4);
+            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 4, FS512_SCALE, 0);
             if (ahead != NULL) {
                 __m512 v0 = _mm512_loadu_ps(ahead + i), v1 = _mm512_loadu_ps(ahead + i + 16);
                 __m512 v2 = _mm512_loadu_ps(ahead + i + 32), v3 = _mm512_loadu_ps(ahead + i + 48);
@@ -635,7 +640,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
             if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
-            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2);
+            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2, FS512_SUB_SUB, 0);
             if (ahead != NULL) {
                 am0 = _mm512_max_ps(am0, _mm512_loadu_ps(ahead + i));
                 am1 = _mm512_max_ps(am1, _mm512_loadu_ps(ahead + i + 16));
@@ -756,7 +761,7 @@ FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, doub
         s0 = _mm512_add_pd(s0, e0);
         s1 = _mm512_add_pd(s1, e1);
         if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
-        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2);
+        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2, FS512_SCALE, 0);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
@@ -827,7 +832,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
         if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
-        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2);
+        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2, FS512_SUB_SUB, 0);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
@@ -935,7 +940,7 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, 
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
             if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
-            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2);
+            if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2, FS512_SCALE, 1);
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
@@ -990,7 +995,7 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f64(const double *x, double m
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
         if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
-        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2);
+        if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2, FS512_SCALE, 1);
     }
     for (; i < n; i += 8) {
         __mmask8 k = n - i >= 8 ? (__mmask8)0xFF : fs512_mask8(n - i);
