@@ -46,7 +46,8 @@ cdef extern from "_src/fs_activations.h" nogil:
 
 fs_activations_init()
 
-#: Instruction set the kernels were dispatched to ("avx512", "avx2" or "baseline").
+#: Instruction set the kernels were dispatched to ("avx512", "avx2", "baseline", or "avx512+avx2":
+#: AVX-512 with the AVX2 kernels for some row shapes, on AMD Zen 4; see fs_common.h's fs_pick_mixed).
 ISA = fs_activations_isa().decode()
 
 #: Results of at least STREAM_MIN_BYTES in rows of at least STREAM_MIN_COLS are written with

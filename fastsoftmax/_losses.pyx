@@ -38,7 +38,8 @@ cdef extern from "_src/fs_losses.h" nogil:
 
 fs_losses_init()
 
-#: Instruction set the kernels were dispatched to ("avx512", "avx2" or "baseline").
+#: Instruction set the kernels were dispatched to ("avx512", "avx2", "baseline", or "avx512+avx2":
+#: AVX-512 with the AVX2 kernels for some row shapes, on AMD Zen 4; see fs_common.h's fs_pick_mixed).
 ISA = fs_losses_isa().decode()
 
 

@@ -39,8 +39,8 @@ static int fs_act_isa = FS_ISA_BASELINE;
 static int fs_act_mixed = 0;
 
 #if FS_X86_MULTIVERSION
-/* The AVX-512 level on AMD (fs_pick_mixed): softmax's short rows (float32 and float64) and
-   float32 softmax's medium rows take the AVX2 kernels, which measured faster on Zen 4 (one
+/* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): softmax's short rows (float32 and float64)
+   and float32 softmax's medium rows (33..128 columns) take the AVX2 kernels, which measured faster on Zen 4 (one
    process, the two alternating, AVX-512 / AVX2 time): 65536x10 float32 1.71x, float64 1.61x,
    65536x32 float32 3.0x (the AVX-512 blocks gather every column twice, the AVX2 ones
    transpose in registers), 16384x128 float32 1.15x (the AVX2 medium rows are compiled for
@@ -62,6 +62,7 @@ static void softmax_rows_f64_mixed(const double *x, double *y, ptrdiff_t nrows, 
 static int fs_activations_init(void)
 {
     fs_act_isa = fs_pick_isa();
+    fs_act_mixed = 0;
 #if FS_X86_MULTIVERSION
     if (fs_act_isa == FS_ISA_AVX512) {
         fs_act_table_f32 t32 = FS_ACT_KERNELS(float, f32, avx512);

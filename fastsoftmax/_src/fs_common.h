@@ -102,7 +102,7 @@ static int fs_pick_isa(void)
         int want = best;
         if (strcmp(env, "baseline") == 0) want = FS_ISA_BASELINE;
         else if (strcmp(env, "avx2") == 0) want = FS_ISA_AVX2;
-        else if (strcmp(env, "avx512") == 0) want = FS_ISA_AVX512;
+        else if (strcmp(env, "avx512") == 0 || strcmp(env, "avx512+avx2") == 0) want = FS_ISA_AVX512;
         if (want < best) best = want;
     }
     return best;
@@ -114,15 +114,18 @@ static const char *fs_isa_name(int isa)
 }
 
 /* Whether the AVX-512 level mixes in AVX2 kernels (the activations' and losses' tables; their
-   isa name is then "avx512+avx2"): on AMD CPUs, where Zen 4 runs 512-bit operations as two
-   256-bit halves and its 512-bit gathers are microcoded, the AVX2 kernels of some row shapes
-   measured faster (fs_activations.h, fs_losses.h say which).  FASTSOFTMAX_ISA=avx512 keeps
-   every kernel at AVX-512. */
+   isa name is then "avx512+avx2"): on AMD family 19h with AVX-512 (Zen 4), which runs 512-bit
+   operations as two 256-bit halves and gathers 512 bits slowly, the AVX2 kernels of some row
+   shapes measured faster (fs_activations.h, fs_losses.h say which).  Zen 5 (family 1Ah, full
+   512-bit datapaths) was not measured and keeps AVX-512.  FASTSOFTMAX_ISA=avx512 keeps every
+   kernel at AVX-512; FASTSOFTMAX_ISA=avx512+avx2 mixes on any AVX-512 CPU (for the tests). */
 static inline int fs_pick_mixed(int isa)
 {
 #if FS_X86_MULTIVERSION
     const char *env = getenv("FASTSOFTMAX_ISA");
-    return isa == FS_ISA_AVX512 && !(env != NULL && strcmp(env, "avx512") == 0) && __builtin_cpu_is("amd");
+    if (isa != FS_ISA_AVX512) return 0;
+    if (env != NULL && strcmp(env, "avx512+avx2") == 0) return 1;
+    return !(env != NULL && strcmp(env, "avx512") == 0) && __builtin_cpu_is("amdfam19h");
 #else
     (void)isa;
     return 0;

@@ -67,10 +67,10 @@ static int fs_loss_isa = FS_ISA_BASELINE;
 static int fs_loss_mixed = 0;
 
 #if FS_X86_MULTIVERSION
-/* The AVX-512 level on AMD (fs_pick_mixed): the cross-entropy's short rows (class indices, no
+/* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): the cross-entropy's short rows (class indices, no
    smoothing) take the AVX2 kernels, which transpose their blocks in registers where the
    AVX-512 ones gather every column: on Zen 4, 65536x10 (one process, the two alternating,
-   AVX-512 / AVX2 time) float32 1.31x, float64 1.25x.  Longer rows stay at AVX-512. */
+   AVX-512 / AVX2 time) float32 1.31-1.35x, float64 1.07-1.25x.  Longer rows stay at AVX-512. */
 #define FS_CE_MIXED(SUF, T)                                                                        \
     static int FS_CAT(ce_rows_mixed, SUF)(const T *x, const int64_t *target, const T *prob, const T *w, \
                                           ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, T *grad, \
@@ -88,6 +88,7 @@ FS_CE_MIXED(f64, double)
 static int fs_losses_init(void)
 {
     fs_loss_isa = fs_pick_isa();
+    fs_loss_mixed = 0;
 #if FS_X86_MULTIVERSION
     if (fs_loss_isa == FS_ISA_AVX512) {
         fs_loss_table_f32 t32 = FS_LOSS_KERNELS(f32, avx512);
