@@ -32,6 +32,7 @@
 #define FS_AVX512_H
 #if FS_X86_MULTIVERSION
 #include <immintrin.h>
+#include "fs_avx2.h" /* FS256_CASES_* (the short rows' lengths compiled as constants) */
 
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,fma")
@@ -1468,8 +1469,9 @@ FS512_INLINE void fs512_short_finish_f32(const fs512_short_block *b, ptrdiff_t n
 }
 
 /* Softmax (log_out = 0) or log_softmax (log_out = 1) of rows of n <= FS512_SHORT_MAX
-   elements, 16 rows at a time.  Returns how many rows it did (a multiple of 16). */
-static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+   elements, 16 rows at a time.  Returns how many rows it did (a multiple of 16).  Rows of up
+   to 16 take a copy compiled for their length (fs512_short_rows_f32 below). */
+FS512_INLINE ptrdiff_t fs512_short_rows_any_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
     const __mmask16 nonfinite_class = 0x99; /* QNaN | SNaN | +inf | -inf */
     __m512i rowof[FS512_SHORT_MAX];
@@ -1560,7 +1562,7 @@ FS512_INLINE void fs512_short_finish_f64(const fs512_short_block *b, ptrdiff_t n
     }
 }
 
-static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+FS512_INLINE ptrdiff_t fs512_short_rows_any_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
 {
     const __mmask8 nonfinite_class = 0x99;
     __m512i rowof[FS512_SHORT_MAX];
@@ -1603,6 +1605,27 @@ static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff
     }
     fs512_short_finish_f64(&prev, n, gidx, rowof, log_out);
     return r0;
+}
+
+/* The short-row entries: rows of 1..16 elements run a copy of the kernel compiled with n (and
+   log_out) constants, as the AVX2 short rows do (FS256_CASES_* of fs_avx2.h), so that a block's
+   columns stay in registers and every loop over them is unrolled; the same operations in the
+   same order, so the same values.  Zen 4, one process alternating with the kernel taking n at
+   run time: see the README (AMD EPYC Zen 4 section). */
+static inline ptrdiff_t fs512_short_rows_f32(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+{
+#define FS512_CASE(k) case k: return log_out ? fs512_short_rows_any_f32(x, y, nrows, k, 1) : fs512_short_rows_any_f32(x, y, nrows, k, 0);
+    switch (n) { FS256_CASES_1_2(FS512_CASE) FS256_CASES_3_7(FS512_CASE) FS256_CASES_8_16(FS512_CASE) default: break; }
+#undef FS512_CASE
+    return fs512_short_rows_any_f32(x, y, nrows, n, log_out);
+}
+
+static inline ptrdiff_t fs512_short_rows_f64(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t n, int log_out)
+{
+#define FS512_CASE(k) case k: return log_out ? fs512_short_rows_any_f64(x, y, nrows, k, 1) : fs512_short_rows_any_f64(x, y, nrows, k, 0);
+    switch (n) { FS256_CASES_1_2(FS512_CASE) FS256_CASES_3_7(FS512_CASE) FS256_CASES_8_16(FS512_CASE) default: break; }
+#undef FS512_CASE
+    return fs512_short_rows_any_f64(x, y, nrows, n, log_out);
 }
 
 
