@@ -40,12 +40,13 @@ static int fs_act_mixed = 0;
 
 #if FS_X86_MULTIVERSION
 /* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): softmax's short rows (float32 and float64)
-   and float32 softmax's medium rows (33..128 columns) take the AVX2 kernels, which measured faster on Zen 4 (one
-   process, the two alternating, AVX-512 / AVX2 time): 65536x10 float32 1.71x, float64 1.61x,
-   65536x32 float32 3.0x (the AVX-512 blocks gather every column twice, the AVX2 ones
-   transpose in registers), 16384x128 float32 1.15x (the AVX2 medium rows are compiled for
-   their width).  log_softmax's short rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3),
-   as do float64's medium rows (0.74x at 128) and every longer row. */
+   and float32 softmax's medium rows (33..128 columns) take the AVX2 kernels, which measured
+   faster there (one process, the two alternating, AVX-512 / AVX2 time): 65536x10 float32
+   1.71-1.93x, float64 1.61-1.64x, 65536x32 float32 3.0x (the AVX-512 blocks gather every
+   column twice, the AVX2 ones transpose in registers), 16384x128 float32 1.05-1.16x (the AVX2
+   medium rows are compiled for their width).  log_softmax's short rows stay at AVX-512 (1.0x
+   at 10 columns, 0.46x at 3), as do float64's medium rows (0.74x at 128) and every longer
+   row. */
 static void softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
     if (ncols <= FS512_MEDIUM_MAX) softmax_rows_f32_avx2(x, y, nrows, ncols, nthreads);
