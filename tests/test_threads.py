@@ -158,10 +158,16 @@ def one_openmp_thread():
 
 
 def _gil_workloads():
-    """Calls of 0.05-0.5 ms whose time is the kernel's: results go to per-thread out= arrays
-    (a fresh result per call is memory from mmap whose page faults the OS serializes, which
-    says nothing about the GIL), and the Python-side argument checks, which hold the GIL,
-    are a small part of each call."""
+    """name -> (call, control): calls of 0.05-0.5 ms whose time is the kernel's: results go
+    to per-thread out= arrays (a fresh result per call is memory from mmap whose page faults
+    the OS serializes, which says nothing about the GIL), and the Python-side argument checks,
+    which hold the GIL, are a small part of each call.  Each call's control moves the same
+    bytes without the GIL: np.exp from the call's shared input into a per-thread array of its
+    size (`_np_exp_control`).  These arrays (0.5-2 MB a thread) live in the L3 cache, which
+    the machine's other tenants share: when they crowd it, the calls cannot run two at a time
+    at full speed whether or not they hold the GIL (CI once saw the cross-entropy at 0.74-0.93
+    x the serial time in every round while np.exp over 64K doubles, inside each core's L2,
+    read 0.51-0.71), and a control that moves the same bytes sees that too."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((256, 2048)).astype(np.float32)  # ~0.2 ms: the checks stay small
     x64 = rng.standard_normal((128, 2048))
@@ -177,11 +183,11 @@ def _gil_workloads():
             for _ in range(2)]
     grads = [rng.standard_normal(1 << 17).astype(np.float32), rng.standard_normal(1 << 16)]
     return {
-        "softmax": lambda k: fs.softmax(x, out=out32[k]),
-        "logsumexp": lambda k: fs.logsumexp(x64),
-        "softmax_backward": lambda k: fs.softmax_backward(g, y, out=out64[k]),
-        "cross_entropy_with_grad": lambda k: fs.cross_entropy_with_grad(x64, t, out=grad_out[k]),
-        "SGD.step": lambda k: opts[k].step(grads),
+        "softmax": (lambda k: fs.softmax(x, out=out32[k]), x),
+        "logsumexp": (lambda k: fs.logsumexp(x64), x64),
+        "softmax_backward": (lambda k: fs.softmax_backward(g, y, out=out64[k]), g),
+        "cross_entropy_with_grad": (lambda k: fs.cross_entropy_with_grad(x64, t, out=grad_out[k]), x64),
+        "SGD.step": (lambda k: opts[k].step(grads), grads[0]),
     }
 
 
@@ -245,9 +251,10 @@ def two_threads_run_at_once():
     return float(np.median([_pair(control, calls, i % 2 == 0) for i in range(5)]))
 
 
-def _np_exp_control():
-    """np.exp over 64K doubles (see above), and how many calls take about 0.1 s."""
-    a = np.random.default_rng(5).standard_normal(1 << 16)
+def _np_exp_control(a=None):
+    """np.exp from `a` (default: 64K doubles, see above) into a per-thread array of its size,
+    and how many calls take about 0.1 s."""
+    a = np.random.default_rng(5).standard_normal(1 << 16) if a is None else a
     outs = [np.empty_like(a), np.empty_like(a)]
 
     def control(k):
@@ -256,18 +263,19 @@ def _np_exp_control():
     return control, _calls_for(control, seconds=0.1)
 
 
-def _gil_verdict(fn, calls, rounds=9):
+def _gil_verdict(fn, calls, rounds=9, control_input=None):
     """("released" | "held" | "no two threads", the rounds measured).
 
     A round times `fn` on two threads against one thread doing both halves in turn (ratio
     ~1 for a call that holds the GIL, ~0.5 for one that releases it on an idle machine), and
-    right after it the GIL-free control np.exp the same way.  Other tenants of the machine come
+    right after it the GIL-free control np.exp (over `control_input` when given: the call's
+    own input) the same way.  Other tenants of the machine come
     and go within seconds (CI once saw SGD.step at 0.84 x, the control at 0.57 x just after),
     so each round is judged against its own control: a round counts when its control or `fn`
     ran two threads at once (< 0.8 x), and says "released" when `fn` came in below 0.8 or below
     halfway between 1 and the control's ratio.  The verdict is the majority of the rounds that
     count; with fewer than 3 of them, "no two threads"."""
-    control, control_calls = _np_exp_control()
+    control, control_calls = _np_exp_control(control_input)
     rounds_measured = []  # (ratio of fn, ratio of the control)
     for i in range(rounds):
         rounds_measured.append((_pair(fn, calls, i % 2 == 0), _pair(control, control_calls, i % 2 == 1)))
@@ -291,9 +299,9 @@ def test_kernels_release_the_gil(name, one_openmp_thread, two_threads_run_at_onc
             f"two threads of NumPy's GIL-free np.exp took {two_threads_run_at_once:.2f} x the "
             "serial time: this machine is not running two threads at once"
         )
-    fn = _gil_workloads()[name]
+    fn, control_input = _gil_workloads()[name]
     calls = _calls_for(fn)
-    verdict, measured = _gil_verdict(fn, calls)
+    verdict, measured = _gil_verdict(fn, calls, control_input=control_input)
     if verdict == "no two threads":
         pytest.skip(f"np.exp's two threads ran no faster than one in most rounds: {_describe(measured, calls)}")
     assert verdict == "released", f"is the GIL held in the kernel? {_describe(measured, calls)}"
