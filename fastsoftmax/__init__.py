@@ -31,8 +31,8 @@ from .optim import SGD, sgd_step
 __version__ = "0.1.0"
 
 #: Instruction set the kernels dispatched to at import ("avx512", "avx2" or "baseline"; on AMD
-#: Zen 4 "avx512+avx2": AVX-512 with the AVX2 kernels for softmax's rows of up to 128 float32 /
-#: 32 float64 columns and the cross-entropy's short rows); FASTSOFTMAX_ISA=baseline (or avx2)
+#: Zen 4 "avx512+avx2": AVX-512 with the AVX2 kernels for float32 softmax's rows of up to 128
+#: columns and the float32 cross-entropy's short rows); FASTSOFTMAX_ISA=baseline (or avx2)
 #: forces a lower one, FASTSOFTMAX_ISA=avx512 AVX-512 throughout, avx512+avx2 the mix.
 isa = _ISA
 

@@ -39,24 +39,18 @@ static int fs_act_isa = FS_ISA_BASELINE;
 static int fs_act_mixed = 0;
 
 #if FS_X86_MULTIVERSION
-/* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): softmax's short rows (float32 and float64)
-   and float32 softmax's medium rows (33..128 columns) take the AVX2 kernels, which measured
-   faster there (one process, the two alternating, AVX-512 / AVX2 time): 65536x10 float32
-   1.71-1.93x, float64 1.61-1.64x, 65536x32 float32 3.0x (the AVX-512 blocks gather every
-   column twice, the AVX2 ones transpose in registers), 16384x128 float32 1.05-1.16x (the AVX2
-   medium rows are compiled for their width).  log_softmax's short rows stay at AVX-512 (1.0x
-   at 10 columns, 0.46x at 3), as do float64's medium rows (0.74x at 128) and every longer
-   row. */
+/* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): float32 softmax's short and medium rows (up
+   to 128 columns) take the AVX2 kernels, which measured faster there (one process, the two
+   alternating, AVX-512 / AVX2 time): 65536x10 1.71-1.93x, 65536x32 3.0x (the AVX-512 float32
+   blocks gather every column twice, the AVX2 ones transpose in registers), 16384x128
+   1.05-1.16x (the AVX2 medium rows are compiled for their width).  float32 log_softmax's short
+   rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3), as does every float64 row: their
+   AVX-512 blocks transpose in registers too, and took 0.75-0.87x the AVX2 time at 65536x3..32
+   (softmax). */
 static void softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
     if (ncols <= FS512_MEDIUM_MAX) softmax_rows_f32_avx2(x, y, nrows, ncols, nthreads);
     else softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);
-}
-
-static void softmax_rows_f64_mixed(const double *x, double *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
-{
-    if (ncols <= FS512_SHORT_MAX) softmax_rows_f64_avx2(x, y, nrows, ncols, nthreads);
-    else softmax_rows_f64_avx512(x, y, nrows, ncols, nthreads);
 }
 #endif
 
@@ -73,7 +67,6 @@ static int fs_activations_init(void)
         fs_act_mixed = fs_pick_mixed(fs_act_isa);
         if (fs_act_mixed) {
             fs_act_f32.softmax = softmax_rows_f32_mixed;
-            fs_act_f64.softmax = softmax_rows_f64_mixed;
         }
     } else if (fs_act_isa == FS_ISA_AVX2) {
         fs_act_table_f32 t32 = FS_ACT_KERNELS(float, f32, avx2);

@@ -67,10 +67,12 @@ static int fs_loss_isa = FS_ISA_BASELINE;
 static int fs_loss_mixed = 0;
 
 #if FS_X86_MULTIVERSION
-/* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): the cross-entropy's short rows (class indices, no
-   smoothing) take the AVX2 kernels, which transpose their blocks in registers where the
-   AVX-512 ones gather every column: on Zen 4, 65536x10 (one process, the two alternating,
-   AVX-512 / AVX2 time) float32 1.31-1.35x, float64 1.07-1.25x.  Longer rows stay at AVX-512. */
+/* The AVX-512 level on AMD Zen 4 (fs_pick_mixed): the float32 cross-entropy's short rows (class
+   indices, no smoothing) take the AVX2 kernels, which transpose their blocks in registers where
+   the AVX-512 float32 ones gather every column: on Zen 4, 65536x10 (one process, the two
+   alternating, AVX-512 / AVX2 time) 1.31-1.35x.  Longer rows stay at AVX-512, as do float64's
+   short rows (their AVX-512 blocks are transposed in registers: 0.71-0.89x the AVX2 time at
+   65536x3..32). */
 #define FS_CE_MIXED(SUF, T)                                                                        \
     static int FS_CAT(ce_rows_mixed, SUF)(const T *x, const int64_t *target, const T *prob, const T *w, \
                                           ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, T *grad, \
@@ -81,7 +83,6 @@ static int fs_loss_mixed = 0;
             x, target, prob, w, nrows, ncols, eps, gs, grad, row_loss, nthreads);                  \
     }
 FS_CE_MIXED(f32, float)
-FS_CE_MIXED(f64, double)
 #undef FS_CE_MIXED
 #endif
 
@@ -98,7 +99,6 @@ static int fs_losses_init(void)
         fs_loss_mixed = fs_pick_mixed(fs_loss_isa);
         if (fs_loss_mixed) {
             fs_loss_f32.ce = ce_rows_mixed_f32;
-            fs_loss_f64.ce = ce_rows_mixed_f64;
         }
     } else if (fs_loss_isa == FS_ISA_AVX2) {
         fs_loss_table_f32 t32 = FS_LOSS_KERNELS(f32, avx2);
