@@ -4,7 +4,7 @@ On AMD Zen 4 the activations' and losses' tables mix in AVX2 kernels for the row
 those measured faster (fs_common.h's fs_pick_mixed; ``fastsoftmax.isa`` is then
 "avx512+avx2"): float32 softmax's rows of up to 128 columns, and the float32
 cross-entropy's short rows (class indices, no smoothing, up to 32 columns).  float64 rows
-keep AVX-512 (its short-row blocks are transposed in registers, as AVX2's are).
+keep AVX-512 (their short-row blocks are transposed in registers, as AVX2's are).
 ``FASTSOFTMAX_ISA=avx512+avx2`` forces that mix on any AVX-512 CPU, so these tests run
 wherever AVX-512 does.  Each case is computed in fresh interpreters forced to ``avx2``,
 ``avx512`` and the mix; the two kernels give different bits (their exps differ), so the
@@ -24,10 +24,11 @@ from fastsoftmax import _losses
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(fs.__file__)))
 
-# (operation, dtype, columns, the kernel the mixed table must run), on either side of the
-# thresholds.  Short cross-entropy rows with label smoothing or probability targets are not
-# routed either, but their per-row path is compiler-vectorised C shared by both instruction
-# sets: the sanitizer's -O1 build gave both the same bits, so they cannot show which table ran.
+# (operation, dtype, columns, the kernel the mixed table must run): float32 on either side of
+# the thresholds, float64 (AVX-512 at every width) at 10 and 32 columns.  Short cross-entropy
+# rows with label smoothing or probability targets are not routed either, but their per-row
+# path is compiler-vectorised C shared by both instruction sets: the sanitizer's -O1 build
+# gave both the same bits, so they cannot show which table ran.
 ROUTES = [
     ("softmax", "float32", 10, "avx2"),
     ("softmax", "float32", 128, "avx2"),

@@ -158,16 +158,17 @@ def one_openmp_thread():
 
 
 def _gil_workloads():
-    """name -> (call, control): calls of 0.05-0.5 ms whose time is the kernel's: results go
-    to per-thread out= arrays (a fresh result per call is memory from mmap whose page faults
-    the OS serializes, which says nothing about the GIL), and the Python-side argument checks,
-    which hold the GIL, are a small part of each call.  Each call's control moves the same
-    bytes without the GIL: np.exp from the call's shared input into a per-thread array of its
-    size (`_np_exp_control`).  These arrays (0.5-2 MB a thread) live in the L3 cache, which
-    the machine's other tenants share: when they crowd it, the calls cannot run two at a time
-    at full speed whether or not they hold the GIL (CI once saw the cross-entropy at 0.74-0.93
-    x the serial time in every round while np.exp over 64K doubles, inside each core's L2,
-    read 0.51-0.71), and a control that moves the same bytes sees that too."""
+    """name -> (call, the control's input): calls of 0.05-0.5 ms whose time is the kernel's:
+    results go to per-thread out= arrays (a fresh result per call is memory from mmap whose
+    page faults the OS serializes, which says nothing about the GIL), and the Python-side
+    argument checks, which hold the GIL, are a small part of each call.  Each call's control
+    is np.exp, without the GIL, from an array of about the size of the call's data (its input;
+    for SGD.step, the parameters, velocities and gradients it moves) into a per-thread array
+    of that size (`_np_exp_control`).  These arrays (1-5 MB a thread) live in the L3 cache,
+    which the machine's other tenants share: when they crowd it, the calls cannot run two at a
+    time at full speed whether or not they hold the GIL (CI once saw the cross-entropy at
+    0.74-0.93 x the serial time in every round while np.exp over 64K doubles, inside each
+    core's L2, read 0.51-0.71), and a control that moves as many bytes sees that too."""
     rng = np.random.default_rng(3)
     x = rng.standard_normal((256, 2048)).astype(np.float32)  # ~0.2 ms: the checks stay small
     x64 = rng.standard_normal((128, 2048))
@@ -187,7 +188,8 @@ def _gil_workloads():
         "logsumexp": (lambda k: fs.logsumexp(x64), x64),
         "softmax_backward": (lambda k: fs.softmax_backward(g, y, out=out64[k]), g),
         "cross_entropy_with_grad": (lambda k: fs.cross_entropy_with_grad(x64, t, out=grad_out[k]), x64),
-        "SGD.step": (lambda k: opts[k].step(grads), grads[0]),
+        # SGD.step reads 3 MB (parameters, velocities, gradients) and writes 2: 2.5 MB each way
+        "SGD.step": (lambda k: opts[k].step(grads), rng.standard_normal(5 << 16)),
     }
 
 
@@ -240,9 +242,9 @@ def _pair(fn, calls, first_serial=True):
 @pytest.fixture(scope="module")
 def two_threads_run_at_once():
     """Whether this machine runs two threads at the same time right now, measured with a
-    NumPy ufunc that releases the GIL (np.exp over 64K doubles: like the workloads below it
-    stays in each core's L2, so it measures the cores, not the shared memory bandwidth, which
-    np.exp over 16 MB arrays saturates with one thread): the median of 5 two-thread over serial
+    NumPy ufunc that releases the GIL (np.exp over 64K doubles: it stays in each core's L2,
+    so it measures the cores, not the shared memory bandwidth, which np.exp over 16 MB arrays
+    saturates with one thread): the median of 5 two-thread over serial
     times.  On a VM whose vCPUs share one physical core (seen on this project's CI machine: a
     plain two-thread OpenMP loop no faster than one thread) no code can show a two-thread
     speed-up; the GIL test below then skips, and test_python_runs_during_a_kernel still shows
@@ -308,9 +310,10 @@ def test_kernels_release_the_gil(name, one_openmp_thread, two_threads_run_at_onc
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores")
-def test_gil_verdict_catches_a_call_that_holds_the_gil(two_threads_run_at_once):
+@pytest.mark.parametrize("control_mb", [None, 2], ids=["l2_control", "2mb_control"])
+def test_gil_verdict_catches_a_call_that_holds_the_gil(two_threads_run_at_once, control_mb):
     """The measure above can fail: a C loop that holds the GIL throughout (no bytecode, so no
-    switch) is judged "held"."""
+    switch) is judged "held", with the default control and with one of the workloads' size."""
     if two_threads_run_at_once >= 0.8:
         pytest.skip(f"two threads of np.exp took {two_threads_run_at_once:.2f} x the serial time")
 
@@ -323,7 +326,8 @@ def test_gil_verdict_catches_a_call_that_holds_the_gil(two_threads_run_at_once):
     # second test run on the machine, one quiet concurrent window made it 0.75-0.80 x: hence the
     # rounds judged each against its own control, by majority.
     calls = _calls_for(held, seconds=0.1)
-    verdict, measured = _gil_verdict(held, calls)
+    control_input = None if control_mb is None else np.random.default_rng(6).standard_normal(control_mb << 17)
+    verdict, measured = _gil_verdict(held, calls, control_input=control_input)
     if verdict == "no two threads":
         pytest.skip(f"np.exp's two threads ran no faster than one in most rounds: {_describe(measured, calls)}")
     assert verdict == "held", _describe(measured, calls)

@@ -1338,8 +1338,9 @@ FS512_INLINE void fs512_seam_tail_f32(fs512_carry_f32 *c, const float *src, fs51
  * Rows of at most FS512_SHORT_MAX elements are done a block of rows at a time (16 float32 /
  * 8 float64 rows, one per SIMD lane), so that no per-row horizontal reduction or scalar
  * log is paid.  Column j of the block is gathered (float32) or transposed in registers
- * (float64) for the max and sums (vertical, lane = row); the elementwise work runs over the block's contiguous memory, with each lane's row max /
- * scale fetched by a permutation.  A row whose max is not finite is filled with NaN.
+ * (float64) for the max and sums (vertical, lane = row); the elementwise work runs over the
+ * block's contiguous memory, with each lane's row max / scale fetched by a permutation.  A
+ * row whose max is not finite is filled with NaN.
  */
 #define FS512_SHORT_MAX 32
 
@@ -1421,9 +1422,10 @@ FS512_INLINE __m512d fs512_log1p_pd(__m512d u) { return fs512_log1p_impl_pd(u, 0
 FS512_INLINE __m512d fs512_log1p_accurate_pd(__m512d u) { return fs512_log1p_impl_pd(u, 1); }
 
 /* A block of short rows goes in two halves, software-pipelined: the first half of block b
-   (gathers, max, exps; softmax stores its exps, log_softmax keeps their sum), then the second
-   half of block b - 1 (softmax: gather the stored exps and sum them, divide, scale;
-   log_softmax: the log, then x - max - log).  Done at once, softmax's gathers read the exps
+   (its columns gathered (float32) or transposed (float64), max, exps; softmax stores its
+   exps, log_softmax keeps their sum), then the second half of block b - 1 (softmax: read the
+   stored exps by column and sum them, divide, scale; log_softmax: the log, then x - max -
+   log).  Done at once (when both dtypes gathered), softmax's gathers read the exps
    stored just before them (gathered a block later, when those stores have completed, the
    same loads cost less: below), and the log's divisions and polynomial were one long
    dependency chain per block; a block later both overlap the next block's independent
@@ -1533,10 +1535,12 @@ FS512_INLINE ptrdiff_t fs512_short_rows_any_f32(const float *x, float *y, ptrdif
 }
 
 /* float64 blocks are transposed in registers, not gathered: Zen 4 gathers 8 doubles in about
-   17 cycles (65536x10 log_softmax in one C process: 0.64x the time of the gathered kernel; in
-   L1, 0.73-0.91x at 3..32 columns, softmax 0.61-0.66x).  The 8x8 transpose: 8 unpacks, 8
-   two-source permutations, 8 128-bit lane shuffles; with n a constant (rows of up to 16) the
-   compiler drops the shuffles of columns past n. */
+   17 cycles.  A C loop alternating with the gathered kernel: 65536x10 log_softmax 0.64x the
+   time; in L1, 0.73-0.91x at 3..32 columns, softmax 0.61-0.66x (in Python, one process: 0.59x
+   and 0.68x at 65536x10, the cross-entropy 0.58x).  The 8x8 transpose: 8 unpacks, 8
+   two-source permutations, 8 128-bit lane shuffles; where n is a constant (softmax's and
+   log_softmax's rows of up to 16, not the cross-entropy's) the compiler drops the shuffles
+   of columns past n. */
 FS512_INLINE void fs512_transpose8_pd(__m512d *r)
 {
     const __m512d t0 = _mm512_unpacklo_pd(r[0], r[1]), t1 = _mm512_unpackhi_pd(r[0], r[1]);
