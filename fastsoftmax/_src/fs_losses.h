@@ -73,17 +73,14 @@ static int fs_loss_mixed = 0;
    alternating, AVX-512 / AVX2 time) 1.31-1.35x.  Longer rows stay at AVX-512, as do float64's
    short rows (their AVX-512 blocks are transposed in registers: 0.71-0.89x the AVX2 time at
    65536x3..32). */
-#define FS_CE_MIXED(SUF, T)                                                                        \
-    static int FS_CAT(ce_rows_mixed, SUF)(const T *x, const int64_t *target, const T *prob, const T *w, \
-                                          ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, T *grad, \
-                                          double *row_loss, int nthreads)                           \
-    {                                                                                              \
-        const int short_rows = prob == NULL && !(eps > 0.0) && ncols <= FS512_SHORT_MAX;           \
-        return (short_rows ? FS_CAT(ce_rows, FS_CAT(SUF, avx2)) : FS_CAT(ce_rows, FS_CAT(SUF, avx512)))( \
-            x, target, prob, w, nrows, ncols, eps, gs, grad, row_loss, nthreads);                  \
-    }
-FS_CE_MIXED(f32, float)
-#undef FS_CE_MIXED
+static int ce_rows_mixed_f32(const float *x, const int64_t *target, const float *prob, const float *w,
+                             ptrdiff_t nrows, ptrdiff_t ncols, double eps, double gs, float *grad, double *row_loss,
+                             int nthreads)
+{
+    const int short_rows = prob == NULL && !(eps > 0.0) && ncols <= FS512_SHORT_MAX;
+    return (short_rows ? ce_rows_f32_avx2 : ce_rows_f32_avx512)(x, target, prob, w, nrows, ncols, eps, gs, grad,
+                                                                row_loss, nthreads);
+}
 #endif
 
 static int fs_losses_init(void)
