@@ -16,6 +16,9 @@ Arguments: ``x`` / ``grad_output`` / ``output`` are inputs (IN), ``out`` is writ
 cimport numpy as cnp
 from libc.stddef cimport ptrdiff_t
 
+from ._fastpath cimport (
+    PyThreadState, is_plain_float, is_plain_out, overlaps, reacquire_gil, release_gil_for, threads_for,
+)
 from ._result_pool import MIN_ALIGNED_BYTES as _MIN_ALIGNED_BYTES, empty as _pooled_empty
 
 cnp.import_array()
@@ -84,30 +87,6 @@ def unary_rows(int op, cnp.ndarray x, cnp.ndarray out, int nthreads):
     _unary_rows(op, x, out, nthreads)
 
 
-# Calls on fewer elements keep the GIL: releasing and taking it back costs about as much as
-# the whole kernel on a (1, 10) array (measured 8% of such a call), and other Python threads
-# gain nothing from a gap of a microsecond.
-cdef ptrdiff_t _NOGIL_WORK = 4096
-
-cdef extern from "Python.h":
-    ctypedef struct PyThreadState:
-        pass
-    PyThreadState *PyEval_SaveThread()
-    void PyEval_RestoreThread(PyThreadState *)
-
-
-cdef inline PyThreadState *_release_gil_for(ptrdiff_t work):
-    """PyEval_SaveThread() for a call on `work` elements, NULL (keep the GIL) below
-    _NOGIL_WORK; hand the result to _reacquire_gil.  Only C code without Python objects
-    may run in between."""
-    return PyEval_SaveThread() if work >= _NOGIL_WORK else NULL
-
-
-cdef inline void _reacquire_gil(PyThreadState *ts):
-    if ts != NULL:
-        PyEval_RestoreThread(ts)
-
-
 cdef void _unary_rows(int op, cnp.ndarray x, cnp.ndarray out, int nthreads):
     cdef ptrdiff_t nrows = _leading_rows(x)
     cdef ptrdiff_t ncols = cnp.PyArray_DIM(x, cnp.PyArray_NDIM(x) - 1)
@@ -116,7 +95,7 @@ cdef void _unary_rows(int op, cnp.ndarray x, cnp.ndarray out, int nthreads):
     cdef void *op_ = cnp.PyArray_DATA(out)
     if nrows == 0:
         return
-    cdef PyThreadState *ts = _release_gil_for(nrows * ncols)
+    cdef PyThreadState *ts = release_gil_for(nrows * ncols)
     if typenum == cnp.NPY_FLOAT:
         if op == SOFTMAX:
             fs_act_f32.softmax(<const float *>xp, <float *>op_, nrows, ncols, nthreads)
@@ -131,7 +110,7 @@ cdef void _unary_rows(int op, cnp.ndarray x, cnp.ndarray out, int nthreads):
             fs_act_f64.log_softmax(<const double *>xp, <double *>op_, nrows, ncols, nthreads)
         else:
             fs_act_f64.logsumexp(<const double *>xp, <double *>op_, nrows, ncols, nthreads)
-    _reacquire_gil(ts)
+    reacquire_gil(ts)
 
 
 def binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, int nthreads):
@@ -152,7 +131,7 @@ cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, in
     cdef void *op_ = cnp.PyArray_DATA(out)
     if nrows == 0 or ncols == 0:
         return
-    cdef PyThreadState *ts = _release_gil_for(nrows * ncols)
+    cdef PyThreadState *ts = release_gil_for(nrows * ncols)
     if typenum == cnp.NPY_FLOAT:
         if op == SOFTMAX_BACKWARD:
             fs_act_f32.softmax_backward(<const float *>gp, <const float *>yp, <float *>op_,
@@ -167,7 +146,7 @@ cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, in
         else:
             fs_act_f64.log_softmax_backward(<const double *>gp, <const double *>yp, <double *>op_,
                                             nrows, ncols, nthreads)
-    _reacquire_gil(ts)
+    reacquire_gil(ts)
 
 
 # ---------------------------------------------------------------------------- fast path
@@ -179,60 +158,15 @@ cdef void _binary_rows(int op, cnp.ndarray g, cnp.ndarray y, cnp.ndarray out, in
 # fastsoftmax._validation.  Anything else returns None and the caller takes
 # the general path, which checks and converts everything.
 
-cdef extern from "_src/fs_common.h":
-    ptrdiff_t FS_MIN_THREADED_WORK  # below this the kernels run on one thread anyway
-
 cdef inline bint _is_plain_rows(object a, object axis):
-    if type(a) is not cnp.ndarray:
+    if not is_plain_float(a) or type(axis) is not int:
         return False
-    cdef cnp.ndarray arr = <cnp.ndarray>a
-    cdef int nd = cnp.PyArray_NDIM(arr)
-    cdef int t = cnp.PyArray_TYPE(arr)
-    if nd < 1 or (t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE):
-        return False
-    if not cnp.PyArray_IS_C_CONTIGUOUS(arr) or not cnp.PyArray_ISNOTSWAPPED(arr) or not cnp.PyArray_ISALIGNED(arr):
-        return False
-    if type(axis) is not int:
-        return False
+    cdef int nd = cnp.PyArray_NDIM(<cnp.ndarray>a)
     return axis == -1 or axis == nd - 1  # Python ints: a huge axis is just "no"
 
 
 cdef inline int _threads_for(cnp.ndarray a, object get_threads):
-    if cnp.PyArray_SIZE(a) < FS_MIN_THREADED_WORK:
-        return 1
-    return get_threads()
-
-
-cdef inline bint _overlaps(cnp.ndarray a, cnp.ndarray b):
-    cdef char *alo = <char *>cnp.PyArray_DATA(a)
-    cdef char *blo = <char *>cnp.PyArray_DATA(b)
-    return alo < blo + cnp.PyArray_NBYTES(b) and blo < alo + cnp.PyArray_NBYTES(a)
-
-
-cdef inline bint _is_plain_out(object out, cnp.ndarray like, int nd, tuple inputs):
-    """`out` is an exact, writeable, C-contiguous, native match for a result of `like`'s dtype
-    and first `nd` dimensions, and each input is either disjoint from it or the very same
-    buffer (in place).  Anything else (including every error) is left to the general path."""
-    if type(out) is not cnp.ndarray:
-        return False
-    cdef cnp.ndarray o = <cnp.ndarray>out
-    if cnp.PyArray_NDIM(o) != nd or cnp.PyArray_TYPE(o) != cnp.PyArray_TYPE(like):
-        return False
-    if (not cnp.PyArray_IS_C_CONTIGUOUS(o) or not cnp.PyArray_ISWRITEABLE(o)
-            or not cnp.PyArray_ISNOTSWAPPED(o) or not cnp.PyArray_ISALIGNED(o)):
-        return False
-    cdef int d
-    for d in range(nd):
-        if cnp.PyArray_DIM(o, d) != cnp.PyArray_DIM(like, d):
-            return False
-    cdef cnp.ndarray a
-    for obj in inputs:
-        a = <cnp.ndarray>obj
-        same = (cnp.PyArray_DATA(a) == cnp.PyArray_DATA(o)
-                and cnp.PyArray_NBYTES(a) == cnp.PyArray_NBYTES(o))
-        if _overlaps(o, a) and not same:
-            return False
-    return True
+    return threads_for(cnp.PyArray_SIZE(a), get_threads)
 
 
 def try_unary(int op, object x, object axis, object out, object get_threads):
@@ -244,9 +178,9 @@ def try_unary(int op, object x, object axis, object out, object get_threads):
     cdef int res_nd = nd - 1 if op == LOGSUMEXP else nd
     cdef cnp.ndarray res
     if out is not None:
-        if not _is_plain_out(out, a, res_nd, (a,)):
+        if not is_plain_out(out, a, res_nd, (a,)):
             return None
-        if op == LOGSUMEXP and cnp.PyArray_NBYTES(<cnp.ndarray>out) > 0 and _overlaps(<cnp.ndarray>out, a):
+        if op == LOGSUMEXP and cnp.PyArray_NBYTES(<cnp.ndarray>out) > 0 and overlaps(<cnp.ndarray>out, a):
             return None  # a reduction cannot work in place
         _unary_rows(op, a, <cnp.ndarray>out, _threads_for(a, get_threads))
         return out
@@ -274,7 +208,7 @@ def try_binary(int op, object g, object y, object axis, object out, object get_t
         if cnp.PyArray_DIM(ga, d) != cnp.PyArray_DIM(ya, d):
             return None
     if out is not None:
-        if not _is_plain_out(out, ga, nd, (ga, ya)):
+        if not is_plain_out(out, ga, nd, (ga, ya)):
             return None
         _binary_rows(op, ga, ya, <cnp.ndarray>out, _threads_for(ga, get_threads))
         return out
