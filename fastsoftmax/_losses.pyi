@@ -1,5 +1,7 @@
 """Type stubs of the compiled loss kernels (fastsoftmax/_losses.pyx)."""
 
+import enum
+
 import numpy as np
 
 ISA: str
@@ -17,3 +19,20 @@ def ce_rows(
 ) -> None: ...
 def nll_rows(x: np.ndarray, target: np.ndarray, weight: np.ndarray | None, row_loss: np.ndarray) -> None: ...
 def total_weight(target: np.ndarray, weight: np.ndarray | None, ncols: int, typenum: int) -> float: ...
+
+class LossKind(enum.IntEnum):
+    CROSS_ENTROPY = 0
+    NLL = 1
+
+def try_loss(
+    kind: int,
+    logits: object,
+    target: object,
+    weight: object,
+    ignore_index: object,
+    reduction: object,
+    label_smoothing: object,
+    out: object,
+    want_grad: bool,
+    get_threads: object,
+) -> object: ...

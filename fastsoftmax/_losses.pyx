@@ -15,10 +15,16 @@ Arguments: ``x`` / ``target`` / ``prob`` / ``weight`` are inputs (IN), ``grad`` 
 ``row_loss`` are written (OUT).
 """
 cimport numpy as cnp
+from libc.math cimport INFINITY, NAN
 from libc.stddef cimport ptrdiff_t
-from libc.stdint cimport int64_t
+from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t
+
+from ._fastpath cimport PyThreadState, is_plain_float, is_plain_out, overlaps, reacquire_gil, release_gil_for, threads_for
+from ._result_pool import MIN_ALIGNED_BYTES as _MIN_ALIGNED_BYTES, empty as _pooled_empty
 
 cnp.import_array()
+
+cdef Py_ssize_t MIN_ALIGNED_BYTES = _MIN_ALIGNED_BYTES
 
 cdef extern from "_src/fs_losses.h" nogil:
     ctypedef struct fs_loss_table_f32:
@@ -35,6 +41,8 @@ cdef extern from "_src/fs_losses.h" nogil:
     fs_loss_table_f64 fs_loss_f64
     int fs_losses_init()
     const char *fs_losses_isa()
+    double fs_sum_row_losses(const double *, ptrdiff_t)
+    ptrdiff_t fs_count_class_indices(const int64_t *, ptrdiff_t, ptrdiff_t, int64_t)
 
 fs_losses_init()
 
@@ -127,3 +135,169 @@ def total_weight(cnp.ndarray target, object weight, Py_ssize_t ncols, int typenu
         else:
             s = fs_loss_f64.total_weight(tp, <const double *>wp, nrows, ncols)
     return s
+
+
+# ---------------------------------------------------------------------------- fast path
+#
+# nll_loss, cross_entropy and cross_entropy_with_grad first try `try_loss`: when the call is
+# the common one -- C-contiguous native float32/float64 logits of at least two dimensions,
+# C-contiguous native int64 class indices of the leading shape, an integer ignore_index outside
+# [0, C), a known reduction, a label smoothing given as a Python float or int in [0, 1], no
+# weight or a C-contiguous one of the logits' dtype, and `out` absent or an exact match (the
+# logits themselves, or memory disjoint from every input) -- it checks the targets in one pass
+# and runs the kernel without the general path's argument handling (about 20 small NumPy calls:
+# most of the time of a call on a small batch).  Anything else, including every call that must
+# raise, returns None and the Python layer takes the general path, which checks and converts
+# everything and raises its exact errors.  Both paths give the same bits: the same kernel on
+# the same memory, the same mean's denominator (total_weight) and the same sum of the per-row
+# losses (fs_sum_row_losses).
+
+cpdef enum LossKind:
+    CROSS_ENTROPY = 0
+    NLL = 1
+
+cdef object _REDUCTIONS = {"mean": 0, "sum": 1, "none": 2}
+
+
+cdef inline bint _is_plain_targets(object target, cnp.ndarray x):
+    """`target` is a C-contiguous, native, aligned int64 ndarray of x's shape without its
+    last axis."""
+    if type(target) is not cnp.ndarray:
+        return False
+    cdef cnp.ndarray t = <cnp.ndarray>target
+    cdef int nd = cnp.PyArray_NDIM(t)
+    if nd != cnp.PyArray_NDIM(x) - 1:
+        return False
+    if not cnp.PyArray_ISSIGNED(t) or cnp.PyArray_ITEMSIZE(t) != 8:
+        return False
+    if not cnp.PyArray_IS_C_CONTIGUOUS(t) or not cnp.PyArray_ISNOTSWAPPED(t) or not cnp.PyArray_ISALIGNED(t):
+        return False
+    cdef int d
+    for d in range(nd):
+        if cnp.PyArray_DIM(t, d) != cnp.PyArray_DIM(x, d):
+            return False
+    return True
+
+
+cdef extern from "numpy/arrayobject.h":
+    object PyArray_Scalar(void *data, cnp.dtype descr, object base)
+
+
+cdef object _scalar(double value, int typenum):
+    """A NumPy scalar of the result dtype (the C cast rounds as astype does, without its
+    overflow warning, which the general path silences too)."""
+    cdef float f
+    if typenum == cnp.NPY_FLOAT:
+        f = <float>value
+        return PyArray_Scalar(&f, cnp.PyArray_DescrFromType(cnp.NPY_FLOAT), None)
+    return PyArray_Scalar(&value, cnp.PyArray_DescrFromType(cnp.NPY_DOUBLE), None)
+
+
+def try_loss(int kind, object logits, object target, object weight, object ignore_index, object reduction,
+             object label_smoothing, object out, bint want_grad, object get_threads):
+    """The loss (and, with `want_grad`, ``(loss, grad)``) of a call on the fast path, or None.
+
+    kind                   : CROSS_ENTROPY or NLL (then `logits` are log-probabilities, and
+                             there is no smoothing and no gradient)
+    logits, target, weight : IN, as given by the caller
+    out                    : OUT, as given by the caller (cross_entropy_with_grad), or None
+    """
+    if not is_plain_float(logits):
+        return None
+    cdef cnp.ndarray x = <cnp.ndarray>logits
+    cdef int nd = cnp.PyArray_NDIM(x)
+    cdef int typenum = cnp.PyArray_TYPE(x)
+    if nd < 2 or not _is_plain_targets(target, x):
+        return None
+    cdef cnp.ndarray t = <cnp.ndarray>target
+    cdef ptrdiff_t ncols = cnp.PyArray_DIM(x, nd - 1)
+    cdef ptrdiff_t nrows = cnp.PyArray_SIZE(t)
+    if nrows == 0 or ncols == 0:
+        return None
+    cdef cnp.ndarray w = None
+    if weight is not None:
+        if (not is_plain_float(weight) or cnp.PyArray_TYPE(<cnp.ndarray>weight) != typenum
+                or cnp.PyArray_NDIM(<cnp.ndarray>weight) != 1 or cnp.PyArray_DIM(<cnp.ndarray>weight, 0) != ncols):
+            return None
+        w = <cnp.ndarray>weight
+    if type(reduction) is not str or reduction not in _REDUCTIONS:
+        return None
+    cdef int red = _REDUCTIONS[reduction]
+    cdef double eps = 0.0
+    if kind == CROSS_ENTROPY:
+        if type(label_smoothing) is not float and type(label_smoothing) is not int:
+            return None
+        if not 0 <= label_smoothing <= 1:  # (NaN too) the general path raises
+            return None
+        eps = label_smoothing
+    # ignore_index outside [0, C): the ignored samples are then exactly those outside it
+    if type(ignore_index) is not int or 0 <= ignore_index < ncols or not INT64_MIN <= ignore_index <= INT64_MAX:
+        return None
+    cdef int64_t ignore = ignore_index
+    if out is not None and (not want_grad or not is_plain_out(out, x, nd, (x,)) or overlaps(<cnp.ndarray>out, t)
+                            or (w is not None and overlaps(<cnp.ndarray>out, w))):
+        return None
+    cdef const int64_t *tp = <const int64_t *>cnp.PyArray_DATA(t)
+    if fs_count_class_indices(tp, nrows, ncols, ignore) < 0:
+        return None  # a target the general path reports
+
+    cdef void *wp = cnp.PyArray_DATA(w) if w is not None else NULL
+    cdef double denominator = 1.0  # the mean's: the summed weights of the targets (their count)
+    if red == 0:
+        if typenum == cnp.NPY_FLOAT:
+            denominator = fs_loss_f32.total_weight(tp, <const float *>wp, nrows, ncols)
+        else:
+            denominator = fs_loss_f64.total_weight(tp, <const double *>wp, nrows, ncols)
+    cdef cnp.ndarray row_loss = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(x), cnp.NPY_DOUBLE, 0)
+    cdef cnp.ndarray grad = None
+    if want_grad:
+        if out is not None:
+            grad = <cnp.ndarray>out
+        elif cnp.PyArray_NBYTES(x) >= MIN_ALIGNED_BYTES:
+            grad = _pooled_empty(logits.shape, logits.dtype)
+        else:
+            grad = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), typenum, 0)
+    cdef double grad_scale = 1.0
+    if red == 0:
+        grad_scale = 1.0 / denominator if denominator != 0 else INFINITY  # as 1 / 0 in NumPy
+    cdef int nthreads = threads_for(nrows * ncols, get_threads)
+    cdef void *xp = cnp.PyArray_DATA(x)
+    cdef void *gp = cnp.PyArray_DATA(grad) if grad is not None else NULL
+    cdef double *lp = <double *>cnp.PyArray_DATA(row_loss)
+    cdef int status = 0
+    cdef PyThreadState *ts = release_gil_for(nrows * ncols)
+    if kind == NLL:
+        if typenum == cnp.NPY_FLOAT:
+            fs_loss_f32.nll(<const float *>xp, tp, <const float *>wp, nrows, ncols, lp)
+        else:
+            fs_loss_f64.nll(<const double *>xp, tp, <const double *>wp, nrows, ncols, lp)
+    elif typenum == cnp.NPY_FLOAT:
+        status = fs_loss_f32.ce(<const float *>xp, tp, NULL, <const float *>wp, nrows, ncols, eps, grad_scale,
+                                <float *>gp, lp, nthreads)
+    else:
+        status = fs_loss_f64.ce(<const double *>xp, tp, NULL, <const double *>wp, nrows, ncols, eps, grad_scale,
+                                <double *>gp, lp, nthreads)
+    reacquire_gil(ts)
+    if status != 0:
+        raise MemoryError("cross_entropy: could not allocate a scratch row of the class axis")
+
+    cdef object loss
+    cdef cnp.ndarray losses32
+    cdef float *l32
+    cdef ptrdiff_t i
+    cdef double total
+    if red == 2:  # "none": the per-sample losses in the result dtype
+        if typenum == cnp.NPY_DOUBLE:
+            loss = row_loss
+        else:
+            losses32 = cnp.PyArray_EMPTY(nd - 1, cnp.PyArray_DIMS(x), cnp.NPY_FLOAT, 0)
+            l32 = <float *>cnp.PyArray_DATA(losses32)
+            for i in range(nrows):
+                l32[i] = <float>lp[i]
+            loss = losses32
+    else:
+        total = fs_sum_row_losses(lp, nrows)
+        if red == 0:
+            total = total / denominator if denominator != 0 else NAN  # weights summing to 0: NaN, as torch
+        loss = _scalar(total, typenum)
+    return (loss, grad) if want_grad else loss

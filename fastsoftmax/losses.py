@@ -1,7 +1,9 @@
 """Negative log-likelihood and cross-entropy losses, and the fused cross-entropy gradient.
 
 This layer checks arguments (``fastsoftmax._loss_validation``) and arranges memory; the work
-is done by the compiled row kernels in ``fastsoftmax._losses``.  The class axis is the LAST
+is done by the compiled row kernels in ``fastsoftmax._losses``.  The common call (C-contiguous
+float32/float64 logits, int64 class indices, no weight or smoothing) is first tried on that
+module's compiled fast path (``try_loss``), which falls back here for anything else.  The class axis is the LAST
 axis; semantics otherwise follow ``torch.nn.functional.nll_loss`` / ``cross_entropy``.
 
 Memory: the kernels read C-contiguous ``(rows, classes)`` arrays of the compute dtype.  Inputs
@@ -23,6 +25,11 @@ from ._loss_validation import check_grad_out, check_loss_args, reduce_row_losses
 from ._threads import get_num_threads
 
 __all__ = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
+
+# The compiled fast path of the common call (see _losses.pyx); None: take the general path.
+_try_loss = _k.try_loss
+_CROSS_ENTROPY = int(_k.LossKind.CROSS_ENTROPY)
+_NLL = int(_k.LossKind.NLL)
 
 # Elements per block of rows when inputs must be converted (float16, integers, other layouts).
 _CHUNK_ELEMENTS = 1 << 18
@@ -204,6 +211,9 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
     >>> nll_loss(log_probs, np.array([0, -100]))
     np.float64(0.6931471805599453)
     """
+    fast = _try_loss(_NLL, log_probs, target, weight, ignore_index, reduction, 0.0, None, False, get_num_threads)
+    if fast is not None:
+        return fast
     args = check_loss_args(
         "nll_loss", log_probs, target, weight, ignore_index, reduction,
         logits_name="log_probs", allow_probabilities=False,
@@ -279,6 +289,11 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
     >>> cross_entropy(logits, np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]), reduction="sum")
     np.float64(1.7370795392983713)
     """
+    fast = _try_loss(
+        _CROSS_ENTROPY, logits, target, weight, ignore_index, reduction, label_smoothing, None, False, get_num_threads
+    )
+    if fast is not None:
+        return fast
     args = check_loss_args(
         "cross_entropy", logits, target, weight, ignore_index, reduction, label_smoothing
     )
@@ -347,6 +362,11 @@ def cross_entropy_with_grad(
     >>> bool(cross_entropy(x @ W, y) < loss)
     True
     """
+    fast = _try_loss(
+        _CROSS_ENTROPY, logits, target, weight, ignore_index, reduction, label_smoothing, out, True, get_num_threads
+    )
+    if fast is not None:
+        return fast
     args = check_loss_args(
         "cross_entropy_with_grad", logits, target, weight, ignore_index, reduction, label_smoothing
     )

@@ -12,6 +12,7 @@ import pytest
 
 import fastsoftmax as fs
 from fastsoftmax import _activations as _k
+from fastsoftmax import _losses as _lk
 from fastsoftmax import reference as ref
 
 FUNCS = ["nll_loss", "cross_entropy", "cross_entropy_with_grad"]
@@ -728,6 +729,149 @@ def test_results_do_not_depend_on_the_thread_count(restore_threads, kind):
     many = fs.cross_entropy_with_grad(x, t, weight=w, label_smoothing=0.1)
     assert one[0] == many[0]
     np.testing.assert_array_equal(one[1], many[1])
+
+
+# --------------------------------------------------------------------------- the compiled fast path
+# The common call (C-contiguous float logits, int64 class indices, no weight or smoothing, an
+# ignore_index outside [0, C)) runs _losses.try_loss; everything else returns None there and takes
+# the general path.  int32 targets of the same values force the general path on the same logits.
+
+
+def _fast(func, x, t, **kw):
+    """What try_loss gives for fs.<func>(x, t, **kw), or None (the general path)."""
+    kind = _lk.LossKind.NLL if func == "nll_loss" else _lk.LossKind.CROSS_ENTROPY
+    return _lk.try_loss(
+        int(kind), x, t, kw.get("weight"), kw.get("ignore_index", -100), kw.get("reduction", "mean"),
+        kw.get("label_smoothing", 0.0), kw.get("out"), func == "cross_entropy_with_grad", fs.get_num_threads,
+    )
+
+
+def _assert_same_bits(got, want):
+    assert type(got) is type(want)
+    if isinstance(want, tuple):
+        for g, w in zip(got, want):
+            _assert_same_bits(g, w)
+    elif isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes()
+    else:
+        assert np.asarray(got).tobytes() == np.asarray(want).tobytes()
+
+
+def _fast_path_grid():
+    """(func, options) pairs: nll_loss has no label smoothing."""
+    for func in FUNCS:
+        for options in ("plain", "weight", "smoothing", "weight_smoothing"):
+            if func == "nll_loss" and "smoothing" in options:
+                continue
+            yield pytest.param(func, options, id=f"{func}-{options}")
+
+
+# rows around the pairwise sum's thresholds (8, 128) and past NumPy's buffer of 8192
+@pytest.mark.parametrize("n_rows", [1, 7, 9, 129, 300, 20_000])
+@pytest.mark.parametrize("ignored", [False, True], ids=["none_ignored", "some_ignored"])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("func,options", list(_fast_path_grid()))
+def test_fast_path_gives_the_general_paths_bits(func, options, dtype, reduction, ignored, n_rows):
+    rng = np.random.default_rng(n_rows)
+    x = (rng.standard_normal((n_rows, 11)) * 3).astype(dtype)
+    if func == "nll_loss":
+        x = ref.log_softmax(x)
+    t = rng.integers(0, 11, n_rows)
+    if ignored:
+        t[::3] = -100
+    kw = {"reduction": reduction}
+    if "weight" in options:
+        kw["weight"] = (rng.random(11) + 0.25).astype(dtype)
+    if "smoothing" in options:
+        kw["label_smoothing"] = 0.1
+    f = getattr(fs, func)
+    fast = _fast(func, x, t, **kw)
+    assert fast is not None  # the case under test does take the fast path
+    _assert_same_bits(fast, f(x, t, **kw))
+    _assert_same_bits(f(x, t, **kw), f(x, t.astype(np.int32), **kw))  # int32 targets: the general path
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_fast_path_of_nd_logits_and_out(reduction):
+    rng = np.random.default_rng(21)
+    x = rng.standard_normal((2, 3, 40)).astype(np.float32)
+    t = rng.integers(0, 40, (2, 3))
+    want = fs.cross_entropy_with_grad(x, t.astype(np.int32), reduction=reduction)
+    out = np.full_like(x, np.nan)
+    got = _fast("cross_entropy_with_grad", x, t, reduction=reduction, out=out)
+    assert got is not None and got[1] is out
+    _assert_same_bits(got, (want[0], want[1]))
+    y = x.copy()
+    loss, grad = fs.cross_entropy_with_grad(y, t, reduction=reduction, out=y)  # in place
+    assert grad is y
+    _assert_same_bits((loss, grad), want)
+
+
+def _declined_cases():
+    """name -> (func, logits, target, keywords): calls try_loss must hand to the general path."""
+    rng = np.random.default_rng(22)
+    x = rng.standard_normal((6, 5))
+    t = rng.integers(0, 5, 6)
+    big_t = np.zeros(12, np.int64)
+    w_buf = np.ones(5)
+    return {
+        "weight_of_another_dtype": ("cross_entropy", x, t, {"weight": np.ones(5, np.float32)}),
+        "weight_list": ("cross_entropy", x, t, {"weight": [1.0] * 5}),
+        "weight_wrong_shape": ("cross_entropy", x, t, {"weight": np.ones(4)}),
+        "weight_strided": ("cross_entropy", x, t, {"weight": np.ones(10)[::2]}),
+        "label_smoothing_above_one": ("cross_entropy", x, t, {"label_smoothing": 1.5}),
+        "label_smoothing_nan": ("cross_entropy", x, t, {"label_smoothing": float("nan")}),
+        "label_smoothing_bool": ("cross_entropy", x, t, {"label_smoothing": False}),
+        "label_smoothing_numpy_zero": ("cross_entropy", x, t, {"label_smoothing": np.float64(0.0)}),
+        "ignore_index_a_class": ("cross_entropy", x, t, {"ignore_index": 2}),
+        "ignore_index_bool": ("cross_entropy", x, t, {"ignore_index": False}),
+        "ignore_index_beyond_int64": ("cross_entropy", x, t, {"ignore_index": 2**70}),
+        "unknown_reduction": ("cross_entropy", x, t, {"reduction": "avg"}),
+        "target_out_of_range": ("cross_entropy", x, np.array([0, 1, 2, 3, 4, 5]), {}),
+        "target_negative_not_ignored": ("nll_loss", x, np.array([0, 1, -1, 3, 4, 0]), {}),
+        "target_int32": ("cross_entropy", x, t.astype(np.int32), {}),
+        "target_uint64": ("cross_entropy", x, t.astype(np.uint64), {}),
+        "target_byteswapped": ("cross_entropy", x, t.astype(">i8"), {}),
+        "target_list": ("cross_entropy", x, t.tolist(), {}),
+        "target_wrong_shape": ("cross_entropy", x, t[:5], {}),
+        "probabilities": ("cross_entropy", x, np.full((6, 5), 0.2), {}),
+        "logits_float16": ("cross_entropy", x.astype(np.float16), t, {}),
+        "logits_1d": ("cross_entropy", x[0], t[0:1].reshape(()), {}),
+        "logits_fortran": ("cross_entropy", np.asfortranarray(x), t, {}),
+        "logits_list": ("cross_entropy", x.tolist(), t, {}),
+        "no_rows": ("cross_entropy", x[:0], t[:0], {}),
+        "no_classes": ("cross_entropy", x[:, :0], t, {"ignore_index": 0}),
+        # a float64 view of the targets' own buffer: out over the targets
+        "out_overlaps_target": (
+            "cross_entropy_with_grad", x[:, :1].copy(), big_t[:6], {"out": big_t.view(np.float64)[:6].reshape(6, 1)}
+        ),
+        "out_over_the_weight": ("cross_entropy_with_grad", x[:1].copy(), t[:1], {"weight": w_buf, "out": w_buf.reshape(1, 5)}),
+        "out_shifted_view_of_logits": ("cross_entropy_with_grad", x[1:], t[1:], {"out": x[:-1]}),
+        "out_fortran": ("cross_entropy_with_grad", x, t, {"out": np.asfortranarray(np.zeros((6, 5)))}),
+        "out_float32": ("cross_entropy_with_grad", x, t, {"out": np.zeros((6, 5), np.float32)}),
+        "out_read_only": ("cross_entropy_with_grad", x, t, {"out": np.zeros((6, 5))[...]}),
+    }
+
+
+DECLINED = _declined_cases()
+
+
+@pytest.mark.parametrize("case", list(DECLINED))
+def test_fast_path_declines_what_it_does_not_take(case):
+    func, x, t, kw = DECLINED[case]
+    if case == "out_read_only":
+        kw["out"].flags.writeable = False
+    assert _fast(func, x, t, **kw) is None
+
+
+def test_a_bad_target_on_the_fast_paths_shape_raises_and_writes_nothing():
+    x = np.random.default_rng(23).standard_normal((4, 3))
+    before = x.copy()
+    with pytest.raises(IndexError, match=r"has value 7 at position \(2,\), outside \[0, 3\)"):
+        fs.cross_entropy_with_grad(x, np.array([0, 1, 7, 2]), out=x)
+    np.testing.assert_array_equal(x, before)
 
 
 # --------------------------------------------------------------------------- dtypes

@@ -109,4 +109,49 @@ static int fs_losses_init(void)
 
 static const char *fs_losses_isa(void) { return fs_loss_mixed ? "avx512+avx2" : fs_isa_name(fs_loss_isa); }
 
+/* ---- for the compiled fast path (_losses.pyx's try_loss) ---- */
+
+/* NumPy's pairwise summation of n doubles (its pairwise_sum: under 8 elements one running sum
+   from `init`, up to 128 eight running sums added as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+   (r6 + r7)) then the rest one by one, above that the two halves, split at a multiple of 8). */
+static double fs_pairwise_sum_f64(const double *a, ptrdiff_t n)
+{
+    if (n < 8) {
+        double res = 0.0;
+        for (ptrdiff_t i = 0; i < n; i++) res += a[i];
+        return res;
+    }
+    if (n <= 128) {
+        double r[8];
+        for (int j = 0; j < 8; j++) r[j] = a[j];
+        ptrdiff_t i = 8;
+        for (; i < n - n % 8; i += 8)
+            for (int j = 0; j < 8; j++) r[j] += a[i + j];
+        double res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7]));
+        for (; i < n; i++) res += a[i];
+        return res;
+    }
+    ptrdiff_t n2 = n / 2;
+    n2 -= n2 % 8;
+    return fs_pairwise_sum_f64(a, n2) + fs_pairwise_sum_f64(a + n2, n - n2);
+}
+
+/* The sum of the per-row losses that the general path takes with np.sum(row_losses,
+   dtype=np.float64): np.add.reduce of a contiguous float64 array starts from 0 and adds the
+   pairwise sum of all of it, bit for bit (tests/test_losses.py compares the two paths). */
+static double fs_sum_row_losses(const double *a, ptrdiff_t n) { return 0.0 + fs_pairwise_sum_f64(a, n); }
+
+/* Class-index targets as the fast path takes them (ignore_index outside [0, ncols)): returns
+   how many are in [0, ncols), or -1 when one is outside it and not ignore_index (the general
+   path then raises the error that names it). */
+static ptrdiff_t fs_count_class_indices(const int64_t *t, ptrdiff_t n, ptrdiff_t ncols, int64_t ignore_index)
+{
+    ptrdiff_t count = 0;
+    for (ptrdiff_t i = 0; i < n; i++) {
+        if ((uint64_t)t[i] < (uint64_t)ncols) count++;
+        else if (t[i] != ignore_index) return -1;
+    }
+    return count;
+}
+
 #endif /* FS_LOSSES_H */
