@@ -138,16 +138,16 @@ def test_list_and_case_filters(capsys):
     assert cli.main(["--list", "--cases", "sgd", "--cases", "cross_entropy-float64"]) == 0
     out = capsys.readouterr().out.split()
     assert out == ["cross_entropy-float64-4096x1000", "cross_entropy-float64-512x50257",
-                   "cross_entropy-float64-65536x10", "sgd-float32-1x10000000", "sgd-float32-200x1000",
-                   "sgd-float64-1x10000000", "sgd-float64-200x1000"]
+                   "cross_entropy-float64-65536x10", "cross_entropy-float64-64x10", "sgd-float32-1x10000000",
+                   "sgd-float32-200x1000", "sgd-float64-1x10000000", "sgd-float64-200x1000"]
 
 
-def test_case_list_is_issue_5s():
+def test_case_list_is_issue_5s():  # and the cross-entropy of a batch of 64x10 (the call's cost)
     full = _bench.cases()
     act = [(c.op, c.dtype, c.shape) for c in full if c.kind == "activation"]
     assert len(act) == 20 and {s for _, _, s in act} == {(4096, 1000), (256, 50257), (65536, 10), (16384, 128), (1, 10)}
     assert {(c.dtype, c.shape) for c in full if c.op == "cross_entropy"} == {
-        (d, s) for d in ("float32", "float64") for s in ((4096, 1000), (512, 50257), (65536, 10))}
+        (d, s) for d in ("float32", "float64") for s in ((4096, 1000), (512, 50257), (65536, 10), (64, 10))}
     assert {(c.dtype, c.shape) for c in full if c.op == "sgd"} == {
         (d, s) for d in ("float32", "float64") for s in ((1, 10_000_000), (200, 1000))}
     quick = _bench.cases(quick=True)
