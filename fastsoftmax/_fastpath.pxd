@@ -26,19 +26,19 @@ cdef enum:
     NOGIL_WORK = 4096
 
 
-cdef inline PyThreadState *release_gil_for(ptrdiff_t work):
+cdef inline PyThreadState *release_gil_for(ptrdiff_t work) noexcept:
     """PyEval_SaveThread() for a call on `work` elements, NULL (keep the GIL) below
     NOGIL_WORK; hand the result to reacquire_gil.  Only C code without Python objects
     may run in between."""
     return PyEval_SaveThread() if work >= NOGIL_WORK else NULL
 
 
-cdef inline void reacquire_gil(PyThreadState *ts):
+cdef inline void reacquire_gil(PyThreadState *ts) noexcept:
     if ts != NULL:
         PyEval_RestoreThread(ts)
 
 
-cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b):
+cdef inline bint overlaps(cnp.ndarray a, cnp.ndarray b) noexcept:
     cdef char *alo = <char *>cnp.PyArray_DATA(a)
     cdef char *blo = <char *>cnp.PyArray_DATA(b)
     return alo < blo + cnp.PyArray_NBYTES(b) and blo < alo + cnp.PyArray_NBYTES(a)
@@ -61,6 +61,7 @@ cdef inline bint is_plain_out(object out, cnp.ndarray like, int nd, tuple inputs
         if cnp.PyArray_DIM(o, d) != cnp.PyArray_DIM(like, d):
             return False
     cdef cnp.ndarray a
+    cdef bint same
     for obj in inputs:
         a = <cnp.ndarray>obj
         same = (cnp.PyArray_DATA(a) == cnp.PyArray_DATA(o)

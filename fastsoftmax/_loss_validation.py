@@ -194,8 +194,12 @@ def check_grad_out(out, args: LossArgs) -> None:
     check_out(out, args.logits.shape, args.result_dtype, args.func)
 
 
-def reduce_row_losses(args: LossArgs, row_losses: np.ndarray, denominator: float):
-    """The loss a caller gets from float64 per-row losses (shape ``(N,)``).
+def reduce_row_losses(args: LossArgs, row_losses: np.ndarray, denominator: float, sum_losses=None):
+    """The loss a caller gets from float64 per-row losses (shape ``(N,)``, C-contiguous).
+
+    `sum_losses`: how "sum" and "mean" add the losses up (a function of the array returning a
+    float); ``np.sum`` when None (the reference twin), the compiled pairwise sum for the public
+    API (``fastsoftmax._losses.sum_row_losses``: the same one its fast path takes).
 
     ``"none"``: the losses in the result dtype, shaped like the logits without the class axis
     (a NumPy scalar for 1-D logits).  ``"sum"``: their float64 sum; ``"mean"``: that sum
@@ -219,7 +223,7 @@ def reduce_row_losses(args: LossArgs, row_losses: np.ndarray, denominator: float
         if args.reduction == "none":
             values = row_losses.reshape(args.lead_shape).astype(args.result_dtype)
             return values[()] if values.ndim == 0 else values
-        total = np.sum(row_losses, dtype=np.float64)
+        total = np.sum(row_losses, dtype=np.float64) if sum_losses is None else np.float64(sum_losses(row_losses))
         if args.reduction == "mean":
             total = total / np.float64(denominator)
         return np.asarray(total).astype(args.result_dtype)[()]

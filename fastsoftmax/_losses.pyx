@@ -6,10 +6,11 @@ Design note
 The Python layer (``fastsoftmax.losses``) checks every argument (``_loss_validation``),
 checks every class index, and hands this module C-contiguous 2-D ``(rows, classes)`` arrays
 of one float dtype, int64 class indices and a float64 buffer for the per-row losses; the
-kernels here assume exactly that.  Each call releases the GIL and runs the C row kernels of
-``_src/fs_losses.h`` (vectorised per instruction set, picked at import), which split rows
-across OpenMP threads above a work threshold.  The per-row losses are reduced by the caller
-in a fixed order, so results do not depend on the number of threads.
+kernels here assume exactly that.  Each call releases the GIL (on the fast path, below, only
+from 4096 elements) and runs the C row kernels of ``_src/fs_losses.h`` (vectorised per
+instruction set, picked at import), which split rows across OpenMP threads above a work
+threshold.  The per-row losses are summed in a fixed order (``sum_row_losses``), so results
+do not depend on the number of threads.
 
 Arguments: ``x`` / ``target`` / ``prob`` / ``weight`` are inputs (IN), ``grad`` and
 ``row_loss`` are written (OUT).
@@ -42,7 +43,7 @@ cdef extern from "_src/fs_losses.h" nogil:
     int fs_losses_init()
     const char *fs_losses_isa()
     double fs_sum_row_losses(const double *, ptrdiff_t)
-    ptrdiff_t fs_count_class_indices(const int64_t *, ptrdiff_t, ptrdiff_t, int64_t)
+    int fs_class_indices_ok(const int64_t *, ptrdiff_t, ptrdiff_t, int64_t)
 
 fs_losses_init()
 
@@ -118,6 +119,15 @@ def nll_rows(cnp.ndarray x, cnp.ndarray target, object weight, cnp.ndarray row_l
             fs_loss_f64.nll(<const double *>xp, tp, <const double *>wp, nrows, ncols, lp)
 
 
+def sum_row_losses(cnp.ndarray row_loss):
+    """The sum (float64) of the per-row losses, as the fast path takes it (fs_sum_row_losses:
+    NumPy's pairwise summation), so that both paths give the same "sum" and "mean".
+
+    row_loss : IN, C-contiguous float64
+    """
+    return fs_sum_row_losses(<const double *>cnp.PyArray_DATA(row_loss), cnp.PyArray_SIZE(row_loss))
+
+
 def total_weight(cnp.ndarray target, object weight, Py_ssize_t ncols, int typenum):
     """Sum (float64) of ``weight[t]`` over the targets in [0, ncols) (their count if no weight).
 
@@ -150,7 +160,7 @@ def total_weight(cnp.ndarray target, object weight, Py_ssize_t ncols, int typenu
 # raise, returns None and the Python layer takes the general path, which checks and converts
 # everything and raises its exact errors.  Both paths give the same bits: the same kernel on
 # the same memory, the same mean's denominator (total_weight) and the same sum of the per-row
-# losses (fs_sum_row_losses).
+# losses (sum_row_losses).
 
 cpdef enum LossKind:
     CROSS_ENTROPY = 0
@@ -238,7 +248,7 @@ def try_loss(int kind, object logits, object target, object weight, object ignor
                             or (w is not None and overlaps(<cnp.ndarray>out, w))):
         return None
     cdef const int64_t *tp = <const int64_t *>cnp.PyArray_DATA(t)
-    if fs_count_class_indices(tp, nrows, ncols, ignore) < 0:
+    if not fs_class_indices_ok(tp, nrows, ncols, ignore):
         return None  # a target the general path reports
 
     cdef void *wp = cnp.PyArray_DATA(w) if w is not None else NULL
@@ -265,7 +275,7 @@ def try_loss(int kind, object logits, object target, object weight, object ignor
     cdef void *gp = cnp.PyArray_DATA(grad) if grad is not None else NULL
     cdef double *lp = <double *>cnp.PyArray_DATA(row_loss)
     cdef int status = 0
-    cdef PyThreadState *ts = release_gil_for(nrows * ncols)
+    cdef PyThreadState *ts = release_gil_for(nrows if kind == NLL else nrows * ncols)  # nll reads a value a row
     if kind == NLL:
         if typenum == cnp.NPY_FLOAT:
             fs_loss_f32.nll(<const float *>xp, tp, <const float *>wp, nrows, ncols, lp)

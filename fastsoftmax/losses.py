@@ -2,9 +2,10 @@
 
 This layer checks arguments (``fastsoftmax._loss_validation``) and arranges memory; the work
 is done by the compiled row kernels in ``fastsoftmax._losses``.  The common call (C-contiguous
-float32/float64 logits, int64 class indices, no weight or smoothing) is first tried on that
-module's compiled fast path (``try_loss``), which falls back here for anything else.  The class axis is the LAST
-axis; semantics otherwise follow ``torch.nn.functional.nll_loss`` / ``cross_entropy``.
+float32/float64 logits and int64 class indices; see ``try_loss`` there) is first tried on that
+module's compiled fast path, which falls back here for anything else; both sum the per-row
+losses with ``_losses.sum_row_losses``, so they give the same bits.  The class axis is the
+LAST axis; semantics otherwise follow ``torch.nn.functional.nll_loss`` / ``cross_entropy``.
 
 Memory: the kernels read C-contiguous ``(rows, classes)`` arrays of the compute dtype.  Inputs
 that already are (float32/float64, C-contiguous) are used in place; others are converted a
@@ -219,7 +220,7 @@ def nll_loss(log_probs, target, *, weight=None, ignore_index=-100, reduction="me
         logits_name="log_probs", allow_probabilities=False,
     )
     row_loss, denominator, _ = _run(args, False, None, nll=True)
-    return reduce_row_losses(args, row_loss, denominator)
+    return reduce_row_losses(args, row_loss, denominator, _k.sum_row_losses)
 
 
 def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
@@ -298,7 +299,7 @@ def cross_entropy(logits, target, *, weight=None, ignore_index=-100, reduction="
         "cross_entropy", logits, target, weight, ignore_index, reduction, label_smoothing
     )
     row_loss, denominator, _ = _run(args, False, None)
-    return reduce_row_losses(args, row_loss, denominator)
+    return reduce_row_losses(args, row_loss, denominator, _k.sum_row_losses)
 
 
 def cross_entropy_with_grad(
@@ -373,4 +374,4 @@ def cross_entropy_with_grad(
     if out is not None:
         check_grad_out(out, args)
     row_loss, denominator, grad = _run(args, True, out)
-    return reduce_row_losses(args, row_loss, denominator), grad
+    return reduce_row_losses(args, row_loss, denominator, _k.sum_row_losses), grad

@@ -732,9 +732,10 @@ def test_results_do_not_depend_on_the_thread_count(restore_threads, kind):
 
 
 # --------------------------------------------------------------------------- the compiled fast path
-# The common call (C-contiguous float logits, int64 class indices, no weight or smoothing, an
-# ignore_index outside [0, C)) runs _losses.try_loss; everything else returns None there and takes
-# the general path.  int32 targets of the same values force the general path on the same logits.
+# The common call (C-contiguous float logits, int64 class indices, an ignore_index outside [0, C),
+# a weight of the logits' dtype or none, a label smoothing given as a Python number) runs
+# _losses.try_loss; everything else returns None there and takes the general path.  int32
+# targets of the same values force the general path on the same logits.
 
 
 def _fast(func, x, t, **kw):
@@ -807,6 +808,17 @@ def test_fast_path_of_nd_logits_and_out(reduction):
     loss, grad = fs.cross_entropy_with_grad(y, t, reduction=reduction, out=y)  # in place
     assert grad is y
     _assert_same_bits((loss, grad), want)
+
+
+@pytest.mark.parametrize("n", [0, 1, 7, 8, 9, 128, 129, 8193, 100_000])
+def test_sum_of_row_losses_is_a_pairwise_sum(n):
+    a = np.random.default_rng(n).random(n) * 10.0 ** np.random.default_rng(n + 1).integers(-8, 8, n)
+    got = _lk.sum_row_losses(a)
+    exact = math.fsum(a)
+    # pairwise summation: at most about log2(n) roundings on the way to each element
+    assert abs(got - exact) <= (math.log2(max(n, 2)) + 1) * np.finfo(np.float64).eps * np.sum(np.abs(a))
+    if tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 3):
+        assert got == np.sum(a)  # np.sum's own pairwise sum over the whole array (blocks of 8192 before 2.3)
 
 
 def _declined_cases():

@@ -136,22 +136,21 @@ static double fs_pairwise_sum_f64(const double *a, ptrdiff_t n)
     return fs_pairwise_sum_f64(a, n2) + fs_pairwise_sum_f64(a + n2, n - n2);
 }
 
-/* The sum of the per-row losses that the general path takes with np.sum(row_losses,
-   dtype=np.float64): np.add.reduce of a contiguous float64 array starts from 0 and adds the
-   pairwise sum of all of it, bit for bit (tests/test_losses.py compares the two paths). */
+/* The sum of the per-row losses, for "sum" and "mean", on both the fast and the general path
+   (_losses.sum_row_losses), so that the two agree on any NumPy.  It is np.sum(row_losses) bit
+   for bit from NumPy 2.3 on (np.add.reduce of a contiguous float64 array starts from 0 and adds
+   the pairwise sum of all of it); NumPy 1.26-2.2 add the pairwise sums of blocks of 8192
+   (the reference twin keeps np.sum, and is compared within rounding). */
 static double fs_sum_row_losses(const double *a, ptrdiff_t n) { return 0.0 + fs_pairwise_sum_f64(a, n); }
 
-/* Class-index targets as the fast path takes them (ignore_index outside [0, ncols)): returns
-   how many are in [0, ncols), or -1 when one is outside it and not ignore_index (the general
-   path then raises the error that names it). */
-static ptrdiff_t fs_count_class_indices(const int64_t *t, ptrdiff_t n, ptrdiff_t ncols, int64_t ignore_index)
+/* Class-index targets as the fast path takes them (ignore_index outside [0, ncols)): 1 when
+   each is in [0, ncols) or equal to ignore_index, else 0 (the general path then raises the
+   error that names the first bad one). */
+static int fs_class_indices_ok(const int64_t *t, ptrdiff_t n, ptrdiff_t ncols, int64_t ignore_index)
 {
-    ptrdiff_t count = 0;
-    for (ptrdiff_t i = 0; i < n; i++) {
-        if ((uint64_t)t[i] < (uint64_t)ncols) count++;
-        else if (t[i] != ignore_index) return -1;
-    }
-    return count;
+    for (ptrdiff_t i = 0; i < n; i++)
+        if ((uint64_t)t[i] >= (uint64_t)ncols && t[i] != ignore_index) return 0;
+    return 1;
 }
 
 #endif /* FS_LOSSES_H */
