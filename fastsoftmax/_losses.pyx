@@ -16,7 +16,7 @@ Arguments: ``x`` / ``target`` / ``prob`` / ``weight`` are inputs (IN), ``grad`` 
 ``row_loss`` are written (OUT).
 """
 cimport numpy as cnp
-from libc.math cimport INFINITY, NAN
+from libc.math cimport INFINITY, NAN, copysign
 from libc.stddef cimport ptrdiff_t
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t
 
@@ -269,7 +269,7 @@ def try_loss(int kind, object logits, object target, object weight, object ignor
             grad = cnp.PyArray_EMPTY(nd, cnp.PyArray_DIMS(x), typenum, 0)
     cdef double grad_scale = 1.0
     if red == 0:
-        grad_scale = 1.0 / denominator if denominator != 0 else INFINITY  # as 1 / 0 in NumPy
+        grad_scale = 1.0 / denominator if denominator != 0 else copysign(INFINITY, denominator)  # as NumPy's 1 / 0
     cdef int nthreads = threads_for(nrows * ncols, get_threads)
     cdef void *xp = cnp.PyArray_DATA(x)
     cdef void *gp = cnp.PyArray_DATA(grad) if grad is not None else NULL
