@@ -112,7 +112,7 @@ static const char *fs_losses_isa(void) { return fs_loss_mixed ? "avx512+avx2" : 
 /* ---- for the compiled fast path (_losses.pyx's try_loss) ---- */
 
 /* NumPy's pairwise summation of n doubles (its pairwise_sum: under 8 elements one running sum
-   from `init`, up to 128 eight running sums added as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
+   from 0, up to 128 eight running sums added as ((r0 + r1) + (r2 + r3)) + ((r4 + r5) +
    (r6 + r7)) then the rest one by one, above that the two halves, split at a multiple of 8). */
 static double fs_pairwise_sum_f64(const double *a, ptrdiff_t n)
 {
