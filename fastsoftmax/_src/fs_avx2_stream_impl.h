@@ -221,12 +221,10 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
                 s1 = FS256_ADD(s1, ev[2 * l + 1]);
                 j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
                 _mm_prefetch((const char *)(pf2 + i + l * FS256_LINE), _MM_HINT_T1);
-                if (mode != FS256_PIPE_CE) {
-                    const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
-                    const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
-                    am = FS256_MAX(FS256_MAX(am, a0), a1);
-                    an = FS256_MIN(FS256_MIN(an, a0), a1);
-                }
+                const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
+                const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
+                am = FS256_MAX(FS256_MAX(am, a0), a1);
+                an = FS256_MIN(FS256_MIN(an, a0), a1);
             }
         }
 #endif
@@ -260,11 +258,9 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
 #endif
             j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
             _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
-            if (mode != FS256_PIPE_CE) {
-                const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
-                am = FS256_MAX(FS256_MAX(am, a0), a1);
-                an = FS256_MIN(FS256_MIN(an, a0), a1);
-            }
+            const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
+            am = FS256_MAX(FS256_MAX(am, a0), a1);
+            an = FS256_MIN(FS256_MIN(an, a0), a1);
         }
 #if FS_IS_F32
         s0 = FS256_WIDEN_ADD(s0, b0);
@@ -291,7 +287,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
         s0 = FS256_WIDEN_ADD(s0, e0);
     }
     pend->j = j;
-    if (mode != FS256_PIPE_CE) {
+    {
         FS_T mx = FS256_HMAX(am), mn = FS256_HMIN(an);
         for (ptrdiff_t k = n - n % FS256_LINE; k < n; k++) {
             mx = ahead[k] > mx ? ahead[k] : mx;
@@ -316,8 +312,7 @@ static double FS_FN(piped_sums)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int
                                 const FS_T *pf2)
 {
     /* no tests in the loop: without a row to prefetch the piece itself is (it is in L1), and
-       softmax and log_softmax without a row ahead scan the piece itself (*amax and *amin then
-       unused); the cross-entropy scans nothing (its ahead is NULL) */
+       without a row ahead the piece itself is scanned (*amax and *amin then unused) */
     if (pf2 == NULL) pf2 = x;
     if (ahead == NULL) ahead = x;
 #define FS256_PIPE_CALL(B, M) FS_FN(piped_sums_impl)(x, m, e, n, B, M, at_max, pend, ahead, amax, amin, pf2)

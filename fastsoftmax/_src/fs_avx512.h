@@ -16,6 +16,8 @@
  *   fs512_exp_sum_split_store_T(x, m, t, n, &count)  sum of exp(x - m) over x != m, and
  *                                             count(x == m); stores t = x - m
  *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  y = exp(x - m), with the split sums
+ *                                             (..._piped_T: streaming a pending row; float32
+ *                                             also takes the max of the next row)
  *   fs512_exp_sum_split_T(x, m, n, &count)   the split sums, nothing stored
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
@@ -909,10 +911,13 @@ static inline void fs512_scale_f64(const double *src, double s, double *y, ptrdi
 /* y = exp(x - m) for a row whose max is m (no TwoSum: as torch's exp(x - max)); returns the sum
    of y over the elements not equal to m (*at_max counts those, whose y is exactly 1), so that
    log1p(rest + count - 1) keeps the precision of a confident prediction's tiny loss.  `pend`
-   and `pf` as in fs512_exp_store_sum_impl_f32. */
+   and `pf` as in fs512_exp_store_sum_impl_f32; with `ahead` (NULL or not, a constant after
+   inlining) the max of that row's first n elements goes to the lanes of *amax. */
 FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max,
-                                                       fs512_pending_f32 *pend, const float *pf)
+                                                       fs512_pending_f32 *pend, const float *pf, const float *ahead,
+                                                       __m512 *amax)
 {
+    __m512 am0 = _mm512_set1_ps(-INFINITY), am1 = am0;
     const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
     const __m512 zero = _mm512_setzero_ps();
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
@@ -942,9 +947,18 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, 
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
             if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
             if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2, FS512_SCALE, 1);
+            if (ahead != NULL) {
+                am0 = _mm512_max_ps(am0, _mm512_loadu_ps(ahead + i));
+                am1 = _mm512_max_ps(am1, _mm512_loadu_ps(ahead + i + 16));
+            }
         }
         s0 = fs512_widen_add(s0, b0);
         s1 = fs512_widen_add(s1, b1);
+    }
+    if (ahead != NULL) { /* the rest of the next row */
+        __m512 unused;
+        fs512_row_minmax_lanes_f32(ahead + i, n - i, amax, &unused);
+        *amax = _mm512_max_ps(*amax, _mm512_max_ps(am0, am1));
     }
     for (; i < n; i += 16) {
         __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : fs512_mask16(n - i);
@@ -962,13 +976,20 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, 
 
 static inline double fs512_exp_store_sum_split_f32(const float *x, float m, float *y, ptrdiff_t n, double *at_max)
 {
-    return fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, NULL, NULL);
+    return fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, NULL, NULL, NULL, NULL);
 }
 
+/* The same for streamed gradients: advancing a pending row, prefetching from pf, and taking
+   the max of the row `ahead` (or NULL: none) into *ahead_max. */
 static inline double fs512_exp_store_sum_split_piped_f32(const float *x, float m, float *y, ptrdiff_t n,
-                                                         double *at_max, fs512_pending_f32 *pend, const float *pf)
+                                                         double *at_max, fs512_pending_f32 *pend, const float *pf,
+                                                         const float *ahead, float *ahead_max)
 {
-    return fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, pend, pf);
+    __m512 amax;
+    if (ahead == NULL) return fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, pend, pf, NULL, NULL);
+    const double s = fs512_exp_store_sum_split_impl_f32(x, m, y, n, at_max, pend, pf, ahead, &amax);
+    *ahead_max = _mm512_reduce_max_ps(amax);
+    return s;
 }
 
 FS512_INLINE double fs512_exp_store_sum_split_impl_f64(const double *x, double m, double *y, ptrdiff_t n,

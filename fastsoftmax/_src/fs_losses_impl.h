@@ -23,7 +23,9 @@
  * reads x_i before it writes g_i, x_t is read before pass 2, and pass 3 no longer reads x.
  * On AVX-512 the common case (class index, no smoothing) stores nothing in pass 2 when there
  * is no gradient; when the gradient is too large for the caches, e goes to a per-thread
- * scratch row and pass 3 streams the gradient out (ce_index_row_plain).
+ * scratch row and pass 3 streams the gradient out (ce_index_row_plain).  Those streamed rows
+ * (AVX-512: float32) also take the next row's max in pass 2, saving that row its pass 1
+ * (ce_ahead).
  *
  * Sums run in blocks of FS_BLOCK elements: inside a block in FS_T with one accumulator per
  * SIMD lane, across blocks in double, compensated (fs_block_total), so the error does not grow
@@ -53,6 +55,17 @@
 #define FS_PENDING void
 #endif
 #define FS_EXP FS_CAT(fs_exp, FS_SUF)
+
+/* The rows' loop (ce_rows_span) tells each row which row follows it in the span (`row`, or
+   NULL) and which row to prefetch if it scans that one (`pf`); a streamed gradient row takes
+   the next row's max (AVX2: and min) during its exp pass (`known`, `max`, `min`), which saves
+   that row its own max pass, as softmax_like_stream_span does (AVX-512: float32 only, as
+   there).  Elsewhere `known` stays 0. */
+typedef struct {
+    const FS_T *row, *pf;
+    int known;
+    FS_T max, min;
+} FS_FN(ce_ahead);
 
 /* Max of a row, and the start of the first block of FS_BLOCK elements that holds it. */
 static inline FS_T FS_FN(loss_row_max)(const FS_T *x, ptrdiff_t n, ptrdiff_t *first_block)
@@ -217,14 +230,22 @@ FS_LOSS_INLINE void FS_FN(ce_index_pass2)(const FS_T *x, FS_T *g, const FS_T *w,
    be g. */
 static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w, FS_T *g,
                                         int want_grad, double gs, const FS_T *next, FS_T *stream,
-                                        FS_PENDING *pend)
+                                        FS_PENDING *pend, FS_FN(ce_ahead) *ahead)
 {
 #if defined(FS_USE_AVX2)
     int bounded; /* the row within FS_EXACT_SPREAD (FS_SPREAD_F64) of its max: the cheaper exp, the same values */
-    const FS_T m = FS_CAT(fs256_row_max_bounded, FS_SUF)(x, n, &bounded);
+    FS_T m;
+    if (ahead != NULL && ahead->known) { /* its max and min taken during the previous row's exp pass */
+        m = ahead->max;
+        bounded = m - ahead->min <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64);
+    } else {
+        m = FS_CAT(fs256_row_max_bounded, FS_SUF)(x, n, &bounded);
+    }
 #else
-    const FS_T m = FS_LOSS_ROW_MAX(x, n);
+    /* the max, exact in any order, may have been taken during the previous row's exp pass */
+    const FS_T m = ahead != NULL && ahead->known ? ahead->max : FS_LOSS_ROW_MAX(x, n);
 #endif
+    if (ahead != NULL) ahead->known = 0;
     const FS_T xt = x[t];
     if (!isfinite(m)) {
         if (want_grad) FS_FN(loss_fill)(g, n, (FS_T)NAN);
@@ -235,6 +256,13 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
        also advances the pending row) */
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     FS_T *e = want_grad && stream != NULL ? stream : g; /* where the exps go, if anywhere */
+#if (defined(FS_USE_AVX512) && FS_IS_F32) || defined(FS_USE_AVX2)
+    /* a streamed row (AVX-512: float32) scans the next one for its max (AVX2: and min) and
+       prefetches the row after */
+    const FS_T *scan = e != g && ahead != NULL ? ahead->row : NULL;
+    const FS_T *pf = scan != NULL ? ahead->pf : next;
+    FS_T next_max = -(FS_T)INFINITY, next_min = (FS_T)INFINITY;
+#endif
 #else
     FS_T *e = g;
     (void)stream;
@@ -247,17 +275,30 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         double k;
 #ifdef FS_USE_AVX512
         if (e != g) {
+#if FS_IS_F32
+            FS_T cmax = 0;
+            const double chunk = fs512_exp_store_sum_split_piped_f32(x + c, m, e + c, len, &k, pend,
+                                                                     pf != NULL ? pf + c : NULL,
+                                                                     scan != NULL ? scan + c : NULL, &cmax);
+            if (scan != NULL) next_max = cmax > next_max ? cmax : next_max; /* a NaN may be dropped: its row is NaN anyway */
+#else
             const double chunk = FS_CAT(fs512_exp_store_sum_split_piped, FS_SUF)(x + c, m, e + c, len, &k, pend,
                                                                                  next != NULL ? next + c : NULL);
+#endif
             fs_block_total_add_at(&sums, chunk, c == 0);
             cnt += k;
             continue;
         }
 #elif defined(FS_USE_AVX2)
         if (e != g) { /* the exps into the scratch row, the previous row's gradient streamed meanwhile */
-            FS_T unused_max, unused_min;
-            const double chunk = FS_FN(piped_sums)(x + c, m, e + c, len, bounded, FS256_PIPE_CE, &k, pend, NULL,
-                                                   &unused_max, &unused_min, next != NULL ? next + c : NULL);
+            FS_T cmax = 0, cmin = 0;
+            const double chunk = FS_FN(piped_sums)(x + c, m, e + c, len, bounded, FS256_PIPE_CE, &k, pend,
+                                                   scan != NULL ? scan + c : NULL, &cmax, &cmin,
+                                                   pf != NULL ? pf + c : NULL);
+            if (scan != NULL) { /* exact in any order (a NaN may be dropped: its row is NaN anyway) */
+                next_max = cmax > next_max ? cmax : next_max;
+                next_min = cmin < next_min ? cmin : next_min;
+            }
             fs_block_total_add_at(&sums, chunk, c == 0);
             cnt += k;
             continue;
@@ -271,6 +312,13 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
             fs_block_total_add_at(&sums, FS_LOSS_EXP_STORE_SUM_SPLIT(x + c, m, e + c, len, &k FS_LOSS_BOUNDED), c == 0);
         cnt += k;
     }
+#if (defined(FS_USE_AVX512) && FS_IS_F32) || defined(FS_USE_AVX2)
+    if (scan != NULL) {
+        ahead->known = 1;
+        ahead->max = next_max;
+        ahead->min = next_min;
+    }
+#endif
     const double rest = fs_block_total_value(&sums) + (cnt - 1.0);
     const double lse = log1p(rest);
     const double wt = w != NULL ? (double)w[t] : 1.0;
@@ -305,11 +353,12 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
 
 static double FS_FN(ce_index_row)(const FS_T *x, ptrdiff_t n, ptrdiff_t t, const FS_T *w,
                                   double wsum, double eps, FS_T *g, int want_grad, double gs,
-                                  const FS_T *next, FS_T *stream, FS_PENDING *pend)
+                                  const FS_T *next, FS_T *stream, FS_PENDING *pend, FS_FN(ce_ahead) *ahead)
 {
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
-    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next, stream, pend);
+    if (!(eps > 0.0)) return FS_FN(ce_index_row_plain)(x, n, t, w, g, want_grad, gs, next, stream, pend, ahead);
 #endif
+    if (ahead != NULL) ahead->known = 0;
     (void)next;
     (void)stream;
     (void)pend;
@@ -532,13 +581,15 @@ static double FS_FN(ce_prob_row)(const FS_T *x, const FS_T *q, ptrdiff_t n, cons
    zeroed), exp(x - m) going to gr (the gradient row, or a scratch row without a gradient). */
 static inline double FS_FN(ce_index_row_or_ignored)(const FS_T *xr, int64_t t, ptrdiff_t ncols, const FS_T *w,
                                                     double wsum, double eps, FS_T *gr, int want_grad, double gs,
-                                                    const FS_T *next, FS_T *stream, FS_PENDING *pend)
+                                                    const FS_T *next, FS_T *stream, FS_PENDING *pend,
+                                                    FS_FN(ce_ahead) *ahead)
 {
     if (t < 0 || t >= (int64_t)ncols) {
+        if (ahead != NULL) ahead->known = 0;
         if (want_grad) FS_FN(loss_fill)(gr, ncols, (FS_T)0);
         return 0.0;
     }
-    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next, stream, pend);
+    return FS_FN(ce_index_row)(xr, ncols, (ptrdiff_t)t, w, wsum, eps, gr, want_grad, gs, next, stream, pend, ahead);
 }
 
 /* Rows [r0, r1).  Without a gradient, exp(x - m) goes to a scratch row (or, in the AVX-512
@@ -571,6 +622,7 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
 #else
     FS_PENDING *pending = NULL;
 #endif
+    FS_FN(ce_ahead) ahead = {NULL, NULL, 0, 0, 0};
     for (ptrdiff_t r = r0; r < r1; r++) {
         const FS_T *xr = x + r * ncols;
         FS_T *gr = want_grad ? grad + r * ncols : scratch;
@@ -580,11 +632,14 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
            finite leave it pending */
         if (want_grad && scratch != NULL) row_scratch = pend.src == scratch ? scratch + stride : scratch;
 #endif
+        ahead.row = r + 1 < r1 ? xr + ncols : NULL;
+        ahead.pf = r + 2 < nrows ? xr + 2 * ncols : NULL;
         if (prob != NULL)
             row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
         else
             row_loss[r] = FS_FN(ce_index_row_or_ignored)(xr, target[r], ncols, w, wsum, eps, gr, want_grad, gs,
-                                                         r + 1 < nrows ? xr + ncols : NULL, row_scratch, pending);
+                                                         r + 1 < nrows ? xr + ncols : NULL, row_scratch, pending,
+                                                         &ahead);
     }
 #ifdef FS_USE_AVX512
     FS_CAT(fs512_pending_finish, FS_SUF)(pending); /* the last streamed row's rest */
@@ -618,7 +673,7 @@ static void FS_FN(ce_short_rows_slice)(const FS_T *x, const int64_t *target, con
         FS_T tmp[FS_CE_SHORT_MAX];
         row_loss[r] = FS_FN(ce_index_row_or_ignored)(x + r * ncols, target[r], ncols, w, wsum, 0.0,
                                                      grad != NULL ? grad + r * ncols : tmp, grad != NULL, gs, NULL, NULL,
-                                                     NULL);
+                                                     NULL, NULL);
     }
 }
 #endif
