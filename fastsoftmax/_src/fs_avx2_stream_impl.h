@@ -175,14 +175,13 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
 /* Sums of a piece of row r (`mode`: softmax, its exps stored into e; log_softmax, the split
    sums, *at_max counting x == m; cross-entropy, both), advancing the pending row (row r - 1)
    by a line per line of the piece, taking the max and min of the same piece of row r + 1
-   (`ahead`; softmax and log_softmax only) into *amax, *amin, and asking for the same piece of
-   row r + 2 (pf2) to be brought into L2 (with it, 4096x1000 float32 softmax took 0.80-0.84 ns
-   an element against 0.92-1.08, 256x50257 0.79-0.82 against 0.92-0.93, in alternating
-   processes).  `bounded` and `mode` are
-   constants after inlining. */
+   (`ahead`, when `scan`) into *amax, *amin, and asking for the same piece of row r + 2 (pf2)
+   to be brought into L2 (with it, 4096x1000 float32 softmax took 0.80-0.84 ns an element
+   against 0.92-1.08, 256x50257 0.79-0.82 against 0.92-0.93, in alternating processes).
+   `bounded`, `mode` and `scan` are constants after inlining. */
 FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int mode,
-                                           double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax,
-                                           FS_T *amin, const FS_T *pf2)
+                                           int scan, double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead,
+                                           FS_T *amax, FS_T *amin, const FS_T *pf2)
 {
     const FS256_V negm = FS256_SET1(-m), vm = FS256_SET1(m), one = FS256_SET1(1), zero = FS256_SETZERO();
     const FS256_V qnegm = FS256_SET1(-pend->m), qa = FS256_SET1(pend->a);
@@ -221,10 +220,12 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
                 s1 = FS256_ADD(s1, ev[2 * l + 1]);
                 j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
                 _mm_prefetch((const char *)(pf2 + i + l * FS256_LINE), _MM_HINT_T1);
-                const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
-                const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
-                am = FS256_MAX(FS256_MAX(am, a0), a1);
-                an = FS256_MIN(FS256_MIN(an, a0), a1);
+                if (scan) {
+                    const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
+                    const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
+                    am = FS256_MAX(FS256_MAX(am, a0), a1);
+                    an = FS256_MIN(FS256_MIN(an, a0), a1);
+                }
             }
         }
 #endif
@@ -258,9 +259,11 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
 #endif
             j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
             _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
-            const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
-            am = FS256_MAX(FS256_MAX(am, a0), a1);
-            an = FS256_MIN(FS256_MIN(an, a0), a1);
+            if (scan) {
+                const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
+                am = FS256_MAX(FS256_MAX(am, a0), a1);
+                an = FS256_MIN(FS256_MIN(an, a0), a1);
+            }
         }
 #if FS_IS_F32
         s0 = FS256_WIDEN_ADD(s0, b0);
@@ -287,7 +290,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
         s0 = FS256_WIDEN_ADD(s0, e0);
     }
     pend->j = j;
-    {
+    if (scan) {
         FS_T mx = FS256_HMAX(am), mn = FS256_HMIN(an);
         for (ptrdiff_t k = n - n % FS256_LINE; k < n; k++) {
             mx = ahead[k] > mx ? ahead[k] : mx;
@@ -311,18 +314,22 @@ static double FS_FN(piped_sums)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int
                                 double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead, FS_T *amax, FS_T *amin,
                                 const FS_T *pf2)
 {
-    /* no tests in the loop: without a row to prefetch the piece itself is (it is in L1), and
-       without a row ahead the piece itself is scanned (*amax and *amin then unused) */
+    /* no tests in the loop: without a row to prefetch the piece itself is (it is in L1);
+       softmax and log_softmax without a row ahead scan the piece itself (*amax and *amin then
+       unused); the cross-entropy without one (rows over FS_CE_SCAN_MAX_BYTES, the last row of
+       a span) scans nothing, in a copy of the loop without the scan */
     if (pf2 == NULL) pf2 = x;
+    const int ce_scan = ahead != NULL;
     if (ahead == NULL) ahead = x;
-#define FS256_PIPE_CALL(B, M) FS_FN(piped_sums_impl)(x, m, e, n, B, M, at_max, pend, ahead, amax, amin, pf2)
+#define FS256_PIPE_CALL(B, M, S) FS_FN(piped_sums_impl)(x, m, e, n, B, M, S, at_max, pend, ahead, amax, amin, pf2)
     switch (mode) {
     case FS256_PIPE_LOG_SOFTMAX:
-        return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_LOG_SOFTMAX) : FS256_PIPE_CALL(0, FS256_PIPE_LOG_SOFTMAX);
+        return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_LOG_SOFTMAX, 1) : FS256_PIPE_CALL(0, FS256_PIPE_LOG_SOFTMAX, 1);
     case FS256_PIPE_CE:
-        return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_CE) : FS256_PIPE_CALL(0, FS256_PIPE_CE);
+        if (ce_scan) return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_CE, 1) : FS256_PIPE_CALL(0, FS256_PIPE_CE, 1);
+        return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_CE, 0) : FS256_PIPE_CALL(0, FS256_PIPE_CE, 0);
     default:
-        return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_SOFTMAX) : FS256_PIPE_CALL(0, FS256_PIPE_SOFTMAX);
+        return bounded ? FS256_PIPE_CALL(1, FS256_PIPE_SOFTMAX, 1) : FS256_PIPE_CALL(0, FS256_PIPE_SOFTMAX, 1);
     }
 #undef FS256_PIPE_CALL
 }

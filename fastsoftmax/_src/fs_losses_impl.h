@@ -24,8 +24,8 @@
  * On AVX-512 the common case (class index, no smoothing) stores nothing in pass 2 when there
  * is no gradient; when the gradient is too large for the caches, e goes to a per-thread
  * scratch row and pass 3 streams the gradient out (ce_index_row_plain).  Those streamed rows
- * (AVX-512: float32) also take the next row's max in pass 2, saving that row its pass 1
- * (ce_ahead).
+ * of up to FS_CE_SCAN_MAX_BYTES (AVX-512: float32; AVX2: float32 and float64) also take the
+ * next row's max (AVX2: and min) in pass 2, saving that row its pass 1 (ce_ahead).
  *
  * Sums run in blocks of FS_BLOCK elements: inside a block in FS_T with one accumulator per
  * SIMD lane, across blocks in double, compensated (fs_block_total), so the error does not grow
@@ -260,7 +260,8 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     }
     /* exps in chunks, each with a prefetch of the same span of the next row, so that the next
        row's max pass finds it in cache (the streamed gradient: spread over the chunk, which
-       also advances the pending row) */
+       also advances the pending row; a row that scans the next one prefetches the row after
+       it instead) */
 #if defined(FS_USE_AVX512) || defined(FS_USE_AVX2)
     FS_T *e = want_grad && stream != NULL ? stream : g; /* where the exps go, if anywhere */
 #if (defined(FS_USE_AVX512) && FS_IS_F32) || defined(FS_USE_AVX2)
