@@ -368,8 +368,8 @@ BIG_CALLS = ["softmax", "logsumexp", "log_softmax_backward", "cross_entropy_with
 
 @pytest.mark.parametrize("name", BIG_CALLS)
 def test_python_runs_during_a_kernel(name, big_calls, one_openmp_thread):
-    """Evidence that does not depend on the machine's load: while one thread is inside a
-    kernel call, another Python thread keeps running bytecode.  It could not if the call held
+    """Evidence that does not depend on timing ratios: while one thread is inside a kernel
+    call, another Python thread keeps running bytecode (if a CPU is free for it).  It could not if the call held
     the GIL, as the control (a C loop that holds it) shows."""
     start, end, ticks, inside = _middle_ticks(big_calls[name])
     duration = end - start
@@ -384,9 +384,10 @@ def test_python_runs_during_a_kernel(name, big_calls, one_openmp_thread):
     else:
         if inside < 100:
             # Too few ticks: the kernel holds the GIL, or the machine has no CPU free for the
-            # ticker while the kernel runs on the other (seen once, on a fresh machine whose
-            # second vCPU was taken: np.exp's two threads ran no faster than one then).  The
-            # same count beside np.exp, which releases the GIL, tells them apart.
+            # ticker while the kernel runs on the other (the ticker needs a CPU of its own; the
+            # second vCPU of this VM is sometimes taken, when np.exp's two threads run no
+            # faster than one).  The same count beside np.exp, which releases the GIL, tells
+            # them apart.
             *_, control = _middle_ticks(big_calls["numpy_exp"])
             if control < 100:
                 pytest.skip(
