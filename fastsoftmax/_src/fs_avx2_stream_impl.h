@@ -176,13 +176,15 @@ static inline void FS_FN(pending_finish)(FS_FN(pending_row) *p)
    sums, *at_max counting x == m; cross-entropy, both), advancing the pending row (row r - 1)
    by a line per line of the piece, taking the max and min of the same piece of row r + 1
    (`ahead`, when `scan`) into *amax, *amin, and asking for the same piece of row r + 2 (pf2)
-   to be brought into L2 (with it, 4096x1000 float32 softmax took 0.80-0.84 ns an element
-   against 0.92-1.08, 256x50257 0.79-0.82 against 0.92-0.93, in alternating processes).
+   to be brought into cache (into L1 or L2, fs_prefetch_l1.  Into L2, when it was added, it
+   made 4096x1000 float32 softmax take 0.80-0.84 ns an element against 0.92-1.08 without,
+   256x50257 0.79-0.82 against 0.92-0.93, in alternating processes).
    `bounded`, `mode` and `scan` are constants after inlining. */
 FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdiff_t n, int bounded, int mode,
                                            int scan, double *at_max, FS_FN(pending_row) *pend, const FS_T *ahead,
                                            FS_T *amax, FS_T *amin, const FS_T *pf2)
 {
+    const int pf_l1 = fs_prefetch_l1(pf2, x);
     const FS256_V negm = FS256_SET1(-m), vm = FS256_SET1(m), one = FS256_SET1(1), zero = FS256_SETZERO();
     const FS256_V qnegm = FS256_SET1(-pend->m), qa = FS256_SET1(pend->a);
     FS256_V am = FS256_SET1(-INFINITY), an = FS256_SET1(INFINITY), cnt = zero;
@@ -219,7 +221,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
                 s0 = FS256_ADD(s0, ev[2 * l]);
                 s1 = FS256_ADD(s1, ev[2 * l + 1]);
                 j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
-                _mm_prefetch((const char *)(pf2 + i + l * FS256_LINE), _MM_HINT_T1);
+                fs_prefetch_line(pf2 + i + l * FS256_LINE, pf_l1);
                 if (scan) {
                     const FS256_V a0 = FS256_LOADU(ahead + i + l * FS256_LINE);
                     const FS256_V a1 = FS256_LOADU(ahead + i + l * FS256_LINE + FS256_LANES);
@@ -258,7 +260,7 @@ FS256_INLINE double FS_FN(piped_sums_impl)(const FS_T *x, FS_T m, FS_T *e, ptrdi
             s1 = FS256_ADD(s1, e1);
 #endif
             j = FS_FN(pending_advance)(*pend, qnegm, qa, j, mode == FS256_PIPE_LOG_SOFTMAX, mode == FS256_PIPE_CE);
-            _mm_prefetch((const char *)(pf2 + i), _MM_HINT_T1);
+            fs_prefetch_line(pf2 + i, pf_l1);
             if (scan) {
                 const FS256_V a0 = FS256_LOADU(ahead + i), a1 = FS256_LOADU(ahead + i + FS256_LANES);
                 am = FS256_MAX(FS256_MAX(am, a0), a1);

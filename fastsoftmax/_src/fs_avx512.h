@@ -198,11 +198,11 @@ typedef struct {
     int kind;
 } fs512_pending_f64;
 
-/* Ask for the `lines` 64-byte lines from p to be brought into L2 (the next row's, during
-   this row's exp pass: spread over the pass rather than in bursts). */
-FS512_INLINE void fs512_prefetch_lines(const void *p, int lines)
+/* Ask for the `lines` 64-byte lines from p to be brought into L1 (`l1`) or L2 (a row ahead's,
+   during this row's exp pass: spread over the pass rather than in bursts; fs_prefetch_l1). */
+FS512_INLINE void fs512_prefetch_lines(const void *p, int lines, int l1)
 {
-    for (int k = 0; k < lines; k++) _mm_prefetch((const char *)p + 64 * k, _MM_HINT_T1);
+    for (int k = 0; k < lines; k++) fs_prefetch_line((const char *)p + 64 * k, l1);
 }
 
 FS512_INLINE __m512 fs512_stream_value_ps(__m512 x, __m512 negm, __m512 a, int kind)
@@ -511,6 +511,7 @@ FS512_INLINE __m512d fs512_exp_store_sum_lanes_f32(const float *x, float m, floa
                                                    fs512_pending_f32 *pend, const float *pf, const float *ahead,
                                                    __m512 *amax, __m512 *amin)
 {
+    const int pf_l1 = fs_prefetch_l1(pf, x);
     const __m512 ninf = _mm512_set1_ps(-INFINITY), pinf = _mm512_set1_ps(INFINITY);
     __m512 am0 = ninf, am1 = ninf, an0 = pinf, an1 = pinf;
     const __m512 negm = _mm512_set1_ps(-m), zero = _mm512_setzero_ps();
@@ -539,7 +540,7 @@ FS512_INLINE __m512d fs512_exp_store_sum_lanes_f32(const float *x, float m, floa
             _mm512_storeu_ps(y + i + 48, e3);
             b0 = _mm512_add_ps(b0, _mm512_add_ps(e0, e1));
             b1 = _mm512_add_ps(b1, _mm512_add_ps(e2, e3));
-            if (pf != NULL) fs512_prefetch_lines(pf + i, 4);
+            if (pf != NULL) fs512_prefetch_lines(pf + i, 4, pf_l1);
             if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 4, FS512_SCALE, 0);
             if (ahead != NULL) {
                 __m512 v0 = _mm512_loadu_ps(ahead + i), v1 = _mm512_loadu_ps(ahead + i + 16);
@@ -612,6 +613,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
                                                  int store, fs512_pending_f32 *pend, const float *pf,
                                                  const float *ahead, __m512 *amax)
 {
+    const int pf_l1 = fs_prefetch_l1(pf, x);
     __m512 am0 = _mm512_set1_ps(-INFINITY), am1 = am0;
     /* The exps only feed a sum >= 1: the rounding of x - m (relative error |x - m| 2^-24 in
        a term e^(x - m)) changes it by less than 2^-25, so no TwoSum here. */
@@ -642,7 +644,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f32(const float *x, float m, float 
             b1 = _mm512_add_ps(b1, fs512_exp_nonpos_keep_ps(t1, (__mmask16)~q1));
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
-            if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+            if (pf != NULL) fs512_prefetch_lines(pf + i, 2, pf_l1);
             if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2, FS512_SUB_SUB, 0);
             if (ahead != NULL) {
                 am0 = _mm512_max_ps(am0, _mm512_loadu_ps(ahead + i));
@@ -745,6 +747,7 @@ static inline double fs512_row_max_f64(const double *x, ptrdiff_t n)
 FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, double *y, ptrdiff_t n,
                                                  fs512_pending_f64 *pend, const double *pf)
 {
+    const int pf_l1 = fs_prefetch_l1(pf, x);
     const __m512d vm = _mm512_set1_pd(m);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
     fs512_pending_f64 q = {0};
@@ -763,7 +766,7 @@ FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, doub
         _mm512_storeu_pd(y + i + 8, e1);
         s0 = _mm512_add_pd(s0, e0);
         s1 = _mm512_add_pd(s1, e1);
-        if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+        if (pf != NULL) fs512_prefetch_lines(pf + i, 2, pf_l1);
         if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2, FS512_SCALE, 0);
     }
     for (; i < n; i += 8) {
@@ -811,6 +814,7 @@ FS512_INLINE __m512d fs512_maskz_load8_pd(__mmask8 k, const double *x, const flo
 FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max,
                                                  int store, fs512_pending_f64 *pend, const double *pf, const float *xf)
 {
+    const int pf_l1 = fs_prefetch_l1(pf, x != NULL ? (const void *)x : (const void *)xf);
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
     fs512_pending_f64 q = {0};
@@ -834,7 +838,7 @@ FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, doub
         s1 = _mm512_add_pd(s1, fs512_exp_nonpos_keep_pd(t1, (__mmask8)~q1));
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
-        if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+        if (pf != NULL) fs512_prefetch_lines(pf + i, 2, pf_l1);
         if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2, FS512_SUB_SUB, 0);
     }
     for (; i < n; i += 8) {
@@ -917,6 +921,7 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, 
                                                        fs512_pending_f32 *pend, const float *pf, const float *ahead,
                                                        __m512 *amax)
 {
+    const int pf_l1 = fs_prefetch_l1(pf, x);
     __m512 am0 = _mm512_set1_ps(-INFINITY), am1 = am0;
     const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m), one = _mm512_set1_ps(1.0f);
     const __m512 zero = _mm512_setzero_ps();
@@ -945,7 +950,7 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f32(const float *x, float m, 
             b1 = _mm512_mask_add_ps(b1, (__mmask16)~q1, b1, e1);
             cnt = _mm512_mask_add_ps(cnt, q0, cnt, one);
             cnt = _mm512_mask_add_ps(cnt, q1, cnt, one);
-            if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+            if (pf != NULL) fs512_prefetch_lines(pf + i, 2, pf_l1);
             if (pend != NULL) j = fs512_pending_advance_f32(q, qnegm, qa, j, 2, FS512_SCALE, 1);
             if (ahead != NULL) {
                 am0 = _mm512_max_ps(am0, _mm512_loadu_ps(ahead + i));
@@ -995,6 +1000,7 @@ static inline double fs512_exp_store_sum_split_piped_f32(const float *x, float m
 FS512_INLINE double fs512_exp_store_sum_split_impl_f64(const double *x, double m, double *y, ptrdiff_t n,
                                                        double *at_max, fs512_pending_f64 *pend, const double *pf)
 {
+    const int pf_l1 = fs_prefetch_l1(pf, x);
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
     fs512_pending_f64 q = {0};
@@ -1016,7 +1022,7 @@ FS512_INLINE double fs512_exp_store_sum_split_impl_f64(const double *x, double m
         s1 = _mm512_mask_add_pd(s1, (__mmask8)~q1, s1, e1);
         cnt = _mm512_mask_add_pd(cnt, q0, cnt, one);
         cnt = _mm512_mask_add_pd(cnt, q1, cnt, one);
-        if (pf != NULL) fs512_prefetch_lines(pf + i, 2);
+        if (pf != NULL) fs512_prefetch_lines(pf + i, 2, pf_l1);
         if (pend != NULL) j = fs512_pending_advance_f64(q, qm, qa, j, 2, FS512_SCALE, 1);
     }
     for (; i < n; i += 8) {
@@ -1258,7 +1264,7 @@ static inline int fs512_medium_block_f32(const float *x, float *e, ptrdiff_t n, 
     if (!fs512_medium_max_f32(mx, mn, mk)) return 0;
     __m512d d[16];
     for (int k = 0; k < 16; k++) {
-        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float));
+        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float), (size_t)(next - x) * sizeof(float));
         /* the one-row kernel's exps and sums (without TwoSum), short of its last reduction */
         d[k] = fs512_exp_store_sum_lanes_f32(x + k * n, mk[k], e + k * n, n, 0, NULL, NULL, NULL, NULL, NULL);
     }

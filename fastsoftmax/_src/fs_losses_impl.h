@@ -312,7 +312,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
             continue;
         }
 #endif
-        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T));
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T), (size_t)n * sizeof(FS_T));
 #ifdef FS_USE_AVX512
         if (!want_grad) fs_block_total_add_at(&sums, FS_CAT(fs512_exp_sum_split, FS_SUF)(x + c, m, len, &k), c == 0);
         else
