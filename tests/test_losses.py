@@ -601,6 +601,43 @@ def test_streamed_gradient_equals_the_in_cache_path(dtype, weighted, n_classes, 
     np.testing.assert_array_equal(grad[small_rows], want_grad)
 
 
+@pytest.mark.parametrize("layout", ["in_cache", "streamed"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+def test_gradient_target_column_against_a_float64_oracle(dtype, layout):
+    # The target column, p_t - 1 (reduction="sum"), where it cancels (p_t close to 1: a
+    # confident prediction) and where it does not (ties at the max, targets just below it,
+    # ordinary rows), in long rows (the kernels' one-row path, in cache or streamed).  The
+    # oracle has no cancellation: p_t - 1 = -(the sum of the other exps) / (the sum of all),
+    # in float64 from the logits as given.  A float32 p_t - 1 = e_t / s - 1 would give 0 for
+    # the confident rows.
+    n_classes = 1000
+    n_rows = 64 if layout == "in_cache" else _k.STREAM_MIN_BYTES // (n_classes * np.dtype(dtype).itemsize) + 3
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal((n_rows, n_classes)) * 3).astype(dtype)
+    t = rng.integers(0, n_classes, n_rows)
+    for r, lead in enumerate([1e-3, 1.0, 5.0, 20.0, 50.0, 80.0]):  # confident: p_t - 1 ~ -exp(-lead)
+        x[r, t[r]] = x[r].max() + dtype(lead)
+    x[6, t[6]] = x[6].max()  # tied at the max with another class
+    x[7, t[7]] = x[7].max() - dtype(1e-3)  # just below the max: p_t near 1/2
+    x[8, t[8]] = x[8].max()
+    x[8, (t[8] + 1) % n_classes] = x[8, t[8]]  # tied, the other one after it
+    _, grad = fs.cross_entropy_with_grad(x, t, reduction="sum")
+    xd = x.astype(np.float64)
+    e = np.exp(xd - xd.max(axis=1, keepdims=True))
+    rows = np.arange(n_rows)
+    e_others = e.copy()
+    e_others[rows, t] = 0.0
+    want = -e_others.sum(axis=1) / e.sum(axis=1)
+    got = grad[rows, t].astype(np.float64)
+    assert np.all(got[:6] < 0)  # nothing rounded away
+    # The exps are of x_i - m rounded to the dtype (no TwoSum, as torch): a relative error of
+    # |x_i - m| eps/2 in each, so in the sum of the other exps, on top of a few ulps.
+    eps = np.finfo(dtype).eps
+    spread = xd.max(axis=1) - xd.min(axis=1)
+    rtol = (4.0 + spread / 2.0) * eps
+    assert np.all(np.abs(got - want) <= rtol * np.abs(want)), np.max(np.abs(got - want) / (rtol * np.abs(want)))
+
+
 def _peak_bytes(fn):
     tracemalloc.start()
     try:
