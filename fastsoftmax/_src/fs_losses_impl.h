@@ -33,7 +33,8 @@
  * In the block that holds the first maximum, the elements equal to m are counted rather than
  * added, so `rest` = s - 1 keeps its precision and lse = log1p(rest) (a confident prediction's
  * loss of 1e-7 is not rounded away against the 1).  The target column of the gradient, where
- * p_t - 1 cancels, is computed in double as expm1(log p_t).
+ * p_t - 1 would cancel, is computed in double: as (e_t - 1 - rest) / (1 + rest) from the
+ * stored exp in the one-row path (target_grad_from_exp), as expm1(log p_t) elsewhere.
  *
  * Special values follow torch: a row whose max is not finite (+inf somewhere, or every entry
  * -inf) has NaN loss and gradient; NaN anywhere propagates; a zero coefficient times an
