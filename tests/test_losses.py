@@ -601,33 +601,42 @@ def test_streamed_gradient_equals_the_in_cache_path(dtype, weighted, n_classes, 
     np.testing.assert_array_equal(grad[small_rows], want_grad)
 
 
+@pytest.mark.parametrize("scaled", ["sum", "weighted_mean"])
 @pytest.mark.parametrize("layout", ["in_cache", "streamed"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-def test_gradient_target_column_against_a_float64_oracle(dtype, layout):
-    # The target column, p_t - 1 (reduction="sum"), where it cancels (p_t close to 1: a
+def test_gradient_target_column_against_a_float64_oracle(dtype, layout, scaled):
+    # The target column, p_t - 1 (reduction="sum"; w_t / sum(w_t) times it with weights and
+    # the mean), where it cancels (p_t close to 1: a
     # confident prediction) and where it does not (ties at the max, targets just below it,
     # ordinary rows), in long rows (the kernels' one-row path, in cache or streamed).  The
     # oracle has no cancellation: p_t - 1 = -(the sum of the other exps) / (the sum of all),
     # in float64 from the logits as given.  A float32 p_t - 1 = e_t / s - 1 would give 0 for
     # the confident rows.
     n_classes = 1000
+    assert n_classes >= _k.STREAM_MIN_COLS
     n_rows = 64 if layout == "in_cache" else _k.STREAM_MIN_BYTES // (n_classes * np.dtype(dtype).itemsize) + 3
     rng = np.random.default_rng(11)
     x = (rng.standard_normal((n_rows, n_classes)) * 3).astype(dtype)
     t = rng.integers(0, n_classes, n_rows)
-    for r, lead in enumerate([1e-3, 1.0, 5.0, 20.0, 50.0, 80.0]):  # confident: p_t - 1 ~ -exp(-lead)
+    for r, lead in enumerate([1e-3, 1.0, 5.0, 20.0, 50.0, 80.0]):  # confident: p_t - 1 ~ -exp(-lead) * (a sum of exps)
         x[r, t[r]] = x[r].max() + dtype(lead)
     x[6, t[6]] = x[6].max()  # tied at the max with another class
-    x[7, t[7]] = x[7].max() - dtype(1e-3)  # just below the max: p_t near 1/2
+    x[7, t[7]] = x[7].max() - dtype(1e-3)  # just below the max: p_t well under 1
     x[8, t[8]] = x[8].max()
     x[8, (t[8] + 1) % n_classes] = x[8, t[8]]  # tied, the other one after it
-    _, grad = fs.cross_entropy_with_grad(x, t, reduction="sum")
+    if scaled == "sum":
+        w, scale = None, np.ones(n_rows)
+        _, grad = fs.cross_entropy_with_grad(x, t, reduction="sum")
+    else:  # w_t / sum(w_t) (p_t - 1)
+        w = (rng.random(n_classes) + 0.5).astype(dtype)
+        scale = w[t].astype(np.float64) / np.sum(w[t].astype(np.float64))
+        _, grad = fs.cross_entropy_with_grad(x, t, weight=w, reduction="mean")
     xd = x.astype(np.float64)
     e = np.exp(xd - xd.max(axis=1, keepdims=True))
     rows = np.arange(n_rows)
     e_others = e.copy()
     e_others[rows, t] = 0.0
-    want = -e_others.sum(axis=1) / e.sum(axis=1)
+    want = -e_others.sum(axis=1) / e.sum(axis=1) * scale
     got = grad[rows, t].astype(np.float64)
     assert np.all(got[:6] < 0)  # nothing rounded away
     # The exps are of x_i - m rounded to the dtype (no TwoSum, as torch): a relative error of

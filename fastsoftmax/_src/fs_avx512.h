@@ -814,7 +814,7 @@ FS512_INLINE __m512d fs512_maskz_load8_pd(__mmask8 k, const double *x, const flo
 FS512_INLINE double fs512_exp_sum_split_impl_f64(const double *x, double m, double *t_out, ptrdiff_t n, double *at_max,
                                                  int store, fs512_pending_f64 *pend, const double *pf, const float *xf)
 {
-    const int pf_l1 = fs_prefetch_l1(pf, x != NULL ? (const void *)x : (const void *)xf);
+    const int pf_l1 = fs_prefetch_l1(pf, x); /* rows read from xf (logsumexp's float32) are never prefetched: pf NULL */
     const __m512d vm = _mm512_set1_pd(m), one = _mm512_set1_pd(1.0);
     __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd(), cnt = _mm512_setzero_pd();
     fs512_pending_f64 q = {0};

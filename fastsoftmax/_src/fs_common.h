@@ -277,15 +277,17 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
 
 /* Software prefetches of the rows ahead.  A line asked for at most FS_PREFETCH_L1_BYTES ahead
    of the line being read goes into L1 (x86 prefetcht0), a farther one into L2 only
-   (prefetcht1), where it waits for its turn without evicting the lines in use.  On AMD Zen 4,
-   C loop, one process, the two alternating, time with L1 / with L2 prefetches of row r + 2 in
-   the streamed softmax rows: 2 KB rows 0.75, 4 KB 0.85, 8 KB 0.97, 16 KB 1.07, 32 KB 1.06,
-   200 KB 1.05 (log_softmax 0.86, 0.97, 0.93, 1.04, 1.06, 1.09).  In the package (one
-   process, the builds alternating, old time / new): float32 4096x1000 softmax 1.14x,
-   log_softmax 1.08x; float64 4096x1000 1.26x and 1.11x.  Distances are in bytes of the array
-   read (the row r + 2 of 4 KB rows: 8 KB ahead). */
+   (prefetcht1), where it waits for its turn without evicting the lines in use.  Distances are
+   in bytes of the array read (row r + 2 of 4 KB rows: 8 KB ahead).  On AMD Zen 4, C loop, one
+   process, the two alternating, time with L1 / with L2 prefetches of row r + 2 in the
+   streamed softmax rows: 2 KB rows 0.75, 4 KB 0.85, 8 KB 0.97, 16 KB 1.07, 32 KB 1.06, 200 KB
+   1.05 (log_softmax 0.86, 0.97, 0.93, 1.04, 1.06, 1.09).  In the package (one process, the
+   builds alternating, old time / new): float32 4096x1000 softmax 1.14-1.19x, log_softmax
+   1.04-1.08x, the cross-entropy 1.01-1.08x; float64 4096x1000 1.04-1.26x and 1.07-1.11x; but
+   float32 softmax 2048x2000 (16,000 bytes ahead) 0.78-0.92x in three processes (same-build
+   control 1.01) and 2048x1500 0.93x, hence 8 KB, not 16. */
 #ifndef FS_PREFETCH_L1_BYTES
-#define FS_PREFETCH_L1_BYTES 16384
+#define FS_PREFETCH_L1_BYTES 8192
 #endif
 
 /* Whether lines at `ahead` (NULL: no prefetch) go into L1 while `now` is read. */
