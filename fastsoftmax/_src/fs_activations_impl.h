@@ -209,7 +209,7 @@ static void FS_FN(softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS_T *
     fs_block_total s = {0.0, 0.0};
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
-        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T), (size_t)n * sizeof(FS_T));
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T), x + c);
 #if defined(FS_USE_AVX512) && FS_IS_F32
         if (!exact) { fs_block_total_add_at(&s, FS_EXP_STORE_SUM_FAST_F32(x + c, m, y + c, len), c == 0); continue; }
 #elif defined(FS_USE_AVX2)
@@ -267,7 +267,7 @@ static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS
     for (ptrdiff_t c = 0; c < n; c += FS_CHUNK) {
         ptrdiff_t len = n - c < FS_CHUNK ? n - c : FS_CHUNK;
         double k;
-        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T), (size_t)n * sizeof(FS_T));
+        if (next != NULL) fs_prefetch_span(next + c, (size_t)len * sizeof(FS_T), x + c);
         fs_block_total_add_at(&rest, FS_FN(log_softmax_sums)(x + c, m, y + c, len, &k, bounded), c == 0);
         at_max += k;
     }
@@ -497,7 +497,7 @@ static void FS_FN(log_softmax_row_batch)(const FS_T *x, FS_T *y, ptrdiff_t count
     for (ptrdiff_t k = 0; k < count; k++) {
         const FS_T *row = x + k * n;
         /* the next row (or the next batch's first) comes in while this one is computed */
-        if (k + 1 < count || more) fs_prefetch_span(row + n, (size_t)n * sizeof(FS_T), (size_t)n * sizeof(FS_T));
+        if (k + 1 < count || more) fs_prefetch_span(row + n, (size_t)n * sizeof(FS_T), row);
         int bounded;
         m[k] = FS_FN(row_max_bounded)(row, n, &bounded);
         if (!isfinite(m[k])) continue;
@@ -579,7 +579,7 @@ FS256_INLINE void FS_FN(log_softmax_medium_stream_span_n)(const FS_T *x, FS_T *y
         for (int k = 0; k < FS_LSM_BATCH; k++) {
             const ptrdiff_t r = b + k;
             const FS_T *xr = x + r * n;
-            if (r + 2 < len) fs_prefetch_span(xr + 2 * n, (size_t)n * sizeof(FS_T), (size_t)(2 * n) * sizeof(FS_T));
+            if (r + 2 < len) fs_prefetch_span(xr + 2 * n, (size_t)n * sizeof(FS_T), xr);
             FS_T lo;
             const FS_T mk = FS_CAT(fs256_row_minmax, FS_SUF)(xr, n, &lo);
             m[h][k] = mk;
@@ -944,7 +944,7 @@ FS256_INLINE void FS_FN(medium_block_sums)(const FS_T *x, FS_T *e, ptrdiff_t n, 
     FS_CAT(fs256_medium_minmax8, FS_SUF)(x, n, m, lo);
     __m256d d[8];
     for (int k = 0; k < 8; k++) {
-        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(FS_T), (size_t)(next - x) * sizeof(FS_T));
+        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(FS_T), x + k * n);
         const int bounded = m[k] - lo[k] <= (FS_IS_F32 ? FS_EXACT_SPREAD : FS_SPREAD_F64);
         if (!isfinite(m[k])) {
             FS_FN(fill_nan)(e + k * n, n);

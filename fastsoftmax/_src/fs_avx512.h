@@ -1264,7 +1264,7 @@ static inline int fs512_medium_block_f32(const float *x, float *e, ptrdiff_t n, 
     if (!fs512_medium_max_f32(mx, mn, mk)) return 0;
     __m512d d[16];
     for (int k = 0; k < 16; k++) {
-        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float), (size_t)(next - x) * sizeof(float));
+        if (next != NULL) fs_prefetch_span(next + k * n, (size_t)n * sizeof(float), x + k * n);
         /* the one-row kernel's exps and sums (without TwoSum), short of its last reduction */
         d[k] = fs512_exp_store_sum_lanes_f32(x + k * n, mk[k], e + k * n, n, 0, NULL, NULL, NULL, NULL, NULL);
     }

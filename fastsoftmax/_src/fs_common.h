@@ -308,12 +308,12 @@ static inline void fs_prefetch_line(const void *p, int l1)
 #endif
 }
 
-/* Ask for `bytes` from p, read `ahead` bytes (of the array) after the reads being made, to be
-   brought into cache (one request per 64-byte line; L1 or L2 as above). */
-static inline void fs_prefetch_span(const void *p, size_t bytes, size_t ahead)
+/* Ask for `bytes` from p to be brought into cache while `now` is read (one request per 64-byte
+   line; L1 or L2 as fs_prefetch_l1 decides). */
+static inline void fs_prefetch_span(const void *p, size_t bytes, const void *now)
 {
     const char *c = (const char *)p;
-    const int l1 = ahead <= FS_PREFETCH_L1_BYTES;
+    const int l1 = fs_prefetch_l1(p, now);
     for (size_t off = 0; off < bytes; off += 64) fs_prefetch_line(c + off, l1);
 }
 
