@@ -354,8 +354,17 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
     const FS_T gt = (FS_T)FS_FN(target_grad_from_exp)(wt_gs, e[t], xt == m, rest);
 #ifdef FS_USE_AVX512
     if (e != g) { /* the target column goes out with the streamed row */
+#if FS_IS_F32
+        /* a line shared with the previous row goes out as one streamed vector (fs512_carry_f32),
+           as softmax's rows do: written with two ordinary stores, it was read from memory
+           first (4096x1000 float32, one process against the previous build: 1.16-1.33x as fast) */
+        fs512_carry_f32 carry = {{0}, NULL, 0};
+        fs512_pending_finish_carry_f32(pend, &carry); /* the rest of the previous row */
+        fs512_pending_begin_join_f32(pend, &carry, e, m, k1, g, n, t, gt, FS512_SCALE);
+#else
         FS_CAT(fs512_pending_finish, FS_SUF)(pend); /* the rest of the previous row */
         FS_CAT(fs512_pending_begin, FS_SUF)(pend, e, m, k1, g, n, t, gt, FS512_SCALE);
+#endif
         return loss;
     }
 #elif defined(FS_USE_AVX2)
