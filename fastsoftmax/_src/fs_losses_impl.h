@@ -32,10 +32,11 @@
  * with the row length (a plain running sum was 4-40 ulps off a float64 loss at 1e6-4e6 classes).
  * In the block that holds the first maximum, the elements equal to m are counted rather than
  * added, so `rest` = s - 1 keeps its precision and lse = log1p(rest) (a confident prediction's
- * loss of 1e-7 is not rounded away against the 1; float32's one-row path takes the log1p of
- * eight rows at once on vectors, FS_CE_LSE_BATCH).  The target column of the gradient, where
- * p_t - 1 would cancel, is computed in double: as (e_t - 1 - rest) / (1 + rest) from the
- * stored exp in the one-row path (target_grad_from_exp), as expm1(log p_t) elsewhere.
+ * loss of 1e-7 is not rounded away against the 1; for the float32 rows of the row loop's
+ * one-row path, the loop takes the log1p of eight rows at once on vectors, FS_CE_LSE_BATCH).
+ * The target column of the gradient, where p_t - 1 would cancel, is computed in double: as
+ * (e_t - 1 - rest) / (1 + rest) from the stored exp in the one-row path
+ * (target_grad_from_exp), as expm1(log p_t) elsewhere.
  *
  * Special values follow torch: a row whose max is not finite (+inf somewhere, or every entry
  * -inf) has NaN loss and gradient; NaN anywhere propagates; a zero coefficient times an
@@ -71,14 +72,17 @@
 #define FS_CE_SCAN_MAX_BYTES 8192
 #endif
 /* The losses of the one-row path's rows, float32 on AVX-512 and AVX2: each row leaves its
-   rest, m - x_t and w_t here, and the row loop (ce_rows_span) takes log1p of
-   FS_CE_LSE_BATCH rests at once on vectors (fs512_log1p_accurate_pd: worst 1.73 ulp of a
-   double against libm's 0.79, far below a float32 loss's rounding) instead of libm's log1p a
-   row: 10-17 ns a row less (one process against the previous build: 4096x1000 with out=
-   1.03x as fast, 1024x1000 1.04x, 16384x128 1.09x).  Every row that loop takes (every row
-   wider than the short rows') goes this way, with a gradient or without, streamed or in
-   cache, so they all give the same bits.  float64 keeps libm's log1p: there the ulp is the
-   result's. */
+   rest, m - x_t, w_t, whether x_t is the max, and its index here, and the row loop
+   (ce_rows_span) takes log1p of FS_CE_LSE_BATCH rests at once on vectors
+   (fs512_log1p_accurate_pd: worst 1.73 ulp of a double against libm's 0.79, far below a
+   float32 loss's rounding) instead of libm's log1p a row: 10-17 ns a row less (one process
+   against the previous build: 4096x1000 with out= 1.03x as fast, 1024x1000 1.04x, 16384x128
+   1.09x).  Every class-index row without smoothing that the loop takes goes this way, with a
+   gradient or without, streamed or in cache, so they all give the same bits: which rows take
+   the loop depends on the shape, the targets and the smoothing, never on the gradient.  Short
+   rows take it only in calls of fewer rows than a short block; in larger calls the short-row
+   blocks use their own float32 log1p, and the rows left over libm's.  float64 keeps libm's
+   log1p: there the ulp is the result's. */
 #if (defined(FS_USE_AVX512) || defined(FS_USE_AVX2)) && FS_IS_F32
 #define FS_CE_LSE_BATCH 8
 typedef struct {
@@ -86,7 +90,7 @@ typedef struct {
     ptrdiff_t row[FS_CE_LSE_BATCH];
     int at_max[FS_CE_LSE_BATCH];
     int count;
-    ptrdiff_t next_row; /* the row being computed (set by the row loop) */
+    ptrdiff_t this_row; /* the row being computed (set by the row loop) */
 } FS_FN(ce_lse_batch);
 #endif
 
@@ -377,7 +381,7 @@ static double FS_FN(ce_index_row_plain)(const FS_T *x, ptrdiff_t n, ptrdiff_t t,
         b->base[b->count] = (double)m - (double)xt;
         b->wt[b->count] = wt;
         b->at_max[b->count] = xt == m;
-        b->row[b->count++] = b->next_row;
+        b->row[b->count++] = b->this_row;
         loss = 0.0; /* replaced when the batch is done */
     } else
 #endif
@@ -725,7 +729,7 @@ static int FS_FN(ce_rows_span)(const FS_T *x, const int64_t *target, const FS_T 
         ahead.row = r + 1 < r1 && ncols * (ptrdiff_t)sizeof(FS_T) <= FS_CE_SCAN_MAX_BYTES ? xr + ncols : NULL;
         ahead.pf = r + 2 < nrows ? xr + 2 * ncols : NULL;
 #ifdef FS_CE_LSE_BATCH
-        lse_batch.next_row = r;
+        lse_batch.this_row = r;
 #endif
         if (prob != NULL)
             row_loss[r] = FS_FN(ce_prob_row)(xr, prob + r * ncols, ncols, w, eps, gr, want_grad, gs);
