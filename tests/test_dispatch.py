@@ -98,6 +98,66 @@ def test_mixed_table_runs_the_kernel_it_names(digests, op, dtype, ncols, kernel)
     assert digests["avx512+avx2"][case] == digests[kernel][case]
 
 
+# float32 softmax rows that the mix runs through the AVX-512 form of the AVX2 blocks
+# (softmax_medium_table_span: medium rows of whole vectors, 16 rows a block, fs_avx512.h): the
+# AVX2 kernels' bits in every case.  (rows, columns, content, threads, out= offset in elements
+# or None): rows after the last block, every width it is compiled for, blocks it turns down
+# (a row wider than FS_EXACT_SPREAD, rows with NaN or infinities), results streamed (8 MB,
+# aligned) and not (an out= one element past the pool's alignment), two threads.
+TABLE_ROUTES = [
+    (16, 48, "normal", 1, None),
+    (17, 64, "normal", 1, None),
+    (40, 80, "wide", 1, None),
+    (300, 96, "special", 1, None),
+    (1003, 112, "normal", 2, None),
+    (77, 128, "confident", 1, None),
+    (16384, 128, "normal", 1, None),
+    (16384, 128, "wide", 2, None),
+    (16400, 128, "special", 1, 1),
+    (200, 100, "normal", 1, None),  # not whole vectors: the AVX2 blocks themselves
+]
+TABLE_CASES = [pytest.param(*route, id="x".join(map(str, route[:2])) + f"-{route[2]}-t{route[3]}-out{route[4]}")
+               for route in TABLE_ROUTES]
+
+_TABLE_PROGRAM = """
+import hashlib, sys
+import numpy as np
+import fastsoftmax as fs
+for rows, cols, content, threads, offset in eval(sys.argv[1]):
+    rng = np.random.default_rng(rows * cols)
+    x = (3 * rng.standard_normal((rows, cols))).astype(np.float32)
+    if content == "wide":
+        x[rows // 2, 3] = 40.0
+    elif content == "confident":
+        x *= 8
+    elif content == "special":
+        x[1, 2], x[20, 0], x[21, :], x[40, 5], x[41, 7] = np.nan, np.inf, -np.inf, -np.inf, np.inf
+    fs.set_num_threads(threads)
+    if offset is None:
+        y = fs.softmax(x)
+    else:
+        y = np.empty(rows * cols + offset, np.float32)[offset:].reshape(rows, cols)
+        fs.softmax(x, out=y)
+    y = np.where(np.isnan(y), np.float32(7.0), y)  # a NaN row may hold another NaN
+    print(hashlib.sha256(y.tobytes()).hexdigest())
+"""
+
+
+@pytest.fixture(scope="module")
+def table_digests():
+    if os.environ.get("FASTSOFTMAX_ISA") is not None:
+        pytest.skip("FASTSOFTMAX_ISA is set: the default tables are not in use")
+    if _run("import fastsoftmax as fs; print(fs.isa)", "avx512") != ["avx512"]:
+        pytest.skip("no AVX-512 on this CPU: nothing is mixed")
+    return {isa: _run(_TABLE_PROGRAM, isa, repr(TABLE_ROUTES)) for isa in ("avx512+avx2", "avx2")}
+
+
+@pytest.mark.parametrize("rows, cols, content, threads, offset", TABLE_CASES)
+def test_mixed_medium_softmax_rows_give_the_avx2_bits(table_digests, rows, cols, content, threads, offset):
+    i = TABLE_ROUTES.index((rows, cols, content, threads, offset))
+    assert table_digests["avx512+avx2"][i] == table_digests["avx2"][i]
+
+
 def test_the_default_mixes_exactly_on_amd_zen4(digests):
     """Where the default is the mix (AMD family 19h), it gives the forced mix's bits throughout;
     elsewhere the default is AVX-512 throughout."""

@@ -43,14 +43,18 @@ static int fs_act_mixed = 0;
    to 128 columns) take the AVX2 kernels, which measured faster there (one process, the two
    alternating, AVX-512 / AVX2 time): 65536x10 1.71-1.93x, 65536x32 3.0x (the AVX-512 float32
    blocks gather every column twice, the AVX2 ones transpose in registers), 16384x128
-   1.05-1.16x (the AVX2 medium rows are compiled for their width).  float32 log_softmax's short
+   1.05-1.16x (the AVX2 medium rows are compiled for their width).  Medium rows of whole
+   vectors (48..128 columns, n % 16 == 0) then take the AVX2 blocks' values computed on 16
+   lanes (softmax_medium_table_rows, fs_activations_impl.h): the same bits, 1.2-1.4x as fast
+   (16384x128 in the package, one process: 1.33x).  float32 log_softmax's short
    rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3), as does every float64 row: their
    AVX-512 blocks transpose in registers too, and took 0.75-0.87x the AVX2 time at 65536x3..32
    (softmax). */
 static void softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
-    if (ncols <= FS512_MEDIUM_MAX) softmax_rows_f32_avx2(x, y, nrows, ncols, nthreads);
-    else softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);
+    if (ncols > FS512_MEDIUM_MAX) softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);
+    else if (!softmax_medium_table_rows_f32_avx512(x, y, nrows, ncols, nthreads))
+        softmax_rows_f32_avx2(x, y, nrows, ncols, nthreads);
 }
 #endif
 

@@ -22,6 +22,8 @@
  * streamed batches compiled for their width at 64, 128 and 256 columns, FS256_POW2_WIDTH_CASES),
  * long rows of large results streamed (softmax_like_stream_span on fs_avx2_stream_impl.h's
  * pending rows); rows within a spread of their max take cheaper exps (row_max_bounded).
+ * On AMD Zen 4 (the mixed tables of fs_activations.h) float32 softmax's medium rows of whole
+ * vectors take the AVX2 blocks' values on AVX-512 registers (softmax_medium_table_span).
  * A row whose max is not finite is all NaN (SPEC section 2).
  */
 #define FS_FN(name) FS_CAT(FS_CAT(name, FS_SUF), FS_ISA)
@@ -922,6 +924,98 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
     if (prev != NULL) fs512_medium_stream_f32(prev, inv, yprev, n);
     _mm_sfence(); /* this thread's streamed rows are complete */
     for (; b < len; b++) FS_FN(softmax_row)(x + b * n, y + b * n, n, b + 1 < len ? x + (b + 1) * n : NULL);
+}
+#endif
+
+#if defined(FS_USE_AVX512) && FS_IS_F32
+/* float32 softmax of `len` medium rows of n (FS512_SHORT_MAX < n <= FS512_MEDIUM_MAX, n % 16 ==
+   0) on AMD Zen 4, with the AVX2 kernels' values (fs_avx512.h, "the AVX2 blocks' values on 16
+   lanes"; softmax_rows_f32_mixed, fs_activations.h), 16 rows a block in one pass per block:
+   row k of block b's exps go to a scratch block in L1 (two in turn), and with each of its
+   vectors, a vector of row k of block b - 1 is written (scratch * its scale: streaming stores
+   when `stream`, see medium_rows_stream_avx2) and a line of row k of block b + 4 is prefetched
+   into L2; then row k of block b + 1's max and min are taken (its block then has no pass of
+   its own for them).  Blocks that fs512_medium_max_f32 turns down (a row not finite or wider
+   than FS_EXACT_SPREAD) and the rows after the last block take the AVX2 kernels, whose values
+   these are.  On Zen 4, C loop, one process, AVX2 blocks' time / this (medians of 21 rounds):
+   16384x128 1.20-1.41 (x 16 or 0 bytes past a line; without the prefetches a prototype took
+   1.6-1.8x the time), 512x128 (in L2) 1.25, 8192x64 1.22, 16384x48 1.42, 4096x96 2.41 (the AVX2
+   blocks are compiled for 64, 128 and 256 columns only). */
+#define FS512_TABLE_PREFETCH_BLOCKS 4
+FS512_INLINE void FS_FN(softmax_medium_table_span_n)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n, int stream)
+{
+    float scratch[2][16 * FS512_MEDIUM_MAX] __attribute__((aligned(64)));
+    float inv[2][16] __attribute__((aligned(64))), mk[16] __attribute__((aligned(64)));
+    __m512 mx[16], mn[16];
+    const ptrdiff_t nblocks = len / 16;
+    const float *ep = NULL; /* block b - 1's exps (its results are pending), or none */
+    if (nblocks > 0)
+        for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(x + k * n, n, &mx[k], &mn[k]);
+    for (ptrdiff_t b = 0; b < nblocks; b++) {
+        const float *xb = x + b * 16 * n;
+        float *yb = y + b * 16 * n, *e = scratch[b & 1];
+        const float *ip = inv[(b & 1) ^ 1];
+        /* the last block scans itself again (in L1) rather than a row past the span */
+        const float *ahead = b + 1 < nblocks ? xb + 16 * n : xb;
+        const char *pf = b + FS512_TABLE_PREFETCH_BLOCKS < nblocks
+                             ? (const char *)(xb + FS512_TABLE_PREFETCH_BLOCKS * 16 * n)
+                             : NULL;
+        if (!fs512_medium_max_f32(mx, mn, mk)) {
+            if (ep != NULL && stream) fs512_medium_stream_f32(ep, ip, yb - 16 * n, n);
+            else if (ep != NULL) fs512_medium_scale_f32(ep, ip, yb - 16 * n, n);
+            ep = NULL;
+            softmax_medium_slice_f32_avx2(xb, yb, 16, n, stream);
+            for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(ahead + k * n, n, &mx[k], &mn[k]);
+            continue;
+        }
+        __m256d d[16];
+        for (int k = 0; k < 16; k++) {
+            const ptrdiff_t at = k * n; /* row k: in the block, in the scratch block */
+            d[k] = fs512_table_row_f32(xb + at, mk[k], e + at, n, ep + at, ip[k], ep != NULL ? yb - 16 * n + at : NULL,
+                                       stream, pf != NULL ? pf + 4 * at : NULL);
+            fs512_row_minmax_lanes_f32(ahead + k * n, n, &mx[k], &mn[k]);
+        }
+        fs512_table_inv_f32(d, inv[b & 1]);
+        ep = e;
+    }
+    if (ep != NULL) {
+        float *ylast = y + (nblocks - 1) * 16 * n;
+        if (stream) fs512_medium_stream_f32(ep, inv[(nblocks - 1) & 1], ylast, n);
+        else fs512_medium_scale_f32(ep, inv[(nblocks - 1) & 1], ylast, n);
+    }
+    if (stream) _mm_sfence(); /* this thread's streamed rows are complete */
+    if (len > nblocks * 16)
+        softmax_medium_slice_f32_avx2(x + nblocks * 16 * n, y + nblocks * 16 * n, len - nblocks * 16, n, stream);
+}
+
+/* Inlined with n a constant for each width it takes. */
+static void FS_FN(softmax_medium_table_span)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n, int stream)
+{
+    switch (n) {
+#define FS512_TABLE_CASE(w) \
+    case w: FS_FN(softmax_medium_table_span_n)(x, y, len, w, stream); return;
+        FS512_TABLE_CASE(48) FS512_TABLE_CASE(64) FS512_TABLE_CASE(80) FS512_TABLE_CASE(96) FS512_TABLE_CASE(112)
+        FS512_TABLE_CASE(128)
+#undef FS512_TABLE_CASE
+    default: FS_FN(softmax_medium_table_span_n)(x, y, len, n, stream);
+    }
+}
+
+/* float32 softmax rows on Zen 4 (softmax_rows_f32_mixed) through softmax_medium_table_span
+   when they are medium rows of whole vectors, at least a block of them (returns 1), else
+   nothing (returns 0).  Threads take spans of whole blocks (the last one also the rows after
+   them), as the AVX2 blocks do: the same values whatever the number of threads. */
+static int FS_FN(softmax_medium_table_rows)(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    if (ncols <= FS512_SHORT_MAX || ncols > FS512_MEDIUM_MAX || ncols % 16 != 0 || nrows < 16) return 0;
+    const int nt = fs_threads_for(nthreads, nrows, nrows * ncols);
+    const ptrdiff_t nblocks = nrows / 16;
+    const int stream = medium_rows_stream_avx2_f32_avx2(y, nrows, ncols);
+    FS_ROWS_FOR(k, nt,
+                ptrdiff_t r0 = nblocks * k / nt * 16;
+                ptrdiff_t r1 = k + 1 == nt ? nrows : nblocks * (k + 1) / nt * 16;
+                FS_FN(softmax_medium_table_span)(x + r0 * ncols, y + r0 * ncols, r1 - r0, ncols, stream));
+    return 1;
 }
 #endif
 

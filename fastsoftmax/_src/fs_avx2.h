@@ -49,21 +49,28 @@ FS256_INLINE __m256i fs256_tail_mask64(ptrdiff_t k)
    2^-126 subnormal, the product by 2^e2 exact otherwise: the same bits as fs256_exp_spread_ps
    wherever both apply.  `use_lo` (a constant too) adds lo to r (the TwoSum correction of
    t = x - m; the compiler may not drop an addition of 0: -0 + 0 is +0). */
+#define FS_EXP8_INV_STEP 11.5415603271117073f /* 8 / ln2 */
+#define FS_EXP8_STEP_HI 0x1.62Ep-4f           /* ln2 / 8 in two parts */
+#define FS_EXP8_STEP_LO 0x1.0BFBE8p-18f
+#define FS_EXP8_C3 0x1.5548CEp-3f
+#define FS_EXP8_C2 0x1.000876p-1f
+#define FS_EXP8_TABLE_BITS \
+    0x3F800000, 0x3F7B95C2, 0x3F7837F0, 0x3F75FED7, 0x3F7504F3, 0x3F75672A, 0x3F7744FD, 0x3F7AC0C7
+
 FS256_INLINE __m256 fs256_exp_table_impl_ps(__m256 t, __m256 lo, int use_lo, int full)
 {
     const __m256 magic = _mm256_set1_ps(12582912.0f); /* 1.5 * 2^23 */
     const __m256 tc = full ? _mm256_max_ps(t, _mm256_set1_ps(-104.0f)) : t; /* NaN: max returns -104 */
-    const __m256 kb = _mm256_fmadd_ps(tc, _mm256_set1_ps(11.5415603271117073f), magic); /* 8 / ln2 */
+    const __m256 kb = _mm256_fmadd_ps(tc, _mm256_set1_ps(FS_EXP8_INV_STEP), magic);
     const __m256 k = _mm256_sub_ps(kb, magic);
-    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0x1.62Ep-4f), tc);
-    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(0x1.0BFBE8p-18f), r);
+    __m256 r = _mm256_fnmadd_ps(k, _mm256_set1_ps(FS_EXP8_STEP_HI), tc);
+    r = _mm256_fnmadd_ps(k, _mm256_set1_ps(FS_EXP8_STEP_LO), r);
     if (use_lo) r = _mm256_add_ps(r, lo);
-    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(0x1.5548CEp-3f), r, _mm256_set1_ps(0x1.000876p-1f));
+    __m256 q = _mm256_fmadd_ps(_mm256_set1_ps(FS_EXP8_C3), r, _mm256_set1_ps(FS_EXP8_C2));
     q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
     q = _mm256_mul_ps(q, r);
     const __m256i kbits = _mm256_castps_si256(kb);
-    const __m256i table = _mm256_setr_epi32(0x3F800000, 0x3F7B95C2, 0x3F7837F0, 0x3F75FED7, 0x3F7504F3, 0x3F75672A,
-                                            0x3F7744FD, 0x3F7AC0C7);
+    const __m256i table = _mm256_setr_epi32(FS_EXP8_TABLE_BITS);
     __m256i sbits = _mm256_add_epi32(_mm256_permutevar8x32_epi32(table, kbits), _mm256_slli_epi32(kbits, 20));
     if (!full) {
         const __m256 s = _mm256_castsi256_ps(sbits);

@@ -28,6 +28,8 @@
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_medium_block_f32, ..._scale_f32     float32 softmax rows of 33..128, 16 rows a block
  *   (..._max_f32, ..._inv_f32, ..._stream_f32)  (its steps; the results streamed)
+ *   fs512_exp_table_spread_ps, fs512_table_row_f32, fs512_table_inv_f32  the AVX2 float32
+ *                                             exps and medium-row sums on 16 lanes (Zen 4)
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
@@ -1295,6 +1297,74 @@ static inline void fs512_medium_stream_f32(const float *e, const float inv[16], 
         fs512_pending_begin_f32(&p, e + k * n, 0, inv[k], y + k * n, n, -1, 0, FS512_SCALE);
         fs512_pending_finish_f32(&p);
     }
+}
+
+/* ---- float32 softmax of medium rows on AMD Zen 4: the AVX2 blocks' values on 16 lanes ----
+ * On Zen 4 float32 softmax rows of up to FS512_MEDIUM_MAX columns take the AVX2 kernels
+ * (fs_activations.h, softmax_rows_f32_mixed): their table exp takes 7 FMA-pipe operations
+ * for 8 lanes where the degree-5 polynomial takes 9 (with vscalefps, which Zen 4 issues at
+ * half the rate of an FMA).  Rows of whole vectors there go through softmax_medium_table_span
+ * (fs_activations_impl.h): the same exps on 16 lanes (fs512_exp_table_spread_ps) and the sums
+ * added in the AVX2 blocks' order (fs512_table_row_f32), hence the same bits as the AVX2
+ * kernels, in the AVX-512 blocks' pipeline: block b's exps, block b + 1's max and min and
+ * block b - 1's results in one pass, with twice the registers of AVX2. */
+
+/* fs256_exp_spread_ps on 16 lanes, operation for operation (exp(t) for -FS_EXACT_SPREAD <=
+   t <= 0, or NaN; the same bits): vpermd on 16 lanes reads four bits of the index, so the
+   table of eight is there twice. */
+FS512_INLINE __m512 fs512_exp_table_spread_ps(__m512 t)
+{
+    const __m512 magic = _mm512_set1_ps(12582912.0f); /* 1.5 * 2^23 */
+    const __m512 kb = _mm512_fmadd_ps(t, _mm512_set1_ps(FS_EXP8_INV_STEP), magic);
+    const __m512 k = _mm512_sub_ps(kb, magic);
+    __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(FS_EXP8_STEP_HI), t);
+    r = _mm512_fnmadd_ps(k, _mm512_set1_ps(FS_EXP8_STEP_LO), r);
+    __m512 q = _mm512_fmadd_ps(_mm512_set1_ps(FS_EXP8_C3), r, _mm512_set1_ps(FS_EXP8_C2));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+    q = _mm512_mul_ps(q, r);
+    const __m512i kbits = _mm512_castps_si512(kb);
+    const __m512i table = _mm512_broadcast_i64x4(_mm256_setr_epi32(FS_EXP8_TABLE_BITS));
+    const __m512 sc = _mm512_castsi512_ps(
+        _mm512_add_epi32(_mm512_permutexvar_epi32(kbits, table), _mm512_slli_epi32(kbits, 20)));
+    return _mm512_fmadd_ps(sc, q, sc);
+}
+
+/* Row k of a block of softmax_medium_table_span: e = exp(x - m) for n = 16 v <= 128 elements
+   (a row within FS_EXACT_SPREAD of its finite max m), returning the sum as
+   fs256_exp_store_sum_lanes_f32 leaves it: its two 8-lane float sums (elements 16 i + l and
+   16 i + 8 + l) are this vector's lanes 0-7 and 8-15, widened and added in its order.  With
+   `yp` (or NULL), row k of the previous block is written a vector after each exp: yp = ep * a,
+   with streaming stores (`stream`) or ordinary ones; with `pf` (or NULL), a line of it is
+   prefetched into L2 after each exp. */
+FS512_INLINE __m256d fs512_table_row_f32(const float *x, float m, float *e, ptrdiff_t n, const float *ep, float a,
+                                        float *yp, int stream, const char *pf)
+{
+    const __m512 negm = _mm512_set1_ps(-m), va = _mm512_set1_ps(a);
+    __m512 b = _mm512_setzero_ps();
+    for (ptrdiff_t i = 0; i < n; i += 16) {
+        const __m512 v = fs512_exp_table_spread_ps(_mm512_add_ps(_mm512_loadu_ps(x + i), negm));
+        _mm512_store_ps(e + i, v);
+        b = _mm512_add_ps(b, v);
+        if (yp != NULL) {
+            const __m512 w = _mm512_mul_ps(_mm512_load_ps(ep + i), va);
+            if (stream) _mm512_stream_ps(yp + i, w);
+            else _mm512_storeu_ps(yp + i, w);
+        }
+        if (pf != NULL) fs_prefetch_line(pf + 4 * i, 0);
+    }
+    const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(b));                                    /* the AVX2 b0 */
+    const __m512d d1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1))); /* b1 */
+    /* lanes 0-3: s0 = b0's halves added, 4-7: s1 = b1's; then s0 + s1 */
+    const __m512d s = _mm512_add_pd(_mm512_shuffle_f64x2(d0, d1, 0x44), _mm512_shuffle_f64x2(d0, d1, 0xEE));
+    return _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
+}
+
+/* The 16 scales 1 / sum of a block of softmax_medium_table_span, as the AVX2 blocks divide
+   (fs256_hsum4_pd: their lanes added in fs256_hsum_pd's order). */
+FS512_INLINE void fs512_table_inv_f32(const __m256d d[16], float inv[16])
+{
+    const __m256d one = _mm256_set1_pd(1.0);
+    for (int g = 0; g < 16; g += 4) _mm_storeu_ps(inv + g, _mm256_cvtpd_ps(_mm256_div_pd(one, fs256_hsum4_pd(d + g))));
 }
 
 /* Rows of n (a multiple of 16) that start h (1..15) elements before a cache line share a
