@@ -2,8 +2,10 @@
 
 On AMD Zen 4 the activations' and losses' tables mix in AVX2 kernels for the row shapes where
 those measured faster (fs_common.h's fs_pick_mixed; ``fastsoftmax.isa`` is then
-"avx512+avx2"): float32 softmax's rows of up to 128 columns, and the float32
-cross-entropy's short rows (class indices, no smoothing, up to 32 columns).  float64 rows
+"avx512+avx2"): float32 softmax's rows of up to 128 columns, float32 log_softmax's medium
+rows of whole vectors (48..128 columns; those of both run through an AVX-512 form of the AVX2
+kernels, with their bits), and the float32 cross-entropy's short rows (class indices, no
+smoothing, up to 32 columns).  float64 rows
 keep AVX-512 (their short-row blocks are transposed in registers, as AVX2's are).
 ``FASTSOFTMAX_ISA=avx512+avx2`` forces that mix on any AVX-512 CPU, so these tests run
 wherever AVX-512 does.  Each case is computed in fresh interpreters forced to ``avx2``,
@@ -36,7 +38,10 @@ ROUTES = [
     ("softmax", "float64", 10, "avx512"),
     ("softmax", "float64", 32, "avx512"),
     ("log_softmax", "float32", 10, "avx512"),
-    ("log_softmax", "float32", 64, "avx512"),
+    ("log_softmax", "float32", 64, "avx2"),
+    ("log_softmax", "float32", 128, "avx2"),
+    ("log_softmax", "float32", 100, "avx512"),
+    ("log_softmax", "float32", 129, "avx512"),
     ("log_softmax", "float64", 10, "avx512"),
     ("cross_entropy_with_grad", "float32", 10, "avx2"),
     ("cross_entropy_with_grad", "float32", 33, "avx512"),
@@ -98,9 +103,9 @@ def test_mixed_table_runs_the_kernel_it_names(digests, op, dtype, ncols, kernel)
     assert digests["avx512+avx2"][case] == digests[kernel][case]
 
 
-# float32 softmax rows that the mix runs through the AVX-512 form of the AVX2 blocks
-# (softmax_medium_table_span: medium rows of whole vectors, 16 rows a block, fs_avx512.h): the
-# AVX2 kernels' bits in every case.  (rows, columns, content, threads, out= offset in elements
+# float32 softmax and log_softmax rows that the mix runs through the AVX-512 form of the AVX2
+# kernels (softmax_medium_table_span, log_softmax_medium_table_span: medium rows of whole
+# vectors, 16 rows a block, fs_avx512.h): the AVX2 kernels' bits in every case.  (rows, columns, content, threads, out= offset in elements
 # or None): rows after the last block, every width it is compiled for, blocks it turns down
 # (a row wider than FS_EXACT_SPREAD, rows with NaN or infinities), results streamed (8 MB,
 # aligned) and not (an out= one element past the pool's alignment), two threads.
@@ -114,10 +119,10 @@ TABLE_ROUTES = [
     (16384, 128, "normal", 1, None),
     (16384, 128, "wide", 2, None),
     (16400, 128, "special", 1, 1),
-    (200, 100, "normal", 1, None),  # not whole vectors: the AVX2 blocks themselves
+    (200, 100, "normal", 1, None),  # not whole vectors: softmax's AVX2 blocks themselves
 ]
-TABLE_CASES = [pytest.param(*route, id="x".join(map(str, route[:2])) + f"-{route[2]}-t{route[3]}-out{route[4]}")
-               for route in TABLE_ROUTES]
+TABLE_CASES = [pytest.param(op, *route, id=f"{op}-" + "x".join(map(str, route[:2])) + f"-{route[2]}-t{route[3]}-out{route[4]}")
+               for op in ("softmax", "log_softmax") for route in TABLE_ROUTES if op == "softmax" or route[1] % 16 == 0]
 
 _TABLE_PROGRAM = """
 import hashlib, sys
@@ -133,13 +138,14 @@ for rows, cols, content, threads, offset in eval(sys.argv[1]):
     elif content == "special":
         x[1, 2], x[20, 0], x[21, :], x[40, 5], x[41, 7] = np.nan, np.inf, -np.inf, -np.inf, np.inf
     fs.set_num_threads(threads)
-    if offset is None:
-        y = fs.softmax(x)
-    else:
-        y = np.empty(rows * cols + offset, np.float32)[offset:].reshape(rows, cols)
-        fs.softmax(x, out=y)
-    y = np.where(np.isnan(y), np.float32(7.0), y)  # a NaN row may hold another NaN
-    print(hashlib.sha256(y.tobytes()).hexdigest())
+    for op in (fs.softmax, fs.log_softmax):
+        if offset is None:
+            y = op(x)
+        else:
+            y = np.empty(rows * cols + offset, np.float32)[offset:].reshape(rows, cols)
+            op(x, out=y)
+        y = np.where(np.isnan(y), np.float32(7.0), y)  # a NaN row may hold another NaN
+        print(hashlib.sha256(y.tobytes()).hexdigest())
 """
 
 
@@ -152,9 +158,9 @@ def table_digests():
     return {isa: _run(_TABLE_PROGRAM, isa, repr(TABLE_ROUTES)) for isa in ("avx512+avx2", "avx2")}
 
 
-@pytest.mark.parametrize("rows, cols, content, threads, offset", TABLE_CASES)
-def test_mixed_medium_softmax_rows_give_the_avx2_bits(table_digests, rows, cols, content, threads, offset):
-    i = TABLE_ROUTES.index((rows, cols, content, threads, offset))
+@pytest.mark.parametrize("op, rows, cols, content, threads, offset", TABLE_CASES)
+def test_mixed_medium_rows_give_the_avx2_bits(table_digests, op, rows, cols, content, threads, offset):
+    i = 2 * TABLE_ROUTES.index((rows, cols, content, threads, offset)) + (op == "log_softmax")
     assert table_digests["avx512+avx2"][i] == table_digests["avx2"][i]
 
 

@@ -46,15 +46,23 @@ static int fs_act_mixed = 0;
    1.05-1.16x (the AVX2 medium rows are compiled for their width).  Medium rows of whole
    vectors (48..128 columns, n % 16 == 0) then take the AVX2 blocks' values computed on 16
    lanes (softmax_medium_table_rows, fs_activations_impl.h): the same bits, 1.2-1.4x as fast
-   (16384x128 in the package, one process: 1.33x).  float32 log_softmax's short
+   (16384x128 in the package, one process: 1.33x); so do float32 log_softmax's medium rows of
+   whole vectors (the AVX2 batches' values, AVX-512 registers: 16384x128 1.35x in a C loop),
+   which took the AVX-512 kernels until then.  float32 log_softmax's short
    rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3), as does every float64 row: their
    AVX-512 blocks transpose in registers too, and took 0.75-0.87x the AVX2 time at 65536x3..32
    (softmax). */
 static void softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
     if (ncols > FS512_MEDIUM_MAX) softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);
-    else if (!softmax_medium_table_rows_f32_avx512(x, y, nrows, ncols, nthreads))
+    else if (!softmax_like_medium_table_rows_f32_avx512(x, y, nrows, ncols, nthreads, 0))
         softmax_rows_f32_avx2(x, y, nrows, ncols, nthreads);
+}
+
+static void log_softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
+{
+    if (!softmax_like_medium_table_rows_f32_avx512(x, y, nrows, ncols, nthreads, 1))
+        log_softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);
 }
 #endif
 
@@ -71,6 +79,7 @@ static int fs_activations_init(void)
         fs_act_mixed = fs_pick_mixed(fs_act_isa);
         if (fs_act_mixed) {
             fs_act_f32.softmax = softmax_rows_f32_mixed;
+            fs_act_f32.log_softmax = log_softmax_rows_f32_mixed;
         }
     } else if (fs_act_isa == FS_ISA_AVX2) {
         fs_act_table_f32 t32 = FS_ACT_KERNELS(float, f32, avx2);

@@ -28,8 +28,9 @@
  *   fs512_log1p_ps / _pd                      vector log1p
  *   fs512_medium_block_f32, ..._scale_f32     float32 softmax rows of 33..128, 16 rows a block
  *   (..._max_f32, ..._inv_f32, ..._stream_f32)  (its steps; the results streamed)
- *   fs512_exp_table_spread_ps, fs512_table_row_f32, fs512_table_inv_f32  the AVX2 float32
- *                                             exps and medium-row sums on 16 lanes (Zen 4)
+ *   fs512_exp_table_spread_ps, fs512_table_*  the AVX2 float32 exps and medium-row sums
+ *                                             (softmax's, log_softmax's split sums) on 16 lanes
+ *                                             (Zen 4)
  *   fs512_short_rows_T, fs512_ce_short_rows_T  rows of <= 32 elements, 16 (8) rows a block
  */
 #ifndef FS_AVX512_H
@@ -1307,7 +1308,9 @@ static inline void fs512_medium_stream_f32(const float *e, const float inv[16], 
  * (fs_activations_impl.h): the same exps on 16 lanes (fs512_exp_table_spread_ps) and the sums
  * added in the AVX2 blocks' order (fs512_table_row_f32), hence the same bits as the AVX2
  * kernels, in the AVX-512 blocks' pipeline: block b's exps, block b + 1's max and min and
- * block b - 1's results in one pass, with twice the registers of AVX2. */
+ * block b - 1's results in one pass, with twice the registers of AVX2.  float32 log_softmax's
+ * rows of whole vectors do the same with the AVX2 batches' split sums
+ * (log_softmax_medium_table_span, fs512_table_split_row_f32). */
 
 /* fs256_exp_spread_ps on 16 lanes, operation for operation (exp(t) for -FS_EXACT_SPREAD <=
    t <= 0, or NaN; the same bits): vpermd on 16 lanes reads four bits of the index, so the
@@ -1327,6 +1330,19 @@ FS512_INLINE __m512 fs512_exp_table_spread_ps(__m512 t)
     const __m512 sc = _mm512_castsi512_ps(
         _mm512_add_epi32(_mm512_permutexvar_epi32(kbits, table), _mm512_slli_epi32(kbits, 20)));
     return _mm512_fmadd_ps(sc, q, sc);
+}
+
+/* The sum of a row's exps as fs256_exp_store_sum_lanes_f32 and fs256_exp_split_impl_f32 leave
+   it (4 double lanes) from b, the 16-lane float sum of its vectors: lanes 0-7 are the AVX2
+   loop's b0 (elements 16 i + l), 8-15 its b1 (16 i + 8 + l); each is widened in two halves
+   and added, s0 + s1 last. */
+FS512_INLINE __m256d fs512_table_sums(__m512 b)
+{
+    const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(b));
+    const __m512d d1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1)));
+    /* lanes 0-3: s0 = b0's halves added, 4-7: s1 = b1's */
+    const __m512d s = _mm512_add_pd(_mm512_shuffle_f64x2(d0, d1, 0x44), _mm512_shuffle_f64x2(d0, d1, 0xEE));
+    return _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
 }
 
 /* Row k of a block of softmax_medium_table_span: e = exp(x - m) for n = 16 v <= 128 elements
@@ -1352,11 +1368,46 @@ FS512_INLINE __m256d fs512_table_row_f32(const float *x, float m, float *e, ptrd
         }
         if (pf != NULL) fs_prefetch_line(pf + 4 * i, 0);
     }
-    const __m512d d0 = _mm512_cvtps_pd(_mm512_castps512_ps256(b));                                    /* the AVX2 b0 */
-    const __m512d d1 = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(b), 1))); /* b1 */
-    /* lanes 0-3: s0 = b0's halves added, 4-7: s1 = b1's; then s0 + s1 */
-    const __m512d s = _mm512_add_pd(_mm512_shuffle_f64x2(d0, d1, 0x44), _mm512_shuffle_f64x2(d0, d1, 0xEE));
-    return _mm256_add_pd(_mm512_castpd512_pd256(s), _mm512_extractf64x4_pd(s, 1));
+    return fs512_table_sums(b);
+}
+
+/* yp = tp - cp, a row of log_softmax_medium_table_span's results (tp = x - m, stored by
+   fs512_table_split_row_f32: the AVX2 rows' (x - m) - c), with streaming stores or ordinary
+   ones. */
+FS512_INLINE void fs512_table_lsm_out_f32(const float *tp, float cp, float *yp, ptrdiff_t n, int stream)
+{
+    const __m512 vc = _mm512_set1_ps(cp);
+    for (ptrdiff_t i = 0; i < n; i += 16) {
+        const __m512 w = _mm512_sub_ps(_mm512_load_ps(tp + i), vc);
+        if (stream) _mm512_stream_ps(yp + i, w);
+        else _mm512_storeu_ps(yp + i, w);
+    }
+}
+
+/* log_softmax's split sums of row k of a block of log_softmax_medium_table_span: the sum of
+   exp(x - m) over x != m as fs256_exp_split_impl_f32 leaves it for a bounded row (the sums of
+   fs512_table_row_f32 with the lanes at the max left out), *at_max counting x == m; t = x - m
+   stored (in a scratch block in L1: the results are then one subtraction from aligned loads,
+   measured 1.35-1.43x as fast in a C loop as recomputing them from x).  With `yp` (or NULL),
+   row k of the previous block is written a vector after each exp: yp = tp - cp, with streaming
+   stores (`stream`) or ordinary ones; `pf` as in fs512_table_row_f32. */
+FS512_INLINE __m256d fs512_table_split_row_f32(const float *x, float m, float *t, ptrdiff_t n, double *at_max,
+                                              const float *tp, float cp, float *yp, int stream, const char *pf)
+{
+    const __m512 negm = _mm512_set1_ps(-m), vm = _mm512_set1_ps(m);
+    __m512 b = _mm512_setzero_ps();
+    int count = 0;
+    for (ptrdiff_t i = 0; i < n; i += 16) {
+        const __m512 v = _mm512_loadu_ps(x + i), tv = _mm512_add_ps(v, negm);
+        const __mmask16 q = _mm512_cmp_ps_mask(v, vm, _CMP_EQ_OQ);
+        _mm512_store_ps(t + i, tv);
+        b = _mm512_mask_add_ps(b, (__mmask16)~q, b, fs512_exp_table_spread_ps(tv));
+        count += __builtin_popcount((unsigned)q);
+        if (yp != NULL) fs512_table_lsm_out_f32(tp + i, cp, yp + i, 16, stream);
+        if (pf != NULL) fs_prefetch_line(pf + 4 * i, 0);
+    }
+    *at_max = (double)count;
+    return fs512_table_sums(b);
 }
 
 /* The 16 scales 1 / sum of a block of softmax_medium_table_span, as the AVX2 blocks divide
