@@ -142,7 +142,8 @@ static inline int64_t fs_bits_from_f64(double f) { int64_t i; memcpy(&i, &f, siz
  * zero), and a degree-5 minimax polynomial for exp on [-ln2/2, ln2/2]:
  * exp(r) ~ 1 + r*(c1 + r*(c2 + r*(c3 + r*(c4 + r*c5)))) (the coefficients XNNPACK uses).
  * The portable and AVX-512 paths use them; the AVX2 path a table of 2^(j/8) and a degree-3
- * polynomial (fs256_exp_table_impl_ps).
+ * polynomial (fs256_exp_table_impl_ps), as AVX-512 does for rows within FS_EXACT_SPREAD of
+ * their max (fs512_exp_spread_keep_ps).
  */
 #define FS_LN2_HI_F32 0x1.62E400p-1f
 #define FS_LN2_LO_F32 0x1.7F7D1Cp-20f
