@@ -45,10 +45,12 @@ static int fs_act_mixed = 0;
    blocks gather every column twice, the AVX2 ones transpose in registers), 16384x128
    1.05-1.16x (the AVX2 medium rows are compiled for their width).  Medium rows of whole
    vectors (48..128 columns, n % 16 == 0) then take the AVX2 blocks' values computed on 16
-   lanes (softmax_medium_table_rows, fs_activations_impl.h): the same bits, 1.2-1.4x as fast
-   (16384x128 in the package, one process: 1.33x); so do float32 log_softmax's medium rows of
-   whole vectors (the AVX2 batches' values, AVX-512 registers: 16384x128 1.35x in a C loop),
-   which took the AVX-512 kernels until then.  float32 log_softmax's short
+   lanes (softmax_like_medium_table_rows, fs_activations_impl.h): the same bits, 1.2-1.4x as
+   fast (16384x128 in the package, one process: 1.33x); so do float32 log_softmax's medium rows
+   of whole vectors in calls of at least 16 rows (the AVX2 batches' values, AVX-512 registers:
+   16384x128 1.35x in a C loop), which took the AVX-512 kernels until then (smaller calls, and
+   other widths, still do).  (These timings predate the table exp of AVX-512's bounded rows,
+   fs512_exp_spread_keep_ps, which narrows the gap between the two kernels' exps.)  float32 log_softmax's short
    rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3), as does every float64 row: their
    AVX-512 blocks transpose in registers too, and took 0.75-0.87x the AVX2 time at 65536x3..32
    (softmax). */

@@ -934,7 +934,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
    lanes"; softmax_rows_f32_mixed, fs_activations.h), 16 rows a block in one pass per block:
    row k of block b's exps go to a scratch block in L1 (two in turn), and with each of its
    vectors, a vector of row k of block b - 1 is written (scratch * its scale: streaming stores
-   when `stream`, see medium_rows_stream_avx2) and a line of row k of block b + 4 is prefetched
+   when `stream`, see whole_lines_stream_avx2) and a line of row k of block b + 4 is prefetched
    into L2; then row k of block b + 1's max and min are taken (its block then has no pass of
    its own for them).  Blocks that fs512_medium_max_f32 turns down (a row not finite or wider
    than FS_EXACT_SPREAD) and the rows after the last block take the AVX2 kernels, whose values
@@ -946,7 +946,7 @@ static void FS_FN(softmax_medium_stream_span)(const float *x, float *y, ptrdiff_
 FS512_INLINE void FS_FN(softmax_medium_table_span_n)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n, int stream)
 {
     float scratch[2][16 * FS512_MEDIUM_MAX] __attribute__((aligned(64)));
-    float inv[2][16] __attribute__((aligned(64))), mk[16] __attribute__((aligned(64)));
+    float inv[2][16] __attribute__((aligned(64))) = {{0}}, mk[16] __attribute__((aligned(64)));
     __m512 mx[16], mn[16];
     const ptrdiff_t nblocks = len / 16;
     const float *ep = NULL; /* block b - 1's exps (its results are pending), or none */
@@ -972,8 +972,8 @@ FS512_INLINE void FS_FN(softmax_medium_table_span_n)(const float *x, float *y, p
         __m256d d[16];
         for (int k = 0; k < 16; k++) {
             const ptrdiff_t at = k * n; /* row k: in the block, in the scratch block */
-            d[k] = fs512_table_row_f32(xb + at, mk[k], e + at, n, ep + at, ip[k], ep != NULL ? yb - 16 * n + at : NULL,
-                                       stream, pf != NULL ? pf + 4 * at : NULL);
+            d[k] = fs512_table_row_f32(xb + at, mk[k], e + at, n, ep != NULL ? ep + at : NULL, ip[k],
+                                       ep != NULL ? yb - 16 * n + at : NULL, stream, pf != NULL ? pf + 4 * at : NULL);
             fs512_row_minmax_lanes_f32(ahead + k * n, n, &mx[k], &mn[k]);
         }
         fs512_table_inv_f32(d, inv[b & 1]);
@@ -998,13 +998,15 @@ FS512_INLINE void FS_FN(softmax_medium_table_span_n)(const float *x, float *y, p
    block's x - m less its log-sum) and a line of row k of block b + 4 prefetched into L2; then
    row k of block b + 1's max and min are taken.  Blocks turned down and the rows after the
    last block take the AVX2 batches.  C loop, one process, time of the AVX-512 kernels of
-   before / this: 16384x128 1.35-1.37 (x 16 bytes past a line), 512x128 1.42-1.43. */
+   before / this: 16384x128 1.35-1.37 (x 16 bytes past a line), 512x128 1.42-1.43.  A block is
+   a batch of AVX2's log1p (FS_LSM_BATCH rows). */
+_Static_assert(FS_LSM_BATCH == 16, "log_softmax_medium_table_span's blocks are log1p batches of 16 rows");
 FS512_INLINE void FS_FN(log_softmax_medium_table_span_n)(const float *x, float *y, ptrdiff_t len, ptrdiff_t n,
                                                           int stream)
 {
     float scratch[2][16 * FS512_MEDIUM_MAX] __attribute__((aligned(64)));
-    float mk[16] __attribute__((aligned(64))), cprev[16];
-    double u[FS_LSM_BATCH], c[FS_LSM_BATCH];
+    float mk[16] __attribute__((aligned(64))), cprev[16] = {0};
+    double u[16], c[16];
     __m512 mx[16], mn[16];
     const ptrdiff_t nblocks = len / 16;
     const float *tp = NULL; /* block b - 1's x - m (its results are pending), or none */
@@ -1021,15 +1023,15 @@ FS512_INLINE void FS_FN(log_softmax_medium_table_span_n)(const float *x, float *
             for (int k = 0; tp != NULL && k < 16; k++)
                 fs512_table_lsm_out_f32(tp + k * n, cprev[k], yb - 16 * n + k * n, n, stream);
             tp = NULL;
-            log_softmax_row_batch_f32_avx2(xb, yb, 16, n, 1);
+            log_softmax_row_batch_f32_avx2(xb, yb, 16, n, b + 1 < nblocks || len > 16 * nblocks);
             for (int k = 0; k < 16; k++) fs512_row_minmax_lanes_f32(ahead + k * n, n, &mx[k], &mn[k]);
             continue;
         }
         for (int k = 0; k < 16; k++) {
             const ptrdiff_t at = k * n;
             double at_max;
-            const __m256d d = fs512_table_split_row_f32(xb + at, mk[k], t + at, n, &at_max, tp + at, cprev[k],
-                                                        tp != NULL ? yb - 16 * n + at : NULL, stream,
+            const __m256d d = fs512_table_split_row_f32(xb + at, mk[k], t + at, n, &at_max, tp != NULL ? tp + at : NULL,
+                                                        cprev[k], tp != NULL ? yb - 16 * n + at : NULL, stream,
                                                         pf != NULL ? pf + 4 * at : NULL);
             u[k] = (at_max - 1.0) + fs256_hsum_pd(d);
             fs512_row_minmax_lanes_f32(ahead + at, n, &mx[k], &mn[k]);
@@ -1058,6 +1060,9 @@ static void FS_FN(softmax_like_medium_table_span)(const float *x, float *y, ptrd
         FS512_TABLE_CASE(48) FS512_TABLE_CASE(64) FS512_TABLE_CASE(80) FS512_TABLE_CASE(96) FS512_TABLE_CASE(112)
         FS512_TABLE_CASE(128)
 #undef FS512_TABLE_CASE
+    default: /* no other width passes softmax_like_medium_table_rows's test; generic code if one did */
+        if (log_out) FS_FN(log_softmax_medium_table_span_n)(x, y, len, n, stream);
+        else FS_FN(softmax_medium_table_span_n)(x, y, len, n, stream);
     }
 }
 

@@ -1,5 +1,6 @@
 /*
- * fs_avx2.h -- hand-vectorised AVX2 + FMA row primitives (x86-64 machines without AVX-512).
+ * fs_avx2.h -- hand-vectorised AVX2 + FMA row primitives (x86-64 machines without AVX-512, and
+ * the row shapes that AMD Zen 4 runs on AVX2, fs_activations.h's mixed tables).
  *
  * The primitives of fs_avx512.h on 8 float / 4 double lanes: the long-row ones (row max and
  * min, exp + store + sum, split sums, scale, subtraction), the backward passes, vector log1p
@@ -40,7 +41,8 @@ FS256_INLINE __m256i fs256_tail_mask64(ptrdiff_t k)
    s = 2^e 2^(j/8).  The table, one vpermd indexed by k's low three bits (the lanes of kb, whose
    bits are 0x4B400000 + k), holds 2^(j/8)'s bits less j << 20, so that adding kb's bits shifted
    left by 20 ((k << 20) mod 2^32) puts e into the exponent field.  Against the degree-5 form on
-   [-ln2/2, ln2/2] that the portable and AVX-512 paths keep: 2 FMA-pipe operations fewer (7 in
+   [-ln2/2, ln2/2] that the portable path keeps (and AVX-512 for rows not within FS_EXACT_SPREAD
+   of their max; its bounded rows take this table exp on 16 lanes, fs512_exp_table_spread_ps): 2 FMA-pipe operations fewer (7 in
    fs256_exp_spread_ps where that took 9, of 11 operations against 13) and a shorter chain; exp +
    store + sum of a float32 row in L1 0.88-0.92x the time on an AMD EPYC (Zen 3); every float32 t
    in [-32, 0] within 1.16 ulp of exp(t) (mean 0.071; the degree-5 form: 1.98, mean 0.093).

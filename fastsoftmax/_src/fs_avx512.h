@@ -1328,8 +1328,9 @@ static inline void fs512_medium_stream_f32(const float *e, const float inv[16], 
 /* ---- float32 softmax of medium rows on AMD Zen 4: the AVX2 blocks' values on 16 lanes ----
  * On Zen 4 float32 softmax rows of up to FS512_MEDIUM_MAX columns take the AVX2 kernels
  * (fs_activations.h, softmax_rows_f32_mixed): their table exp takes 7 FMA-pipe operations
- * for 8 lanes where the degree-5 polynomial takes 9 (with vscalefps, which Zen 4 issues at
- * half the rate of an FMA).  Rows of whole vectors there go through softmax_medium_table_span
+ * for 8 lanes where the degree-5 polynomial took 9 (with vscalefps, which Zen 4 issues at
+ * half the rate of an FMA; AVX-512's bounded rows now take the table exp too,
+ * fs512_exp_spread_keep_ps).  Rows of whole vectors there go through softmax_medium_table_span
  * (fs_activations_impl.h): the same exps on 16 lanes (fs512_exp_table_spread_ps) and the sums
  * added in the AVX2 blocks' order (fs512_table_row_f32), hence the same bits as the AVX2
  * kernels, in the AVX-512 blocks' pipeline: block b's exps, block b + 1's max and min and
