@@ -105,8 +105,9 @@ def test_mixed_table_runs_the_kernel_it_names(digests, op, dtype, ncols, kernel)
 
 # float32 softmax and log_softmax rows that the mix runs through the AVX-512 form of the AVX2
 # kernels (softmax_medium_table_span, log_softmax_medium_table_span: medium rows of whole
-# vectors, 16 rows a block, fs_avx512.h): the AVX2 kernels' bits in every case.  (rows, columns, content, threads, out= offset in elements
-# or None): rows after the last block, every width it is compiled for, blocks it turns down
+# vectors, 16 rows a block, fs_avx512.h): the AVX2 kernels' bits in every case.  (rows,
+# columns, content, threads, out= offset in elements or None): rows after the last block,
+# every width it is compiled for, blocks it turns down
 # (a row wider than FS_EXACT_SPREAD, rows with NaN or infinities), results streamed (8 MB,
 # aligned) and not (an out= one element past the pool's alignment), two threads.  (log_softmax
 # calls of fewer than 16 rows keep the AVX-512 kernels.)
@@ -123,7 +124,12 @@ TABLE_ROUTES = [
     (16390, 128, "special", 2, None),  # streamed, with blocks turned down and rows after the last
     (200, 100, "normal", 1, None),  # not whole vectors: softmax's AVX2 blocks themselves
 ]
-TABLE_CASES = [pytest.param(op, *route, id=f"{op}-" + "x".join(map(str, route[:2])) + f"-{route[2]}-t{route[3]}-out{route[4]}")
+def _table_id(op, route):
+    rows, cols, content, threads, offset = route
+    return f"{op}-{rows}x{cols}-{content}-t{threads}-out{offset}"
+
+
+TABLE_CASES = [pytest.param(op, *route, id=_table_id(op, route))
                for op in ("softmax", "log_softmax") for route in TABLE_ROUTES if op == "softmax" or route[1] % 16 == 0]
 
 _TABLE_PROGRAM = """

@@ -50,10 +50,10 @@ static int fs_act_mixed = 0;
    of whole vectors in calls of at least 16 rows (the AVX2 batches' values, AVX-512 registers:
    16384x128 1.35x in a C loop), which took the AVX-512 kernels until then (smaller calls, and
    other widths, still do).  (These timings predate the table exp of AVX-512's bounded rows,
-   fs512_exp_spread_keep_ps, which narrows the gap between the two kernels' exps.)  float32 log_softmax's short
-   rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3), as does every float64 row: their
-   AVX-512 blocks transpose in registers too, and took 0.75-0.87x the AVX2 time at 65536x3..32
-   (softmax). */
+   fs512_exp_spread_keep_ps, which narrows the gap between the two kernels' exps.)  float32
+   log_softmax's short rows stay at AVX-512 (1.0x at 10 columns, 0.46x at 3), as does every
+   float64 row: their AVX-512 blocks transpose in registers too, and took 0.75-0.87x the AVX2
+   time at 65536x3..32 (softmax). */
 static void softmax_rows_f32_mixed(const float *x, float *y, ptrdiff_t nrows, ptrdiff_t ncols, int nthreads)
 {
     if (ncols > FS512_MEDIUM_MAX) softmax_rows_f32_avx512(x, y, nrows, ncols, nthreads);

@@ -41,11 +41,12 @@ FS256_INLINE __m256i fs256_tail_mask64(ptrdiff_t k)
    s = 2^e 2^(j/8).  The table, one vpermd indexed by k's low three bits (the lanes of kb, whose
    bits are 0x4B400000 + k), holds 2^(j/8)'s bits less j << 20, so that adding kb's bits shifted
    left by 20 ((k << 20) mod 2^32) puts e into the exponent field.  Against the degree-5 form on
-   [-ln2/2, ln2/2] that the portable path keeps (and AVX-512 for rows not within FS_EXACT_SPREAD
-   of their max; its bounded rows take this table exp on 16 lanes, fs512_exp_table_spread_ps): 2 FMA-pipe operations fewer (7 in
-   fs256_exp_spread_ps where that took 9, of 11 operations against 13) and a shorter chain; exp +
-   store + sum of a float32 row in L1 0.88-0.92x the time on an AMD EPYC (Zen 3); every float32 t
-   in [-32, 0] within 1.16 ulp of exp(t) (mean 0.071; the degree-5 form: 1.98, mean 0.093).
+   [-ln2/2, ln2/2] that the portable path keeps (and AVX-512 for rows not within
+   FS_EXACT_SPREAD of their max; its bounded rows take this table exp on 16 lanes,
+   fs512_exp_table_spread_ps): 2 FMA-pipe operations fewer (7 in fs256_exp_spread_ps where that
+   took 9, of 11 operations against 13) and a shorter chain; exp + store + sum of a float32 row
+   in L1 0.88-0.92x the time on an AMD EPYC (Zen 3); every float32 t in [-32, 0] within 1.16 ulp
+   of exp(t) (mean 0.071; the degree-5 form: 1.98, mean 0.093).
    `full` (a constant after inlining): any t <= 89 (lanes below -104 give 0, NaN propagates), s
    in two factors s1 * 2^e2 with e2 = floor(e / 2) so that both are normal and results below
    2^-126 subnormal, the product by 2^e2 exact otherwise: the same bits as fs256_exp_spread_ps
