@@ -293,8 +293,10 @@ def test_streamed_results_equal_the_in_cache_path(name, dtype, ncols, where):
     # sums (AVX-512; STREAM_MIN_BYTES / STREAM_MIN_COLS): the values must be those of the
     # in-cache path bit for bit (the same rows in a small call), with special rows, float32
     # rows wide enough for the TwoSum correction, rows whose length is not a multiple of the
-    # vector, rows of more than one 1024-element chunk (whose sums add in chunks), outputs
-    # starting anywhere in a cache line, and in place.
+    # vector, float64 rows within 708 of their max (the exp without range test, float64
+    # softmax's streamed rows of up to 4096 columns) and beyond it, rows of more than one
+    # 1024-element chunk (whose sums add in chunks), outputs starting anywhere in a cache line,
+    # and in place.
     nrows = _streamed_rows(ncols, dtype)
     x = _data((nrows, ncols), dtype, seed=len(where))
     x[1, 5] = np.nan
@@ -302,6 +304,7 @@ def test_streamed_results_equal_the_in_cache_path(name, dtype, ncols, where):
     x[3, 500] = np.inf
     x[4, 0] = -np.inf
     x[6] *= 30.0  # spans more than 32: the TwoSum path of float32 softmax
+    x[7] *= 400.0  # spans more than 708: float64 softmax's exp with its range test
     x[-1, -1] = np.nan
     small = np.concatenate([getattr(fs, name)(x[:8]), getattr(fs, name)(x[-8:])])
     fresh = getattr(fs, name)(x)
