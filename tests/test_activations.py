@@ -305,6 +305,7 @@ def test_streamed_results_equal_the_in_cache_path(name, dtype, ncols, where):
     x[4, 0] = -np.inf
     x[6] *= 30.0  # spans more than 32: the TwoSum path of float32 softmax
     x[7] *= 400.0  # spans more than 708: float64 softmax's exp with its range test
+    x[5, 10] = x[5].max() - 707.9  # within 708, an exp of 2^-1022 times 2^(j/16) e^r
     x[-1, -1] = np.nan
     small = np.concatenate([getattr(fs, name)(x[:8]), getattr(fs, name)(x[-8:])])
     fresh = getattr(fs, name)(x)

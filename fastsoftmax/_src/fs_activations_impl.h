@@ -291,18 +291,19 @@ static void FS_FN(log_softmax_row)(const FS_T *x, FS_T *y, ptrdiff_t n, const FS
      a C loop A/B; without it log_softmax took 1.4-1.6x the time at 256x50257); on AMD Zen 4
      they need it: with it, in one process alternating, log_softmax 4096x1000 took 0.77-0.83x
      the time, 2000x2000 0.65x, softmax 2000x2000 0.63x, softmax 4096x1000 1.00-1.03x.
-     float64 softmax does the same for rows of FS512_AHEAD_MIN_F64..FS512_AHEAD_MAX_F64
-     columns, and takes the min too, so that rows within FS_SPREAD_F64 of their max take the
-     exp without range test or vscalefpd (fs512_exp_bounded_keep_pd, the same bits); other
-     float64 rows, and log_softmax's, prefetch row r + 1 and keep their max pass (row r + 2
-     measured 0.93-1.04x on Zen 4).  On Zen 4, one process alternating with the previous
-     build, both writing the same 64-byte aligned result: softmax float64 4096x1000 1.02-1.07x
-     as fast in the package (1.06-1.09x in a C loop on huge pages, as NumPy's arrays have),
-     2048x2000 1.12x, 1024x4096 1.13x, 4096x999 1.14x; in the C loop the scan ahead alone gave
-     1.02-1.03x, the exp alone (with a min pass of its own) 0.98-0.99x.  Reading x is what
-     bounds these rows: with x in cache (the same four rows over and over) 4096x1000 takes
-     0.52-0.58 ns an element, from memory 0.75-0.97, where a single pass taking the max of
-     32 MB takes 0.38-0.43 (one core reads about 20 GB/s here).
+     float64 softmax does the same for rows of up to FS512_AHEAD_MAX_F64 columns, and takes
+     the min too, so that rows within FS_SPREAD_F64 of their max take the exp without range
+     test or vscalefpd (fs512_exp_bounded_keep_pd, the same bits; the last row of a span,
+     with no row ahead, keeps the range test); longer float64 rows, and log_softmax's,
+     prefetch row r + 1 and keep their max pass (row r + 2 measured 0.93-1.04x on Zen 4).  On
+     Zen 4, one process alternating with the previous build, both writing the same 64-byte
+     aligned result: softmax float64 2048x2000 1.12-1.13x as fast, 1024x4096 1.09-1.13x,
+     4096x999 1.14x, 4096x1000 0.96-1.07x over eight runs in the package (1.06-1.09x in a C
+     loop on huge pages, as NumPy's arrays have); in the C loop the scan ahead alone gave
+     1.02-1.03x, the exp alone (with a min pass of its own) 0.98-0.99x.
+     Reading x is what bounds these rows: with x in cache (the same four rows over and over)
+     4096x1000 takes 0.52-0.58 ns an element, from memory 0.75-0.97, where a single pass
+     taking the max of 32 MB takes 0.38-0.43 (one core reads about 20 GB/s here).
    The same values as the one-row kernels, bit for bit (the max and min are exact in any
    order).  float32 rows that share a line (rows not a whole number of lines) write it as one
    streamed vector (fs512_carry_f32).  If softmax's scratch rows cannot be allocated, the rows
@@ -317,7 +318,7 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
             FS_FN(softmax_row)(x + r * ncols, y + r * ncols, ncols, r + 1 < nrows ? x + (r + 1) * ncols : NULL);
         return;
     }
-    const int scan_ahead = FS_IS_F32 || (!log_out && ncols >= FS512_AHEAD_MIN_F64 && ncols <= FS512_AHEAD_MAX_F64);
+    const int scan_ahead = FS_IS_F32 || (!log_out && ncols <= FS512_AHEAD_MAX_F64);
     FS_CAT(fs512_pending, FS_SUF) pend = {0}; /* nothing pending */
 #if FS_IS_F32
     fs512_carry_f32 carry = {{0}, NULL, 0}; /* the tail of row r - 1, when it shares a line with row r */
@@ -347,7 +348,8 @@ static void FS_FN(softmax_like_stream_span)(const FS_T *x, FS_T *y, ptrdiff_t r0
             /* in FS_CHUNK pieces, the sums added in the order of the one-row kernels
                (softmax_row, log_softmax_row): the same bits */
             /* float32: softmax's TwoSum decision (as softmax_row); float64: rows whose min was
-               taken (scan_ahead) and lies within FS_SPREAD_F64 take fs512_exp_bounded_keep_pd */
+               taken (scan_ahead) and lies within FS_SPREAD_F64 take fs512_exp_bounded_keep_pd,
+               but for the last row of the span (fs512_exp_store_sum_piped_f64) */
             const int exact = FS_IS_F32 ? !(m - lowest <= FS_EXACT_SPREAD)
                                         : !(scan_ahead && m - lowest <= FS_SPREAD_F64);
             fs_block_total sum = {0.0, 0.0};

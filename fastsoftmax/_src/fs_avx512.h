@@ -5,12 +5,14 @@
  * row primitives below replace their inner loops: two to four independent accumulators,
  * masked tails instead of scalar epilogues, exp with `vscalefps`/`vscalefpd` (exact 2^n
  * scaling including subnormals and overflow; float32 rows within FS_EXACT_SPREAD of their
- * max take the AVX2 table exp instead), float sums widened to double per block.
+ * max take the AVX2 table exp instead, float64 softmax's streamed rows within FS_SPREAD_F64
+ * build 2^n in integer registers), float sums widened to double per block.
  *
  * Primitives (T = f32 | f64; x, y point to one row of n elements; m a finite max):
  *   fs512_row_max_T(x, n)                     max (a NaN may be dropped here; it still makes
  *                                             the row's sum NaN, hence the row)
- *   fs512_row_minmax_f32(x, n, &min)          max and min (whether a row needs the TwoSum)
+ *   fs512_row_minmax_T(x, n, &min)            max and min (whether a row needs the TwoSum,
+ *                                             float64: whether its exps need a range test)
  *   fs512_exp_store_sum_T(x, m, y, n)         y = exp(x - m), returns sum(y) in double;
  *                                             float32 feeds back the rounding of x - m
  *                                             (TwoSum), ..._fast_f32 does not
@@ -18,7 +20,9 @@
  *                                             count(x == m); stores t = x - m
  *   fs512_exp_store_sum_split_T(x, m, y, n, &count)  y = exp(x - m), with the split sums
  *                                             (..._piped_T: streaming a pending row; float32
- *                                             also takes the max of the next row)
+ *                                             also takes the max of the next row, as float64
+ *                                             softmax's fs512_exp_store_sum_piped_f64 takes
+ *                                             its max and min)
  *   fs512_exp_sum_split_T(x, m, n, &count)   the split sums, nothing stored
  *   fs512_scale_T(src, s, y, n)               y = src * s
  *   fs512_sub_const_T(src, c, y, n)           y = src - c
@@ -45,13 +49,10 @@
 
 #define FS512_INLINE static inline __attribute__((always_inline))
 
-/* Streamed float64 softmax rows of FS512_AHEAD_MIN_F64..FS512_AHEAD_MAX_F64 columns take the
-   max and min of the next row during each row's exp pass (softmax_like_stream_span): three
-   rows of 4096 doubles and the two scratch rows stay well inside L2 (five rows of 50257 would
-   not), and rows of 500 measured 0.97-0.98x as fast that way, 640 1.01x, 768 1.13x. */
-#ifndef FS512_AHEAD_MIN_F64
-#define FS512_AHEAD_MIN_F64 768
-#endif
+/* Streamed float64 softmax rows (FS_STREAM_MIN_COLS or more columns) of up to this many take
+   the max and min of the next row during each row's exp pass (softmax_like_stream_span):
+   three rows of 4096 doubles and the two scratch rows stay well inside L2, five rows of 50257
+   would not. */
 #ifndef FS512_AHEAD_MAX_F64
 #define FS512_AHEAD_MAX_F64 4096
 #endif
@@ -127,8 +128,8 @@ static const int64_t fs512_exp2_sixteenths_scale[16] __attribute__((aligned(64))
    vscalefpd's exact scaling of the same product did (checked bit for bit on 42M random t in
    [-708, 0], [-30, 0] and [-0.1, 0]).  No range test and no vscalefpd (which Zen 4 issues at
    half an FMA's rate): exp + store + sum of 1000 doubles in L1 12.8 cycles a vector instead
-   of 14.0.  A lane below -FS_SPREAD_F64 can only come from a row holding a NaN that the min
-   dropped: garbage there, in a row whose results are all NaN anyway. */
+   of 14.0.  A lane below -FS_SPREAD_F64 (or above 0) can only come from a row holding a NaN
+   that hid a lane's min or max: garbage there, in a row whose results are all NaN anyway. */
 FS512_INLINE __m512d fs512_exp_bounded_keep_pd(__m512d t, __mmask8 keep)
 {
     __m512d v, m;
@@ -868,7 +869,8 @@ FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, doub
         qa = _mm512_set1_pd(q.a);
     }
     for (; i + 16 <= n; i += 16) {
-        const __m512d t0 = _mm512_sub_pd(_mm512_loadu_pd(x + i), vm), t1 = _mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm);
+        const __m512d t0 = _mm512_sub_pd(_mm512_loadu_pd(x + i), vm);
+        const __m512d t1 = _mm512_sub_pd(_mm512_loadu_pd(x + i + 8), vm);
         __m512d e0, e1;
         if (bounded) {
             e0 = fs512_exp_bounded_keep_pd(t0, 0xFF);
@@ -894,7 +896,8 @@ FS512_INLINE double fs512_exp_store_sum_impl_f64(const double *x, double m, doub
     if (ahead != NULL) { /* the rest of the next row */
         double lo;
         const double hi = fs512_row_minmax_f64(ahead + i, n - i, &lo);
-        const double mx = _mm512_reduce_max_pd(_mm512_max_pd(am0, am1)), mn = _mm512_reduce_min_pd(_mm512_min_pd(an0, an1));
+        const double mx = _mm512_reduce_max_pd(_mm512_max_pd(am0, am1));
+        const double mn = _mm512_reduce_min_pd(_mm512_min_pd(an0, an1));
         *amax = hi > mx ? hi : mx;
         *amin = lo < mn ? lo : mn;
     }
@@ -1006,7 +1009,7 @@ static inline double fs512_exp_sum_split_piped_f64(const double *x, double m, pt
                                                    fs512_pending_f64 *pend, const double *pf, const double *ahead,
                                                    double *ahead_max)
 {
-    (void)ahead; /* NULL, as in fs512_exp_store_sum_piped_f64 */
+    (void)ahead; /* NULL: float64 log_softmax does not scan ahead */
     (void)ahead_max;
     return fs512_exp_sum_split_impl_f64(x, m, NULL, n, at_max, 0, pend, pf, NULL);
 }

@@ -242,9 +242,9 @@ static inline double fs_two_sum_err_f64(double a, double b, double s)
    test_float32_softmax_error_where_x_minus_max_rounds_most). */
 #define FS_EXACT_SPREAD 32.0f
 
-/* A float64 row within this distance of its max has exp(x - m) >= 2^-1021 everywhere: the
-   AVX2 exp's scale 2^e 2^(j/4) (e >= -1022) fits one factor and needs no range test per vector
-   (fs256_exp_bounded_pd). */
+/* A float64 row within this distance of its max has exp(x - m) >= 2^-1022 (normal) everywhere:
+   the AVX2 exp's scale 2^e 2^(j/4) (e >= -1022) fits one factor and needs no range test per
+   vector (fs256_exp_bounded_pd), nor does AVX-512's 2^q 2^(j/16) (fs512_exp_bounded_keep_pd). */
 #define FS_SPREAD_F64 708.0
 
 /* softmax / log_softmax results and cross-entropy gradients of at least FS_STREAM_MIN_BYTES,

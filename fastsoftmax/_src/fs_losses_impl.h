@@ -62,12 +62,13 @@
 /* The rows' loop (ce_rows_span) tells each row which row follows it in the span (`row`, or
    NULL) and which row to prefetch if it scans that one (`pf`); a streamed gradient row takes
    the next row's max (AVX2: and min) during its exp pass (`known`, `max`, `min`), which saves
-   that row its own max pass, as softmax_like_stream_span does (AVX-512: float32 only, as
-   there).  Elsewhere `known` stays 0.  Only rows of up to FS_CE_SCAN_MAX_BYTES do: this row,
-   its exps, the pending row's exps, the next row and the one prefetched must stay in the
-   caches together.  On AMD Zen 4 (float32, one process, alternating with the kernels that
-   keep the max pass): 4096x1000 1.01-1.16x as fast, 2048x2000 1.05-1.11x, but 2048x4096
-   0.95-0.99x, 1024x8192 0.94-0.95x, 512x16384 0.90-0.93x, 512x50257 0.91-1.04x. */
+   that row its own max pass, as softmax_like_stream_span does (AVX-512: float32 only; there
+   float64 softmax's rows of up to FS512_AHEAD_MAX_F64 columns do too).  Elsewhere `known`
+   stays 0.  Only rows of up to FS_CE_SCAN_MAX_BYTES do: this row, its exps, the pending row's
+   exps, the next row and the one prefetched must stay in the caches together.  On AMD Zen 4
+   (float32, one process, alternating with the kernels that keep the max pass): 4096x1000
+   1.01-1.16x as fast, 2048x2000 1.05-1.11x, but 2048x4096 0.95-0.99x, 1024x8192 0.94-0.95x,
+   512x16384 0.90-0.93x, 512x50257 0.91-1.04x. */
 #ifndef FS_CE_SCAN_MAX_BYTES
 #define FS_CE_SCAN_MAX_BYTES 8192
 #endif
