@@ -919,9 +919,10 @@ static inline double fs512_exp_store_sum_f64(const double *x, double m, double *
 
 /* As fs512_exp_store_sum_piped_f32, `exact` telling the rows not within FS_SPREAD_F64 of their
    max (float64 needs no TwoSum).  Rows with no row ahead (long rows, and the last row of a
-   span) take the exp with its range test whatever `exact` says (the same bits): a third and
-   fourth inlined copy of the loop measured 2% slower on long rows (256x50257, package, one
-   process alternating: 1.033x the time of the previous build against 1.012x). */
+   span) take the exp with its range test whatever `exact` says (the same bits): two copies of
+   the loop rather than four, for the long rows' code (256x50257, package, time against the
+   previous build: 1.033x with four copies, 1.008-1.036x over two builds with two, within the
+   layout noise of a new build). */
 static inline double fs512_exp_store_sum_piped_f64(const double *x, double m, double *y, ptrdiff_t n, int exact,
                                                    fs512_pending_f64 *pend, const double *pf, const double *ahead,
                                                    double *ahead_max, double *ahead_min)
